@@ -1,0 +1,3 @@
+"""nriqa: no-reference image quality assessment, from data to a served model."""
+
+__version__ = "0.1.0"

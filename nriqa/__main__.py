@@ -1,0 +1,20 @@
+"""`python -m nriqa runs` (compare MLflow runs) and `python -m nriqa score PATH...` (score images)."""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nriqa", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    from nriqa import scoring, tracking
+
+    tracking.add_runs_command(commands)
+    scoring.add_score_command(commands)
+    args = parser.parse_args(argv)
+    return args.handler(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The one image path shared by preprocess, train, evaluate, the service and the CLI.
+
+`decode_image` turns any supported file into an 8-bit RGB array; `apply_policy` applies the
+preprocess policy (native resolution or a whole-image resize) and makes sure a crop fits;
+`grid_crops` cuts the fixed set of crops whose mean prediction is an image's score.
+Training draws random crops from the same `apply_policy` output, so the network sees the
+same pixels everywhere. Normalization (scaling, local contrast normalization) lives inside
+the Keras model, so nothing here depends on the network.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from nriqa.errors import NriqaError
+
+# Guards against decompression bombs; the service passes its own configured limit.
+DEFAULT_MAX_PIXELS = 64_000_000
+MIN_SIDE = 8
+
+
+def decode_image(source: str | Path | bytes, *, name: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a file or bytes to an HxWx3 uint8 RGB array, upright as its EXIF says.
+
+    Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted.
+    Every problem raises NriqaError naming the image: empty, not an image, truncated,
+    too many pixels, too small.
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "upload")
+    if isinstance(source, bytes):
+        if not source:
+            raise NriqaError(f"{label}: the file is empty (0 bytes)")
+        stream = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise NriqaError(f"{label}: no such file")
+        if path.stat().st_size == 0:
+            raise NriqaError(f"{label}: the file is empty (0 bytes)")
+        stream = path.open("rb")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise NriqaError(f"{label}: {width}x{height} has {width * height} pixels, "
+                                     f"more than the limit of {max_pixels}")
+                image.load()  # decode now, so truncated data fails here and not later
+                image = ImageOps.exif_transpose(image)
+                array = _to_rgb8(image)
+    except NriqaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise NriqaError(f"{label}: refused as a possible decompression bomb ({error})") from error
+    except Image.UnidentifiedImageError as error:
+        raise NriqaError(f"{label}: not an image in a format we read "
+                         "(JPEG, PNG, BMP, WebP, TIFF)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise NriqaError(f"{label}: the image data is damaged or truncated ({error})") from error
+    finally:
+        stream.close()
+    if min(array.shape[:2]) < MIN_SIDE:
+        raise NriqaError(f"{label}: {array.shape[1]}x{array.shape[0]} is too small to judge; "
+                         f"both sides must be at least {MIN_SIDE} pixels")
+    return array
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float grayscale: scale the used range to 8 bits instead of clipping it.
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(np.round(values / peak * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def apply_policy(image: np.ndarray, *, mode: str, resize: tuple[int, int] | list[int],
+                 crop_size: int) -> np.ndarray:
+    """Apply the preprocess policy, then reflect-pad so that at least one crop fits.
+
+    `native` keeps every pixel (resizing smooths away noise and blocking artefacts);
+    `resize` scales the whole image to `resize` (width, height). Padding rather than
+    upscaling keeps the texture of small images intact.
+    """
+    if mode == "resize":
+        width, height = resize
+        image = np.asarray(Image.fromarray(image).resize((int(width), int(height)),
+                                                          Image.Resampling.BICUBIC))
+    elif mode != "native":
+        raise NriqaError(f"preprocess.mode: unknown policy {mode!r} (expected native or resize)")
+    pad_h = max(0, crop_size - image.shape[0])
+    pad_w = max(0, crop_size - image.shape[1])
+    if pad_h or pad_w:
+        image = np.pad(image, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                               (0, 0)), mode="symmetric")
+    return image
+
+
+def grid_crops(image: np.ndarray, *, crop_size: int, stride: int, max_crops: int) -> np.ndarray:
+    """A deterministic grid of crops covering the image, evenly thinned to at most `max_crops`."""
+    height, width = image.shape[:2]
+    tops = _positions(height, crop_size, stride)
+    lefts = _positions(width, crop_size, stride)
+    corners = [(top, left) for top in tops for left in lefts]
+    if len(corners) > max_crops:
+        keep = np.linspace(0, len(corners) - 1, max_crops).round().astype(int)
+        corners = [corners[i] for i in keep]
+    return np.stack([image[t:t + crop_size, l:l + crop_size] for t, l in corners])
+
+
+def _positions(length: int, crop: int, stride: int) -> list[int]:
+    last = length - crop
+    positions = list(range(0, last + 1, stride))
+    if positions[-1] != last:
+        positions.append(last)  # cover the far edge too
+    return positions
+
+
+def crops_for_prediction(image: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """The crops a trained model scores for one decoded image (see `preprocessing_config`)."""
+    prepared = apply_policy(image, mode=preprocessing["mode"], resize=preprocessing["resize"],
+                            crop_size=preprocessing["crop_size"])
+    return grid_crops(prepared, crop_size=preprocessing["crop_size"],
+                      stride=preprocessing["stride"], max_crops=preprocessing["max_crops"])
+
+
+def preprocessing_config(params: dict) -> dict:
+    """The slice of params.yaml that prediction needs; saved beside every model."""
+    return {
+        "mode": params["preprocess"]["mode"],
+        "resize": list(params["preprocess"]["resize"]),
+        "crop_size": int(params["model"]["input_size"]),
+        "stride": int(params["predict"]["stride"]),
+        "max_crops": int(params["predict"]["max_crops"]),
+    }

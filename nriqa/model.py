@@ -1,0 +1,163 @@
+"""The quality regressor: `make_model(...)` builds it from the `model` section of params.yaml.
+
+The network scores one square crop given as raw 0–255 RGB; an image's score is the mean over
+a fixed grid of crops (`nriqa.predict`). Scaling and local contrast normalization are layers
+of the model, so a saved model carries its own input normalization.
+
+The default backbone is MobileNet-style: a plain stem, then depthwise-separable blocks
+(depthwise 3x3 + pointwise 1x1, batch norm, ReLU6) that halve the resolution and double the
+width, then global average and max pooling and a dense head. `keras.applications` MobileNetV2
+and MobileNetV3Small are offered too, with `weights: imagenet` where a network is available.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from nriqa.errors import NriqaError
+
+BACKBONES = ("mobilenet_style", "mobilenet_v2", "mobilenet_v3_small")
+
+
+@keras.saving.register_keras_serializable(package="nriqa")
+class LocalContrastNormalization(layers.Layer):
+    """(x - local mean) / (local std + c) per channel, over a Gaussian window.
+
+    As in CNNIQA (Kang et al., 2014): removes the image's brightness and contrast so the
+    network learns the local structure that distortions change.
+    """
+
+    def __init__(self, window: int = 7, sigma: float = 7 / 6, epsilon: float = 1e-2, **kwargs):
+        super().__init__(**kwargs)
+        self.window, self.sigma, self.epsilon = window, sigma, epsilon
+
+    def build(self, input_shape):
+        axis = ops.arange(self.window, dtype="float32") - (self.window - 1) / 2
+        g = ops.exp(-(axis ** 2) / (2 * self.sigma ** 2))
+        kernel = ops.outer(g, g)
+        kernel = kernel / ops.sum(kernel)
+        channels = input_shape[-1]
+        self.kernel = ops.tile(ops.reshape(kernel, (self.window, self.window, 1, 1)),
+                               (1, 1, channels, 1))
+
+    def _blur(self, x):
+        pad = self.window // 2
+        x = ops.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        return ops.depthwise_conv(x, self.kernel, strides=1, padding="valid")
+
+    def call(self, inputs):
+        mean = self._blur(inputs)
+        variance = ops.maximum(self._blur(inputs * inputs) - mean * mean, 0.0)
+        return (inputs - mean) / (ops.sqrt(variance) + self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window, "sigma": self.sigma,
+                "epsilon": self.epsilon}
+
+
+def _conv_bn(x, filters, kernel, stride, name):
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(6.0, name=f"{name}_relu")(x)
+
+
+def _depthwise_separable(x, filters, stride, name):
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
+                               name=f"{name}_dw")(x)
+    x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    return _conv_bn(x, filters, 1, 1, f"{name}_pw")
+
+
+def _mobilenet_style(x, width: float, depth: int):
+    x = _conv_bn(x, max(8, int(32 * width)), 3, 1, "stem")
+    for block in range(depth):
+        filters = max(8, int(64 * width * 2 ** min(block, 3)))
+        x = _depthwise_separable(x, filters, 2, f"block{block + 1}")
+        x = _depthwise_separable(x, filters, 1, f"block{block + 1}b")
+    return x
+
+
+def _applications_backbone(x, backbone: str, input_size: int, width: float, weights):
+    shape = (input_size, input_size, 3)
+    if backbone == "mobilenet_v2":
+        x = keras.applications.mobilenet_v2.preprocess_input(x)
+        net = keras.applications.MobileNetV2(input_shape=shape, alpha=width, include_top=False,
+                                             weights=weights)
+    else:
+        # MobileNetV3 rescales inside the model; it expects raw 0-255 pixels.
+        net = keras.applications.MobileNetV3Small(input_shape=shape, alpha=width,
+                                                  include_top=False, weights=weights,
+                                                  include_preprocessing=True)
+    return net(x)
+
+
+def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width: float = 1.0,
+               depth: int = 4, dropout: float = 0.25, head_units=(128, 64),
+               input_norm: str = "lcn", weights=None, initial_mos: float = 4.5) -> keras.Model:
+    """Build the crop-level MOS regressor; arguments mirror params.yaml's `model` section."""
+    if backbone not in BACKBONES:
+        raise NriqaError(f"model.backbone: {backbone!r} is not one of {', '.join(BACKBONES)}")
+    if weights not in (None, "imagenet"):
+        raise NriqaError(f"model.weights: {weights!r} must be null or imagenet")
+    if weights and backbone == "mobilenet_style":
+        raise NriqaError("model.weights: imagenet weights exist only for the keras.applications "
+                         "backbones (mobilenet_v2, mobilenet_v3_small)")
+    if input_norm not in ("lcn", "none"):
+        raise NriqaError(f"model.input_norm: {input_norm!r} must be lcn or none")
+
+    inputs = keras.Input((input_size, input_size, 3), name="crop")
+    if backbone == "mobilenet_style":
+        x = layers.Rescaling(1 / 255, name="to_unit")(inputs)
+        if input_norm == "lcn":
+            x = LocalContrastNormalization(name="lcn")(x)
+        x = _mobilenet_style(x, width, depth)
+    else:
+        x = _applications_backbone(inputs, backbone, input_size, width, weights)
+    # Mean and max pooling: distortions can be spread evenly or concentrated in a few spots.
+    x = layers.Concatenate(name="pool")([layers.GlobalAveragePooling2D()(x),
+                                         layers.GlobalMaxPooling2D()(x)])
+    for i, units in enumerate(head_units):
+        x = layers.Dense(units, activation="relu", name=f"head{i + 1}")(x)
+        x = layers.Dropout(dropout, name=f"head{i + 1}_dropout")(x)
+    # Starting at the mean MOS spares the first epochs from learning the offset.
+    outputs = layers.Dense(1, name="mos",
+                           bias_initializer=keras.initializers.Constant(initial_mos))(x)
+    return keras.Model(inputs, outputs, name=f"nriqa_{backbone}")
+
+
+def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Model:
+    return make_model(
+        backbone=model_params["backbone"], input_size=int(model_params["input_size"]),
+        width=float(model_params["width"]), depth=int(model_params["depth"]),
+        dropout=float(model_params["dropout"]), head_units=tuple(model_params["head_units"]),
+        input_norm=model_params["input_norm"], weights=model_params.get("weights"),
+        initial_mos=initial_mos)
+
+
+def save_model(model: keras.Model, path) -> None:
+    """`model.save`, made byte-identical for identical weights so DVC sees no spurious change.
+
+    A .keras file is a zip whose metadata carries the save time and whose weights entry carries
+    a timestamp; both are pinned here. The weights themselves are already deterministic.
+    """
+    import json
+    import os
+    import tempfile
+    import zipfile
+
+    path = os.fspath(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = os.path.join(scratch, "model.keras")
+        model.save(raw)
+        with zipfile.ZipFile(raw) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+            for info in source.infolist():
+                data = source.read(info)
+                if info.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata["date_saved"] = "1980-01-01@00:00:00"
+                    data = json.dumps(metadata).encode()
+                out.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data,
+                             compress_type=zipfile.ZIP_DEFLATED)

@@ -1,0 +1,47 @@
+"""Scoring images with a trained model: the one function evaluate, the service and the CLI call.
+
+An image's predicted MOS is the mean of the model's scores over a fixed grid of crops
+(`nriqa.imaging.crops_for_prediction`); crops of many images go through the model in one
+batched call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nriqa.imaging import crops_for_prediction
+
+
+def predict_mos(model, images: list[np.ndarray], preprocessing: dict,
+                batch_size: int = 256) -> np.ndarray:
+    """Predicted MOS for each decoded image (uint8 HxWx3), in order."""
+    if not images:
+        return np.zeros(0, dtype=np.float32)
+    crops = [crops_for_prediction(image, preprocessing) for image in images]
+    counts = [len(c) for c in crops]
+    scores = predict_crops(model, np.concatenate(crops), batch_size)
+    bounds = np.cumsum([0] + counts)
+    return np.array([scores[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])],
+                    dtype=np.float32)
+
+
+def predict_crops(model, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Model scores for a stack of crops; a direct call avoids predict()'s per-call set-up."""
+    outputs = [np.asarray(model(crops[i:i + batch_size].astype(np.float32), training=False))
+               for i in range(0, len(crops), batch_size)]
+    return np.concatenate(outputs).reshape(-1)
+
+
+def load_model(model_dir: str | Path):
+    """Load `model.keras` and its `model.json` (which holds the preprocessing) from a folder."""
+    import keras
+
+    import nriqa.model  # noqa: F401  registers the custom layers before loading
+
+    model_dir = Path(model_dir)
+    info = json.loads((model_dir / "model.json").read_text())
+    model = keras.saving.load_model(model_dir / "model.keras")
+    return model, info

@@ -1,0 +1,121 @@
+"""Content-disjoint splits and the model-ready TFRecord shards that training reads.
+
+Splitting is by reference content: every distorted version of one reference lands in the
+same split, because random per-image splits let the network see the test content during
+training and inflate the scores. Images are decoded once (`nriqa.imaging`) and stored as
+raw uint8 pixels after the preprocess policy, so training only crops and flips.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from nriqa.errors import NriqaError
+from nriqa.imaging import apply_policy, decode_image
+
+SPLITS = ("train", "val", "test")
+
+
+def split_by_reference(index: pd.DataFrame, ratios: dict, seed: int) -> pd.DataFrame:
+    """Add a `split` column; whole references are assigned, in a seeded random order."""
+    total = sum(float(ratios[s]) for s in SPLITS)
+    if total <= 0 or any(float(ratios[s]) < 0 for s in SPLITS):
+        raise NriqaError(f"preprocess.split: ratios must be non-negative and not all zero, got {ratios}")
+    references = np.array(sorted(index["reference"].astype(str).unique()))
+    if len(references) < 3:
+        raise NriqaError(f"preprocess: {len(references)} reference contents cannot make three "
+                         "content-disjoint splits (need at least 3)")
+    np.random.default_rng(seed).shuffle(references)
+    n_val = max(1, round(len(references) * float(ratios["val"]) / total))
+    n_test = max(1, round(len(references) * float(ratios["test"]) / total))
+    n_train = len(references) - n_val - n_test
+    if n_train < 1:
+        raise NriqaError("preprocess.split: no reference content is left for training")
+    assignment = {ref: "train" for ref in references[:n_train]}
+    assignment.update({ref: "val" for ref in references[n_train:n_train + n_val]})
+    assignment.update({ref: "test" for ref in references[n_train + n_val:]})
+    out = index.copy()
+    out["split"] = out["reference"].astype(str).map(assignment)
+    return out
+
+
+def write_shards(index: pd.DataFrame, raw_dir: Path, out_dir: Path, *, mode: str,
+                 resize, crop_size: int, shards: int) -> dict:
+    """Decode every image once and write `{split}-{k}-of-{n}.tfrecord`; returns a summary."""
+    import tensorflow as tf
+
+    summary = {}
+    for split in SPLITS:
+        rows = index[index["split"] == split].reset_index(drop=True)
+        writers = [tf.io.TFRecordWriter(str(out_dir / f"{split}-{k:02d}-of-{shards:02d}.tfrecord"))
+                   for k in range(shards)]
+        for i, row in tqdm(rows.iterrows(), total=len(rows), desc=f"shards {split}", unit="img"):
+            image = decode_image(raw_dir / row["path"], name=row["image"])
+            image = apply_policy(image, mode=mode, resize=resize, crop_size=crop_size)
+            writers[i % shards].write(_example(image, row).SerializeToString())
+        for writer in writers:
+            writer.close()
+        summary[split] = {"images": int(len(rows)),
+                          "references": sorted(rows["reference"].astype(str).unique().tolist())}
+    return summary
+
+
+def _example(image: np.ndarray, row):
+    import tensorflow as tf
+
+    def _bytes(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "pixels": _bytes(image.tobytes()),
+        "height": _int(image.shape[0]),
+        "width": _int(image.shape[1]),
+        "mos": tf.train.Feature(float_list=tf.train.FloatList(value=[float(row["mos"])])),
+        "image": _bytes(str(row["image"]).encode()),
+    }))
+
+
+def read_split(shard_dir: Path, split: str):
+    """A tf.data.Dataset of (uint8 HxWx3 image, float32 mos, image name) for one split."""
+    import tensorflow as tf
+
+    files = sorted(str(p) for p in Path(shard_dir).glob(f"{split}-*.tfrecord"))
+    if not files:
+        raise NriqaError(f"{shard_dir}: no {split} shards; run the preprocess stage")
+    spec = {"pixels": tf.io.FixedLenFeature([], tf.string),
+            "height": tf.io.FixedLenFeature([], tf.int64),
+            "width": tf.io.FixedLenFeature([], tf.int64),
+            "mos": tf.io.FixedLenFeature([], tf.float32),
+            "image": tf.io.FixedLenFeature([], tf.string)}
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        pixels = tf.io.decode_raw(example["pixels"], tf.uint8)
+        image = tf.reshape(pixels, tf.stack([example["height"], example["width"], 3]))
+        return image, example["mos"], example["image"]
+
+    return (tf.data.Dataset.from_tensor_slices(files)
+            .interleave(tf.data.TFRecordDataset, cycle_length=len(files), deterministic=True)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+
+
+def load_split_arrays(shard_dir: Path, split: str):
+    """A split in memory: (list of images, mos array, names) in shard order."""
+    images, mos, names = [], [], []
+    for image, score, name in read_split(shard_dir, split).as_numpy_iterator():
+        images.append(image)
+        mos.append(score)
+        names.append(name.decode())
+    return images, np.array(mos, dtype=np.float32), names
+
+
+def write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

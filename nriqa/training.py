@@ -1,0 +1,109 @@
+"""Training: random crops from the shards, early stopping on validation SRCC, best epoch kept.
+
+Each epoch draws `crops_per_image` random crops (with random horizontal flips) from every
+training image, each labelled with its image's MOS. Colour or blur jitter would change the
+quality the label describes, so there is none. Validation scores whole images exactly as
+evaluation and the service do (`nriqa.predict`), and early stopping watches that SRCC.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scipy import stats
+
+from nriqa.imaging import grid_crops
+from nriqa.model import model_from_params
+from nriqa.predict import predict_crops
+from nriqa.shards import load_split_arrays, read_split
+
+LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
+
+
+def make_deterministic(seed: int) -> None:
+    """Same params and seed, same machine -> same weights and metrics."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, batch_size: int,
+                     seed: int) -> tf.data.Dataset:
+    images = read_split(shard_dir, "train").map(lambda image, mos, name: (image, mos)).cache()
+    # Stateless crops and flips seeded per element keep the stream identical run to run.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    repeated = images.flat_map(
+        lambda image, mos: tf.data.Dataset.from_tensors((image, mos)).repeat(crops_per_image))
+
+    def crop(sample, pair):
+        image, mos = sample
+        patch = tf.image.stateless_random_crop(image, (crop_size, crop_size, 3), seed=pair)
+        patch = tf.image.stateless_random_flip_left_right(patch, seed=pair[::-1])
+        return tf.cast(patch, tf.float32), mos
+
+    return (tf.data.Dataset.zip((repeated, seeds))
+            .map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+class ValidationSRCC(keras.callbacks.Callback):
+    """Scores the validation images after every epoch; adds val_srcc and val_rmse to the logs."""
+
+    def __init__(self, images, mos, preprocessing: dict):
+        super().__init__()
+        crops = [grid_crops(image, crop_size=preprocessing["crop_size"],
+                            stride=preprocessing["stride"], max_crops=preprocessing["max_crops"])
+                 for image in images]
+        self.counts = np.array([len(c) for c in crops])
+        self.crops = np.concatenate(crops)
+        self.mos = mos
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = predict_crops(self.model, self.crops)
+        bounds = np.cumsum(np.concatenate([[0], self.counts]))
+        pred = np.array([scores[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+        srcc = stats.spearmanr(self.mos, pred).statistic if np.ptp(pred) > 0 else 0.0
+        logs["val_srcc"] = float(np.nan_to_num(srcc))
+        logs["val_rmse"] = float(np.sqrt(np.mean((self.mos - pred) ** 2)))
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_seconds"] = time.perf_counter() - self.start
+
+
+def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()):
+    """Train from the shards; returns (model with the best epoch's weights, history dict)."""
+    train_params = params["train"]
+    make_deterministic(int(train_params["seed"]))
+    val_images, val_mos, _ = load_split_arrays(shard_dir, "val")
+    train_mos = np.concatenate([m for _, m, _ in
+                                read_split(shard_dir, "train").batch(512).as_numpy_iterator()])
+
+    model = model_from_params(params["model"], initial_mos=float(train_mos.mean()))
+    model.compile(optimizer=keras.optimizers.Adam(float(train_params["lr"])),
+                  loss=LOSSES[train_params["loss"]])
+    dataset = training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
+                               crops_per_image=int(train_params["crops_per_image"]),
+                               batch_size=int(train_params["batch_size"]),
+                               seed=int(train_params["seed"]))
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_srcc", mode="max", patience=int(train_params["patience"]),
+        restore_best_weights=True, verbose=1)
+    # Order matters: the validation callback writes val_srcc before early stopping reads it.
+    callbacks = [EpochTimer(), ValidationSRCC(val_images, val_mos, preprocessing),
+                 *extra_callbacks, early_stopping]
+    history = model.fit(dataset, epochs=int(train_params["epochs"]), callbacks=callbacks,
+                        verbose=2)
+    best_epoch = int(np.argmax(history.history["val_srcc"]))
+    return model, {"history": history.history, "best_epoch": best_epoch + 1,
+                   "best_val_srcc": float(history.history["val_srcc"][best_epoch]),
+                   "train_images": int(len(train_mos)), "val_images": int(len(val_mos))}

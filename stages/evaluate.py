@@ -1,0 +1,56 @@
+"""DVC stage `evaluate`: test-split metrics, the baseline beside them, tables and plots."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from nriqa import plots
+from nriqa.evaluation import (add_baseline, add_categories, per_distortion_table,
+                              per_level_table, score_test_split, summarize)
+from nriqa.metrics import CATEGORY_NAMES
+from nriqa.predict import load_model
+from nriqa.shards import write_json
+from nriqa.stage import load_params, stage_main
+
+RAW_DIR = Path("data/raw")
+SPLITS = Path("data/processed/splits.csv")
+REPORTS = Path("reports")
+
+
+@stage_main
+def main():
+    params = load_params()
+    thresholds = params["evaluate"]["categories"]
+    model, info = load_model("models")
+    splits = pd.read_csv(SPLITS)
+    test = score_test_split(model, info["preprocessing"], splits, RAW_DIR)
+    test = add_categories(add_baseline(test, splits, RAW_DIR), thresholds)
+    metrics, confusion = summarize(test, thresholds)
+
+    REPORTS.mkdir(exist_ok=True)
+    write_json(REPORTS / "metrics.json", metrics)
+    write_json(REPORTS / "confusion.json", {"labels": CATEGORY_NAMES, "matrix": confusion})
+    columns = ["image", "reference", "distortion", "level", "mos", "pred", "baseline_pred",
+               "category", "predicted_category"]
+    test[columns].round(4).to_csv(REPORTS / "predictions.csv", index=False)
+    per_distortion = per_distortion_table(test)
+    per_distortion.to_csv(REPORTS / "per_distortion.csv", index=False)
+    per_level_table(test).to_csv(REPORTS / "per_level.csv", index=False)
+
+    figures = REPORTS / "figures"
+    figures.mkdir(exist_ok=True)
+    plots.scatter_plot(test["mos"], test["pred"], figures / "scatter.png",
+                       f"CNN on the test split (SRCC {metrics['test']['srcc']:.3f})")
+    plots.per_distortion_plot(
+        {"cnn": dict(zip(per_distortion["distortion"], per_distortion["cnn_srcc"])),
+         "baseline": dict(zip(per_distortion["distortion"], per_distortion["baseline_srcc"]))},
+        figures / "per_distortion.png", "SRCC per distortion type (test)")
+    plots.confusion_plot(confusion, CATEGORY_NAMES, figures / "confusion.png")
+    history = pd.read_csv(REPORTS / "train_history.csv")
+    plots.training_curves_plot({c: history[c].tolist() for c in ("loss", "val_srcc")},
+                               figures / "training_curves.png")
+    print(f"test SRCC {metrics['test']['srcc']:.4f}  baseline SRCC {metrics['baseline']['srcc']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

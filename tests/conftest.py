@@ -1,0 +1,87 @@
+"""Shared fixtures: a throw-away git clone of the project with tiny params, and a way to run DVC in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+# Seconds-not-minutes settings for the whole pipeline: 3 references, 4 types, 3 levels,
+# a 2-block network on 32-pixel crops, 2 epochs.
+TINY_PARAMS = {
+    "data": {"num_references": 3, "image_size": [96, 64], "distortion_types": [1, 8, 10, 17],
+             "levels": [1, 3, 5]},
+    "preprocess": {"shards": 1},
+    "model": {"input_size": 32, "width": 0.25, "depth": 2, "head_units": [8]},
+    "train": {"epochs": 2, "patience": 2, "crops_per_image": 2, "batch_size": 16},
+    "predict": {"stride": 32, "max_crops": 4},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) and key in base else value
+    return out
+
+
+def tool_env(**extra) -> dict:
+    """The environment stage commands need: this virtualenv first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("MPLBACKEND", "Agg")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def project_env(clone: Path, **extra) -> dict:
+    """Each clone keeps its own BentoML store; MLflow defaults to the clone's sqlite file."""
+    return tool_env(BENTOML_HOME=str(clone / "bentoml_home"), **extra)
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
+        timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def make_clone(destination: Path, params_override: dict) -> Path:
+    """Copy the project's working tree (tracked and untracked-but-not-ignored files) into a new
+    git repository with one commit: a clone of what is being tested, uncommitted edits included."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                           cwd=PROJECT, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, files.split("\0")):
+        source = PROJECT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    (destination / "params.yaml").write_text(yaml.safe_dump(merge(params, params_override),
+                                                            sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=test", "-c", "user.email=test@example.com",
+                 "commit", "-q", "-m", "test clone"]):
+        subprocess.run(cmd, cwd=destination, check=True, capture_output=True)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """A clone with tiny params on which `dvc repro` has run once."""
+    clone = make_clone(tmp_path_factory.mktemp("project"), TINY_PARAMS)
+    run([str(VENV_BIN / "dvc"), "repro"], cwd=clone, env=project_env(clone))
+    return clone

@@ -1,0 +1,103 @@
+"""The shared image path: decoding every supported kind of file, the policy, the crop grid."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nriqa.errors import NriqaError
+from nriqa.imaging import apply_policy, crops_for_prediction, decode_image, grid_crops
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "WEBP"])
+def test_lossless_formats_round_trip(fmt):
+    kwargs = {"lossless": True} if fmt == "WEBP" else {}
+    decoded = decode_image(encode(Image.fromarray(RGB), fmt, **kwargs))
+    assert decoded.dtype == np.uint8 and decoded.shape == (40, 60, 3)
+    np.testing.assert_array_equal(decoded, RGB)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16"])
+def test_other_modes_become_rgb(mode):
+    if mode == "I;16":
+        image = Image.fromarray((RGB[..., 0].astype(np.uint16) * 257))
+        fmt = "PNG"
+    else:
+        image = Image.fromarray(RGB).convert(mode)
+        fmt = "TIFF" if mode == "CMYK" else "PNG"
+    decoded = decode_image(encode(image, fmt))
+    assert decoded.shape == (40, 60, 3) and decoded.dtype == np.uint8
+    if mode == "I;16":  # 16-bit scaled to 8 bits, not clipped
+        np.testing.assert_array_equal(decoded[..., 0], RGB[..., 0])
+
+
+def test_rgba_transparency_is_composited_on_white():
+    rgba = np.zeros((10, 10, 4), dtype=np.uint8)
+    assert (decode_image(encode(Image.fromarray(rgba), "PNG")) == 255).all()
+
+
+def test_exif_orientation_is_applied():
+    image = Image.fromarray(RGB)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90° clockwise
+    decoded = decode_image(encode(image, "JPEG", exif=exif.tobytes(), quality=95))
+    assert decoded.shape == (60, 40, 3)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "empty"),
+    (b"this is not an image", "not an image"),
+    (encode(Image.fromarray(RGB), "PNG")[:200], "damaged or truncated"),
+    (encode(Image.fromarray(RGB[:1, :1]), "PNG"), "too small"),
+])
+def test_bad_input_names_the_problem(payload, message):
+    with pytest.raises(NriqaError, match=message):
+        decode_image(payload, name="upload.png")
+
+
+def test_pixel_limit():
+    with pytest.raises(NriqaError, match="more than the limit"):
+        decode_image(encode(Image.fromarray(RGB), "PNG"), max_pixels=1000)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(NriqaError, match="missing.png: no such file"):
+        decode_image(tmp_path / "missing.png")
+
+
+def test_small_images_are_padded_not_upscaled():
+    padded = apply_policy(RGB[:20, :30], mode="native", resize=(0, 0), crop_size=32)
+    assert padded.shape == (32, 32, 3)
+    np.testing.assert_array_equal(padded[6:26, 1:31], RGB[:20, :30])
+
+
+def test_resize_policy():
+    assert apply_policy(RGB, mode="resize", resize=(48, 36), crop_size=32).shape == (36, 48, 3)
+    with pytest.raises(NriqaError, match="preprocess.mode"):
+        apply_policy(RGB, mode="stretch", resize=(48, 36), crop_size=32)
+
+
+def test_grid_covers_the_edges_and_respects_the_cap():
+    image = np.arange(100 * 70 * 3, dtype=np.uint32).reshape(100, 70, 3).astype(np.uint8)
+    crops = grid_crops(image, crop_size=32, stride=32, max_crops=100)
+    assert crops.shape == (4 * 3, 32, 32, 3)  # tops 0,32,64,68 × lefts 0,32,38
+    np.testing.assert_array_equal(crops[-1], image[68:, 38:])
+    assert len(grid_crops(image, crop_size=32, stride=32, max_crops=5)) == 5
+
+
+@pytest.mark.parametrize("shape", [(10, 12, 3), (300, 90, 3), (64, 64, 3)])
+def test_prediction_crops_for_odd_sizes(shape):
+    preprocessing = {"mode": "native", "resize": [64, 64], "crop_size": 32, "stride": 32,
+                     "max_crops": 8}
+    crops = crops_for_prediction(np.zeros(shape, np.uint8), preprocessing)
+    assert crops.shape[1:] == (32, 32, 3) and 1 <= len(crops) <= 8

@@ -1,0 +1,68 @@
+"""The real `dvc repro` on a tiny dataset in a temporary git clone."""
+
+import json
+import math
+
+import pandas as pd
+import yaml
+
+from conftest import VENV_BIN, project_env, run
+
+DVC = str(VENV_BIN / "dvc")
+
+
+def test_every_stage_output_exists(tiny_project):
+    for path in ["data/raw/mos_with_names.txt", "data/interim/index.csv",
+                 "data/processed/splits.csv", "data/processed/summary.json",
+                 "models/model.keras", "models/model.json", "reports/metrics.json",
+                 "reports/predictions.csv", "reports/per_distortion.csv",
+                 "reports/train_history.csv", "reports/figures/scatter.png"]:
+        assert (tiny_project / path).stat().st_size > 0, path
+
+
+def test_index_holds_every_generated_image(tiny_project):
+    index = pd.read_csv(tiny_project / "data/interim/index.csv")
+    assert len(index) == 3 * 4 * 3
+    assert list(index.columns) == ["image", "reference", "distortion", "level", "mos",
+                                   "mos_std", "path"]
+    assert index["mos"].between(0, 9).all()
+
+
+def test_splits_share_no_reference(tiny_project):
+    splits = pd.read_csv(tiny_project / "data/processed/splits.csv")
+    by_split = {name: set(group["reference"]) for name, group in splits.groupby("split")}
+    assert set(by_split) == {"train", "val", "test"}
+    assert not by_split["test"] & (by_split["train"] | by_split["val"])
+    assert not by_split["train"] & by_split["val"]
+
+
+def test_metrics_are_finite(tiny_project):
+    metrics = json.loads((tiny_project / "reports/metrics.json").read_text())
+    for section in ("test", "baseline"):
+        for key in ("srcc", "krcc", "plcc", "rmse", "plcc_logistic", "rmse_logistic"):
+            assert math.isfinite(metrics[section][key]), f"{section}.{key}"
+    shown = run([DVC, "metrics", "show", "--json"], cwd=tiny_project, env=project_env(tiny_project)).stdout
+    assert "srcc" in shown
+
+
+def test_second_repro_runs_nothing(tiny_project):
+    assert "up to date" in run([DVC, "status"], cwd=tiny_project, env=project_env(tiny_project)).stdout.lower()
+    again = run([DVC, "repro"], cwd=tiny_project, env=project_env(tiny_project)).stdout
+    assert "Running stage" not in again
+
+
+def test_same_params_give_the_same_metrics(tiny_project):
+    before = (tiny_project / "reports/metrics.json").read_text()
+    run([DVC, "repro", "--force", "train", "evaluate", "--single-item"], cwd=tiny_project, env=project_env(tiny_project))
+    assert (tiny_project / "reports/metrics.json").read_text() == before
+
+
+def test_preprocess_param_reruns_only_what_follows(tiny_project):
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["preprocess"]["seed"] = params["preprocess"]["seed"] + 1
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = run([DVC, "repro"], cwd=tiny_project, env=project_env(tiny_project)).stdout
+    assert "Running stage 'preprocess'" in output
+    assert "Running stage 'train'" in output
+    assert "Running stage 'fetch'" not in output
+    assert "Running stage 'normalize'" not in output
