@@ -42,5 +42,10 @@ test: venv system-deps
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+# The newest Bento that `dvc repro` (stage package) built, from the project's BentoML store.
+BENTO ?= nriqa:latest
+serve: venv
+	BENTOML_HOME=$${BENTOML_HOME:-$(CURDIR)/bentoml_home} $(BIN)/bentoml serve $(BENTO) --host 127.0.0.1 --port 3000
+
 clean:
 	rm -rf data models reports

@@ -1,10 +1,13 @@
-"""DVC stage `evaluate`: test-split metrics, the baseline beside them, tables and plots."""
+"""DVC stage `evaluate`: test-split metrics, the baseline beside them, tables and plots.
+
+Results are also added to the training's MLflow run, named by models/mlflow_run.json.
+"""
 
 from pathlib import Path
 
 import pandas as pd
 
-from nriqa import plots
+from nriqa import plots, tracking
 from nriqa.evaluation import (add_baseline, add_categories, per_distortion_table,
                               per_level_table, score_test_split, summarize)
 from nriqa.metrics import CATEGORY_NAMES
@@ -20,6 +23,8 @@ REPORTS = Path("reports")
 @stage_main
 def main():
     params = load_params()
+    # Checked first: an unreachable tracking server should not cost a whole evaluation.
+    run = tracking.open_pointer(Path("models/mlflow_run.json"))
     thresholds = params["evaluate"]["categories"]
     model, info = load_model("models")
     splits = pd.read_csv(SPLITS)
@@ -49,6 +54,12 @@ def main():
     history = pd.read_csv(REPORTS / "train_history.csv")
     plots.training_curves_plot({c: history[c].tolist() for c in ("loss", "val_srcc")},
                                figures / "training_curves.png")
+    tracking.log_evaluation(run, metrics, {
+        "": [Path("params.yaml"), REPORTS / "metrics.json", REPORTS / "confusion.json",
+             REPORTS / "per_distortion.csv", REPORTS / "per_level.csv", REPORTS / "predictions.csv"],
+        "figures": sorted(figures.glob("*.png")),
+        "split": [Path("data/processed/summary.json")],
+    })
     print(f"test SRCC {metrics['test']['srcc']:.4f}  baseline SRCC {metrics['baseline']['srcc']:.4f}")
 
 

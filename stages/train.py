@@ -1,12 +1,17 @@
-"""DVC stage `train`: fit the model on the training shards; keep the best validation epoch."""
+"""DVC stage `train`: fit the model on the training shards; keep the best validation epoch.
+
+The whole stage is one MLflow run (`nriqa.tracking`): a tracking store that cannot be reached
+stops the stage before training, and a crash marks the run FAILED.
+"""
 
 import csv
 from pathlib import Path
 
+from nriqa import tracking
 from nriqa.imaging import preprocessing_config
+from nriqa.model import save_model
 from nriqa.shards import write_json
 from nriqa.stage import load_params, stage_main
-from nriqa.model import save_model
 from nriqa.training import train
 
 SHARDS = Path("data/processed")
@@ -18,7 +23,15 @@ HISTORY = Path("reports/train_history.csv")
 def main():
     params = load_params()
     preprocessing = preprocessing_config(params)
-    model, result = train(SHARDS, params, preprocessing)
+    with tracking.training_run(params, SHARDS) as run:
+        model, result = train(SHARDS, params, preprocessing, extra_callbacks=[run.epoch_logger()])
+        save_outputs(model, params, preprocessing, result)
+        run.log_summary(result)
+        run.log_model(model, MODEL_DIR, tracking.example_crops(SHARDS, preprocessing))
+        run.write_pointer(MODEL_DIR / "mlflow_run.json")
+
+
+def save_outputs(model, params, preprocessing, result):
     MODEL_DIR.mkdir(exist_ok=True)
     save_model(model, MODEL_DIR / "model.keras")
     write_json(MODEL_DIR / "model.json", {

@@ -1,0 +1,200 @@
+"""Serving throughput: the BentoML service under concurrent load vs. the model in-process.
+
+Three ways to score the same images (512x384 JPEGs by default), measured in one run:
+
+* raw batch   `nriqa.predict.predict_mos` over all decoded images at once: the ceiling.
+* per image   one `model.predict` call per image (the seed's way of scoring).
+* service     the packaged Bento under `bentoml serve`, N concurrent clients each POSTing
+              one image at a time to /score (upload, decode, crops, adaptive batching).
+
+The model is `models/` (model.keras + model.json) if it exists, else a freshly built
+default-size `make_model()` with params.yaml's preprocessing (scores are meaningless then;
+the work per image is the same).
+
+    python benchmarks/bench_service.py [--images 64] [--clients 16] [--requests 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def make_images(count: int, size: tuple[int, int]) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    width, height = size
+    out = []
+    for i in range(count):
+        base = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
+        image = np.asarray(Image.fromarray(base).resize(size, Image.Resampling.BICUBIC))
+        noisy = np.clip(image + rng.normal(0, 2 + i % 12, image.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noisy).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def model_folder(workdir: Path) -> tuple[Path, str]:
+    if (PROJECT / "models" / "model.keras").is_file():
+        return PROJECT / "models", "trained model from models/ (params.yaml settings)"
+    from nriqa.imaging import preprocessing_config
+    from nriqa.model import model_from_params
+    from nriqa.stage import load_params
+
+    params = load_params(PROJECT / "params.yaml")
+    folder = workdir / "model"
+    folder.mkdir()
+    model_from_params(params["model"]).save(folder / "model.keras")
+    (folder / "model.json").write_text(json.dumps({"preprocessing": preprocessing_config(params)}))
+    return folder, "freshly built default-size make_model() (params.yaml model section; untrained)"
+
+
+def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
+    from nriqa.imaging import crops_for_prediction, decode_image
+    from nriqa.predict import load_model, predict_mos
+
+    model, info = load_model(folder)
+    pre = info["preprocessing"]
+    decoded = [decode_image(data) for data in images]
+    predict_mos(model, decoded[:4], pre)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        batch_scores = predict_mos(model, decoded, pre)
+    raw = repeats * len(decoded) / (time.perf_counter() - start)
+
+    crops = [crops_for_prediction(image, pre) for image in decoded]
+    model.predict(crops[0].astype(np.float32), verbose=0)  # warm-up
+    start = time.perf_counter()
+    single_scores = [float(model.predict(c.astype(np.float32), verbose=0).mean()) for c in crops]
+    single = len(crops) / (time.perf_counter() - start)
+    return {"raw_batch_images_per_s": raw, "per_image_predict_images_per_s": single,
+            "crops_per_image": len(crops[0]), "scores": batch_scores.tolist(),
+            "max_abs_diff_batch_vs_single": float(np.max(np.abs(batch_scores - single_scores)))}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int,
+                  total: int, max_latency_ms: int) -> dict:
+    env = {**os.environ, "BENTOML_HOME": str(workdir / "bentoml_home"),
+           "NRIQA_MAX_LATENCY_MS": str(max_latency_ms)}
+    subprocess.run([sys.executable, str(PROJECT / "stages" / "package.py"), "--model-dir",
+                    str(folder), "--report", str(workdir / "bento.json")],
+                   cwd=PROJECT, env=env, check=True, capture_output=True)
+    bento = json.loads((workdir / "bento.json").read_text())["bento_tag"]
+    url = f"http://127.0.0.1:{free_port()}"
+    log = (workdir / "serve.log").open("w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", bento,
+                               "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]],
+                              cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if requests.post(f"{url}/score", files={"image": ("w.jpg", images[0])},
+                                 timeout=60).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"the service did not start; see {workdir / 'serve.log'}")
+            time.sleep(1)
+
+        def client(index: int, count: int) -> list[tuple[int, float, int]]:
+            out = []
+            with requests.Session() as session:
+                for k in range(count):
+                    i = (index + k * clients) % len(images)
+                    t0 = time.perf_counter()
+                    response = session.post(f"{url}/score", timeout=300,
+                                            files={"image": (f"{i}.jpg", images[i])})
+                    out.append((response.status_code, time.perf_counter() - t0, i,
+                                response.json().get("mos") if response.ok else None))
+            return out
+
+        # Warm-up round: lets BentoML's batching optimizer learn the model's timing.
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients), [4] * clients))
+        per_client = max(1, total // clients)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            results = [r for rs in pool.map(client, range(clients), [per_client] * clients)
+                       for r in rs]
+        elapsed = time.perf_counter() - start
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+    ok = [r for r in results if r[0] == 200]
+    latencies = np.array([r[1] for r in ok]) * 1000
+    return {"service_requests_per_s": len(ok) / elapsed, "requests": len(results),
+            "failed": len(results) - len(ok),
+            "status_codes": sorted({r[0] for r in results}),
+            "latency_ms_p50": float(np.percentile(latencies, 50)),
+            "latency_ms_p99": float(np.percentile(latencies, 99)),
+            "service_scores": {r[2]: r[3] for r in ok}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 384), metavar=("W", "H"))
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=256, help="timed requests in all")
+    parser.add_argument("--repeats", type=int, default=2, help="raw-batch passes over the images")
+    parser.add_argument("--max-latency-ms", type=int, default=10_000,
+                        help="NRIQA_MAX_LATENCY_MS for the served Bento")
+    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    images = make_images(args.images, tuple(args.size))
+    with tempfile.TemporaryDirectory(prefix="nriqa-bench-") as tmp:
+        workdir = Path(tmp)
+        folder, model_note = model_folder(workdir)
+        local = bench_in_process(folder, images, args.repeats)
+        served = bench_service(folder, images, workdir, args.clients, args.requests,
+                               args.max_latency_ms)
+    diffs = [abs(mos - local["scores"][i]) for i, mos in served.pop("service_scores").items()]
+    results = {
+        "model": model_note, "images": f"{args.images} JPEGs of {args.size[0]}x{args.size[1]}",
+        "crops_per_image": local["crops_per_image"], "clients": args.clients,
+        "max_latency_ms": args.max_latency_ms,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "raw_batch_images_per_s": local["raw_batch_images_per_s"],
+        "per_image_predict_images_per_s": local["per_image_predict_images_per_s"],
+        **served,
+        "service_vs_raw_batch": served["service_requests_per_s"] / local["raw_batch_images_per_s"],
+        "max_abs_diff_service_vs_in_process": max(diffs) if diffs else None,
+        "max_abs_diff_batch_vs_per_image": local["max_abs_diff_batch_vs_single"],
+    }
+    print(json.dumps(results, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

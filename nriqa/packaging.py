@@ -1,0 +1,208 @@
+"""Packaging the champion model for serving: MLflow registry -> BentoML model store -> Bento.
+
+`fetch_mlflow_model` downloads a registered model (`models:/nriqa@champion`) into a plain
+folder (`model.keras` + `model.json`), the same layout the train stage writes to `models/`.
+`save_to_store` copies such a folder into the BentoML model store, labelled with the MLflow
+run id and registry version, with the serving limits (params.yaml `serve`) and the quality
+categories in its metadata: the Bento then carries its own configuration, and `service.py`
+reads it from there (environment variables still override it at run time).
+`build_bento` builds the Bento from `bentofile.yaml`, pinned to that exact model version.
+
+BentoML reads BENTOML_HOME when it is first imported, so callers set it before that
+(`stages/package.py` defaults it to the project's `bentoml_home/`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from nriqa.errors import NriqaError
+
+MODEL_FILES = ("model.keras", "model.json")
+# The keys of params.yaml `serve` that the service reads; each has an environment override
+# NRIQA_<KEY upper-cased>, e.g. NRIQA_MAX_PIXELS.
+SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_size", "max_latency_ms")
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    model_dir = Path(model_dir)
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise NriqaError(f"{model_dir}: not a model folder, {' and '.join(missing)} missing "
+                         "(run `dvc repro train` or pass the folder that holds them)")
+    info = json.loads((model_dir / "model.json").read_text())
+    if "preprocessing" not in info:
+        raise NriqaError(f"{model_dir / 'model.json'}: has no `preprocessing` section")
+    return model_dir
+
+
+def serve_settings(serve_params: dict) -> dict:
+    """The serving limits baked into the model's metadata, as plain ints."""
+    missing = [key for key in SERVE_KEYS if key not in serve_params]
+    if missing:
+        raise NriqaError(f"params.yaml serve: missing {', '.join(missing)}")
+    settings = {key: int(serve_params[key]) for key in SERVE_KEYS}
+    for key, value in settings.items():
+        if value < 1:
+            raise NriqaError(f"params.yaml serve.{key}: must be a positive number, got {value}")
+    if settings["max_batch_size"] < 2:
+        raise NriqaError("params.yaml serve.max_batch_size: must be at least 2 "
+                         "(BentoML's adaptive batching needs room for two requests)")
+    return settings
+
+
+def fetch_mlflow_model(model_uri: str, destination: str | Path, *,
+                       run_id: str | None = None, tracking_uri: str | None = None) -> Path:
+    """Download a logged or registered Keras model and its `model.json` into `destination`.
+
+    `nriqa.tracking.log_trained_model` logs `model.json` inside the logged model, beside
+    `MLmodel`; older runs logged it as a run artifact, which is searched as a fallback.
+    The model goes through `mlflow.keras.load_model` and is saved again as `model.keras`,
+    the file `nriqa.predict.load_model` reads.
+    """
+    import mlflow
+
+    import nriqa.model  # noqa: F401  registers the custom layers before Keras deserializes
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    download = Path(tempfile.mkdtemp(prefix="nriqa-mlflow-"))
+    try:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                             dst_path=str(download)))
+            model = mlflow.keras.load_model(str(local))
+        except Exception as error:  # MlflowException, OSError, ...: all mean "cannot get it"
+            raise NriqaError(f"{model_uri}: cannot load the model from MLflow ({error})") from error
+        model.save(destination / "model.keras")
+        if (local / "model.json").is_file():
+            shutil.copyfile(local / "model.json", destination / "model.json")
+        else:
+            run_id = run_id or _run_id_of(model_uri)
+            artifact = _find_artifact(run_id, "model.json")
+            if artifact is None:
+                raise NriqaError(f"{model_uri} (run {run_id}) has no model.json; the service "
+                                 "needs its preprocessing settings")
+            found = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
+                                                        dst_path=str(download / "run"))
+            shutil.copyfile(found, destination / "model.json")
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+    return check_model_dir(destination)
+
+
+def _run_id_of(model_uri: str) -> str:
+    """The run that logged a `models:/name@alias` or `models:/name/version` model."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if model_uri.startswith("runs:/"):
+        return model_uri.split("/")[1]
+    if not model_uri.startswith("models:/"):
+        raise NriqaError(f"{model_uri}: expected a models:/ or runs:/ URI")
+    name_part = model_uri[len("models:/"):]
+    try:
+        if "@" in name_part:
+            name, alias = name_part.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = name_part.split("/", 1)
+            version = client.get_model_version(name, number)
+    except Exception as error:
+        raise NriqaError(f"{model_uri}: not found in the MLflow registry ({error})") from error
+    return version.run_id
+
+
+def _find_artifact(run_id: str, filename: str, path: str | None = None) -> str | None:
+    """Breadth-first search of a run's artifacts for `filename`; the shallowest match wins."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    folders = [path]
+    while folders:
+        next_level = []
+        for folder in folders:
+            for item in client.list_artifacts(run_id, folder):
+                if item.is_dir:
+                    next_level.append(item.path)
+                elif Path(item.path).name == filename:
+                    return item.path
+        folders = next_level
+    return None
+
+
+def save_to_store(model_dir: str | Path, *, name: str, run_id: str, version: str,
+                  serve: dict, categories: dict, model_uri: str = ""):
+    """Copy `model.keras` + `model.json` into the BentoML model store; returns the stored model.
+
+    Labels (searchable with `bentoml models list`) carry the MLflow lineage; the metadata also
+    carries what the service needs at run time and must not drift from the model: the
+    serving limits and the category thresholds.
+    """
+    import bentoml
+
+    model_dir = check_model_dir(model_dir)
+    labels = {"mlflow_run_id": str(run_id), "registry_version": str(version)}
+    metadata = {**labels, "model_uri": model_uri, "serve": serve_settings(serve),
+                "categories": {key: float(value) for key, value in categories.items()}}
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as stored:
+        for filename in MODEL_FILES:
+            shutil.copyfile(model_dir / filename, Path(stored.path) / filename)
+    return stored
+
+
+@contextmanager
+def _env(**values: str):
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def build_bento(model_tag: str, *, project_dir: str | Path, bento_name: str,
+                labels: dict[str, str]):
+    """Build a Bento from `bentofile.yaml` that serves exactly `model_tag`.
+
+    `service.py` chooses its model from NRIQA_MODEL_TAG (default `nriqa:latest`); setting it
+    to the exact tag while BentoML imports the service pins that version into the Bento.
+    Inside the Bento only that version exists, so the default resolves to it when served.
+    """
+    import bentoml
+
+    project_dir = Path(project_dir).resolve()
+    bentofile = project_dir / "bentofile.yaml"
+    if not bentofile.is_file():
+        raise NriqaError(f"{bentofile}: missing")
+    with _env(NRIQA_MODEL_TAG=str(model_tag)):
+        return bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(project_dir),
+                                              name=bento_name, labels=labels)
+
+
+def package(model_dir: str | Path, *, run_id: str, version: str, params: dict,
+            project_dir: str | Path = ".", model_uri: str = "") -> dict:
+    """Model folder -> model store -> Bento. Returns what `reports/bento.json` records."""
+    serve = params["serve"]
+    categories = params["evaluate"]["categories"]
+    # The model and the Bento share one name: the service's default tag is `<name>:latest`.
+    stored = save_to_store(model_dir, name=serve["bento_name"],
+                           run_id=run_id, version=version, serve=serve,
+                           categories=categories, model_uri=model_uri)
+    bento = build_bento(str(stored.tag), project_dir=project_dir, bento_name=serve["bento_name"],
+                        labels={"mlflow_run_id": str(run_id), "registry_version": str(version),
+                                "model_tag": str(stored.tag)})
+    return {"bento_tag": str(bento.tag), "model_tag": str(stored.tag),
+            "mlflow_run_id": str(run_id), "registry_version": str(version),
+            "model_uri": model_uri, "serve": serve_settings(serve)}

@@ -1,0 +1,146 @@
+"""`python -m nriqa score PATH...`: score image files or folders with the local champion model.
+
+Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). Scores come
+from `nriqa.predict.predict_mos`, the function evaluation uses, so the CLI, the reports and
+the service agree. A file that cannot be read is named on stderr and skipped; the exit
+status is non-zero only when nothing could be scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from nriqa.errors import NriqaError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# Images decoded and scored per model call: enough to batch crops well, few enough that
+# large photos do not pile up in memory.
+CHUNK = 32
+
+
+def add_score_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score", help="score image files or folders with the trained model",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="image files and/or folders (searched recursively)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model-dir", type=Path, default=Path("models"),
+                        help="folder with model.keras and model.json (default: models)")
+    source.add_argument("--model-uri",
+                        help="an MLflow model instead, e.g. models:/nriqa@champion")
+    parser.add_argument("--format", choices=("csv", "json"), default="csv")
+    parser.add_argument("--output", "-o", type=Path,
+                        help="write the scores to this file instead of stdout")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="category thresholds (evaluate.categories) and the MLflow "
+                             "tracking URI are read from here if it exists")
+    parser.set_defaults(handler=run_score)
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """Files as given (whatever their suffix); folders expanded to their image files, sorted."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)  # decode_image reports a missing or unreadable file by name
+    return found
+
+
+def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
+                progress: bool = True) -> tuple[list[dict], list[str]]:
+    """Score files in chunks; returns (rows in file order, error messages of skipped files)."""
+    from tqdm import tqdm
+
+    from nriqa.imaging import decode_image
+    from nriqa.metrics import categorize
+    from nriqa.predict import predict_mos
+
+    rows, errors = [], []
+    with tqdm(total=len(files), unit="image", disable=not progress or len(files) < 2,
+              file=sys.stderr) as bar:
+        for start in range(0, len(files), CHUNK):
+            names, images = [], []
+            for path in files[start:start + CHUNK]:
+                try:
+                    images.append(decode_image(path))
+                    names.append(path)
+                except NriqaError as error:
+                    errors.append(str(error))
+                    bar.write(f"skipped {error}", file=sys.stderr)
+            for path, mos in zip(names, predict_mos(model, images, preprocessing)):
+                rows.append({"path": str(path), "mos": round(float(mos), 6),
+                             "category": categorize(float(mos), thresholds)})
+            bar.update(len(files[start:start + CHUNK]))
+    return rows, errors
+
+
+def write_rows(rows: list[dict], fmt: str, stream) -> None:
+    if fmt == "json":
+        json.dump(rows, stream, indent=2)
+        stream.write("\n")
+    else:
+        writer = csv.DictWriter(stream, fieldnames=["path", "mos", "category"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _settings(params_path: Path) -> tuple[dict, str | None]:
+    from nriqa.metrics import DEFAULT_THRESHOLDS
+
+    if not params_path.is_file():
+        return dict(DEFAULT_THRESHOLDS), None
+    params = yaml.safe_load(params_path.read_text()) or {}
+    thresholds = params.get("evaluate", {}).get("categories") or DEFAULT_THRESHOLDS
+    return dict(thresholds), params.get("mlflow", {}).get("tracking_uri")
+
+
+def _load(args, tracking_uri: str | None, workdir: str):
+    import os
+
+    from nriqa.predict import load_model
+
+    if args.model_uri:
+        from nriqa.packaging import fetch_mlflow_model
+
+        model_dir = fetch_mlflow_model(args.model_uri, workdir,
+                                       tracking_uri=os.environ.get("MLFLOW_TRACKING_URI",
+                                                                   tracking_uri))
+    else:
+        from nriqa.packaging import check_model_dir
+
+        model_dir = check_model_dir(args.model_dir)
+    return load_model(model_dir)
+
+
+def run_score(args) -> int:
+    try:
+        thresholds, tracking_uri = _settings(args.params)
+        files = find_images(args.paths)
+        if not files:
+            raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
+        with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
+            model, info = _load(args, tracking_uri, workdir)
+            rows, errors = score_files(model, info["preprocessing"], files, thresholds)
+    except NriqaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if rows:
+        if args.output:
+            with args.output.open("w", newline="") as stream:
+                write_rows(rows, args.format, stream)
+        else:
+            write_rows(rows, args.format, sys.stdout)
+    print(f"scored {len(rows)} of {len(files)} images"
+          + (f"; skipped {len(errors)} that could not be read" if errors else ""),
+          file=sys.stderr)
+    return 0 if rows else 1

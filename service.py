@@ -1,0 +1,362 @@
+"""The nriqa BentoML service: upload an image, get its predicted MOS and quality category.
+
+Two services, one Bento (`bentoml serve service:NRIQA`, or the built Bento):
+
+* `NRIQA` (the entry point, HTTP on port 3000) decodes uploads with `nriqa.imaging`,
+  cuts each image's crop grid, answers bad input with a 4xx, and serves the web page at /ui.
+* `QualityModel` holds the Keras model (loaded once per worker) behind ONE batchable API.
+  BentoML's adaptive batching merges the crop sets of concurrent requests into one model
+  call; it only batches calls that arrive through a service's server, which is why the
+  model lives in a service of its own and `NRIQA` reaches it through `bentoml.depends`.
+
+Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). The serving
+limits and category thresholds were baked into that model's metadata at package time
+(params.yaml `serve` and `evaluate.categories`); NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS,
+NRIQA_MAX_BATCH_SIZE and NRIQA_MAX_LATENCY_MS override them.
+"""
+
+import asyncio
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from pathlib import Path
+
+import aiohttp
+import bentoml
+import numpy as np
+import yaml
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+from nriqa.errors import NriqaError
+from nriqa.imaging import crops_for_prediction, decode_image
+from nriqa.metrics import categorize
+from nriqa.packaging import SERVE_KEYS
+
+
+
+def _model_tag() -> str:
+    """NRIQA_MODEL_TAG, else the model a built Bento was packaged with, else `nriqa:latest`.
+
+    BentoML 1.4 keeps a Bento's models in the shared model store, where `nriqa:latest` is
+    the newest model packaged, not necessarily this Bento's; the package stage records the
+    exact tag in the Bento's labels, and `bento.yaml` sits beside the Bento's `src/`.
+    """
+    if tag := os.environ.get("NRIQA_MODEL_TAG"):
+        return tag
+    bento_yaml = Path(__file__).resolve().parent.parent / "bento.yaml"
+    if bento_yaml.is_file():
+        labels = yaml.safe_load(bento_yaml.read_text()).get("labels") or {}
+        if labels.get("model_tag"):
+            return labels["model_tag"]
+    return "nriqa:latest"
+
+
+MODEL_TAG = _model_tag()
+
+
+def load_settings(model_tag: str) -> dict:
+    """What the service needs besides the weights: lineage, limits, preprocessing, thresholds.
+
+    Read when this module is imported, because batching limits are arguments of the
+    `@bentoml.api` decorator below.
+    """
+    try:
+        stored = bentoml.models.get(model_tag)
+    except bentoml.exceptions.NotFound as error:
+        raise NriqaError(f"model {model_tag} is not in the BentoML model store (BENTOML_HOME="
+                         f"{os.environ.get('BENTOML_HOME', '~/bentoml')}); run `dvc repro package` "
+                         "or set NRIQA_MODEL_TAG") from error
+    metadata = stored.info.metadata
+    limits = dict(metadata["serve"])
+    for key in SERVE_KEYS:
+        if (value := os.environ.get(f"NRIQA_{key.upper()}")) is not None:
+            limits[key] = int(value)
+    model_json = json.loads(Path(stored.path_of("model.json")).read_text())
+    return {
+        "model_tag": str(stored.tag),
+        "model_version": str(metadata.get("registry_version", "")),
+        "mlflow_run_id": str(metadata.get("mlflow_run_id", "")),
+        "categories": dict(metadata["categories"]),
+        "preprocessing": model_json["preprocessing"],
+        **limits,
+    }
+
+
+SETTINGS = load_settings(MODEL_TAG)
+
+
+@bentoml.service(name="nriqa_model", workers=1, traffic={"timeout": 120})
+class QualityModel:
+    """The Keras model behind one adaptive-batching API; inputs are already-cut crops."""
+
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        from nriqa.predict import load_model
+
+        self.model, _ = load_model(self.bento_model.path)
+
+    # One batch item is one image's crop stack, so max_batch_size counts images.
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    def predict(self, crop_sets: list[np.ndarray]) -> list[float]:
+        """Mean crop score per image: `nriqa.predict.predict_mos` after its cropping step."""
+        from nriqa.predict import predict_crops
+
+        counts = [len(crops) for crops in crop_sets]
+        scores = predict_crops(self.model, np.concatenate(crop_sets))
+        bounds = np.cumsum([0, *counts])
+        return [float(scores[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class Score(BaseModel):
+    mos: float = Field(description="predicted mean opinion score")
+    category: str = Field(description="quality category of the MOS (params.yaml evaluate.categories)")
+    model_version: str = Field(description="MLflow registry version of the model")
+    mlflow_run_id: str = Field(description="MLflow run that trained the model")
+
+
+class ImageError(BaseModel):
+    error: str = Field(description="why this image could not be scored")
+
+
+class InputError(Exception):
+    """Bad input from the client; becomes a JSON `{"error": ...}` with a 4xx status."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+    def response(self) -> JSONResponse:
+        # Returned rather than raised: BentoML 1.4 wraps raised 4xx messages in a list.
+        return JSONResponse({"error": str(self)}, status_code=self.status)
+
+
+class UploadGuard:
+    """ASGI middleware: check an upload's size and shape before BentoML parses it.
+
+    * Bodies over the upload limit get 413 before they are read; bodies without a
+      Content-Length (chunked) get 411, so every accepted body has a known, bounded size.
+    * On the scoring APIs, anything but multipart/form-data gets 415, and the form must hold
+      only file parts in the API's field. BentoML 1.4 answers a text part there (it tries
+      to download it as a URL) or a file in an unknown field with a 500; this turns them
+      into a 400 that says what to send.
+    """
+
+    FILE_FIELDS = {"/score": "image", "/score_batch": "images"}
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check_length(scope)
+            field = self.FILE_FIELDS.get(scope["path"].rstrip("/"))
+            if field is not None:
+                body = await self._read_body(receive)
+                await self._check_form(scope, body, field)
+                receive = _replay(body, receive)
+        except InputError as error:
+            await error.response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _check_length(self, scope) -> None:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is None:
+            if b"chunked" in headers.get(b"transfer-encoding", b""):
+                raise InputError("send the upload with a Content-Length header",
+                                 HTTPStatus.LENGTH_REQUIRED)
+        elif not length.isdigit() or int(length) > self.max_bytes:
+            raise InputError(f"the upload is {length.decode(errors='replace')} bytes, more than "
+                             f"the limit of {self.max_bytes}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+    async def _read_body(self, receive) -> bytes:
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InputError("the client went away")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:  # a client that sent more than its Content-Length said
+                raise InputError(f"the upload is over the limit of {self.max_bytes} bytes",
+                                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    @staticmethod
+    async def _check_form(scope, body: bytes, field: str) -> None:
+        from starlette.datastructures import Headers, UploadFile
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        headers = Headers(scope=scope)
+        if headers.get("content-type", "").split(";")[0].strip() != "multipart/form-data":
+            raise InputError(f"send the image as a multipart/form-data upload in the field "
+                             f"`{field}` (e.g. curl -F {field}=@photo.jpg)",
+                             HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+
+        async def stream():
+            yield body
+
+        try:
+            form = await MultiPartParser(headers, stream()).parse()
+        except MultiPartException as error:
+            raise InputError(f"malformed multipart upload: {error.message}") from error
+        try:
+            if not form.multi_items():
+                raise InputError(f"no image in the request; send it in the field `{field}`")
+            if field == "image" and len(form.getlist(field)) > 1:
+                raise InputError("`score` takes one image; use `score_batch` for several")
+            for name, value in form.multi_items():
+                if name != field:
+                    raise InputError(f"unexpected form field `{name}`; send the image(s) in "
+                                     f"the field `{field}`")
+                if not isinstance(value, UploadFile):
+                    raise InputError(f"the field `{field}` must be a file upload, not text "
+                                     f"(e.g. curl -F {field}=@photo.jpg)")
+                if len(value.filename or "") > 200 or "\0" in (value.filename or ""):
+                    raise InputError("the upload's filename is too long or not printable")
+        finally:
+            await form.close()
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that hands the already-read body to the app, then defers to the client."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# Decoding runs outside the event loop, a few images at a time: a decoded image can take
+# max_pixels * 3 bytes, so this bounds the memory a burst of large uploads can claim.
+_decoder = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="decode")
+
+
+def _crops(path: Path, name: str) -> np.ndarray:
+    """The crop grid of one uploaded file; every failure is the client's bad input."""
+    try:
+        image = decode_image(path, name=name, max_pixels=SETTINGS["max_pixels"])
+    except NriqaError as error:
+        raise InputError(str(error)) from error
+    except Exception as error:  # a decoder bug on hostile bytes is still a bad image
+        raise InputError(f"{name}: cannot decode this image ({type(error).__name__}: {error})"
+                         ) from error
+    return crops_for_prediction(image, SETTINGS["preprocessing"])
+
+
+def _upload_name(path: Path) -> str:
+    # BentoML keeps each upload in a NamedTemporaryFile whose name is "tmp" + 8 random
+    # characters + the client's filename; error messages should name the client's file.
+    return path.name[11:] if path.name.startswith("tmp") and len(path.name) > 11 else "upload"
+
+
+def _ui_app():
+    """The web page: the Gradio demo in a FastAPI app, mounted at /ui by `asgi_app` below.
+
+    `bentoml.gradio.mount_gradio_app` answers 500 with this Gradio version; mounting Gradio
+    into FastAPI ourselves works. The page calls the running service, so it scores exactly
+    like the `score` API.
+    """
+    import gradio as gr
+    from fastapi import FastAPI
+
+    async def score_upload(file_path: str | None):
+        if not file_path:
+            raise gr.Error("Choose an image file first.")
+        service = bentoml.get_current_service()
+        try:
+            (result,) = await service.score_paths([(Path(file_path), Path(file_path).name)])
+        except InputError as error:
+            raise gr.Error(str(error)) from error
+        if isinstance(result, ImageError):
+            raise gr.Error(result.error)
+        return round(result.mos, 3), result.category
+
+    with gr.Blocks(title="nriqa: image quality") as demo:
+        gr.Markdown("# nriqa: no-reference image quality\n"
+                    "Upload a photo (JPEG, PNG, BMP, WebP or TIFF) to get its predicted mean "
+                    "opinion score (MOS) and quality category.")
+        upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff", ".webp"],
+                         type="filepath", elem_id="image-upload")
+        with gr.Row():
+            mos = gr.Number(label="Predicted MOS", precision=3, elem_id="mos")
+            category = gr.Textbox(label="Category", elem_id="category")
+        upload.upload(score_upload, inputs=upload, outputs=[mos, category], api_name="score")
+    return gr.mount_gradio_app(FastAPI(), demo, path="/")
+
+
+@bentoml.service(name="nriqa", traffic={"timeout": 120})
+@bentoml.asgi_app(_ui_app(), path="/ui")
+class NRIQA:
+    """Image quality scoring: `score` one image, `score_batch` many, or use the page at /ui."""
+
+    quality_model = bentoml.depends(QualityModel)
+
+    @bentoml.api
+    async def score(self, image: Path) -> Score:
+        """Score one uploaded image (multipart field `image`)."""
+        try:
+            (result,) = await self.score_paths([(image, _upload_name(image))])
+        except InputError as error:
+            return error.response()
+        if isinstance(result, ImageError):
+            return InputError(result.error).response()
+        return result
+
+    @bentoml.api
+    async def score_batch(self, images: list[Path]) -> list[Score | ImageError]:
+        """Score many uploaded images (repeated multipart field `images`), in order.
+
+        An image that cannot be scored gets `{"error": ...}` in its place; the others are
+        still scored.
+        """
+        if not images:
+            return InputError("no images in the request (send them as `images` fields)").response()
+        return await self.score_paths([(path, _upload_name(path)) for path in images])
+
+    async def score_paths(self, uploads: list[tuple[Path, str]]) -> list[Score | ImageError]:
+        """Decode and crop in threads, then one call to the batching model service."""
+        loop = asyncio.get_running_loop()
+        jobs = [loop.run_in_executor(_decoder, _crops, path, name) for path, name in uploads]
+        crop_sets = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in crop_sets:
+            if isinstance(outcome, Exception) and not isinstance(outcome, InputError):
+                raise outcome
+        good = [crops for crops in crop_sets if not isinstance(crops, Exception)]
+        scores = iter(await self._predict(good) if good else [])
+        return [ImageError(error=str(outcome)) if isinstance(outcome, Exception)
+                else self._score(next(scores)) for outcome in crop_sets]
+
+    async def _predict(self, crop_sets: list[np.ndarray]) -> list[float]:
+        # BentoML 1.4.40's client for `depends` renews its HTTP session every 100 requests
+        # and closes the old one under the requests still in flight on it; they fail with
+        # aiohttp's ServerDisconnectedError. The call is idempotent, so send those again.
+        for attempt in range(3):
+            try:
+                return await self.quality_model.to_async.predict(crop_sets)
+            except aiohttp.ClientConnectionError:
+                if attempt == 2:
+                    raise
+
+    @staticmethod
+    def _score(mos: float) -> Score:
+        return Score(mos=round(mos, 6), category=categorize(mos, SETTINGS["categories"]),
+                     model_version=SETTINGS["model_version"],
+                     mlflow_run_id=SETTINGS["mlflow_run_id"])
+
+
+NRIQA.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS["max_upload_bytes"])

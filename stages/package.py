@@ -1,0 +1,67 @@
+"""DVC stage `package`: the MLflow champion -> BentoML model store -> a Bento; writes reports/bento.json.
+
+The champion is the model behind `models:/<registered_model>@champion`, as recorded by the
+promote stage in reports/promotion.json. `--model-dir DIR` packages a model folder instead
+(model.keras + model.json), for trying the service without a registry.
+
+BentoML's store is the project's `bentoml_home/` unless BENTOML_HOME says otherwise, so that
+`make serve` finds what this stage built.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("BENTOML_HOME", str(PROJECT / "bentoml_home"))  # before bentoml is imported
+
+from nriqa.errors import NriqaError  # noqa: E402
+from nriqa.packaging import fetch_mlflow_model, package  # noqa: E402
+from nriqa.shards import write_json  # noqa: E402
+from nriqa.stage import load_params, stage_main  # noqa: E402
+
+PROMOTION = PROJECT / "reports/promotion.json"
+REPORT = PROJECT / "reports/bento.json"
+
+
+@stage_main
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path,
+                        help="package this model folder instead of the MLflow champion")
+    parser.add_argument("--run-id", default="", help="with --model-dir: its MLflow run id")
+    parser.add_argument("--version", default="", help="with --model-dir: its registry version")
+    parser.add_argument("--report", type=Path, default=REPORT)
+    args = parser.parse_args()
+    params = load_params(PROJECT / "params.yaml")
+
+    if args.model_dir is not None:
+        report = package(args.model_dir, run_id=args.run_id, version=args.version,
+                         params=params, project_dir=PROJECT)
+    else:
+        if not PROMOTION.is_file():
+            raise NriqaError(f"{PROMOTION}: missing; run the promote stage first")
+        promotion = json.loads(PROMOTION.read_text())
+        missing = [k for k in ("model_uri", "champion_version", "champion_run_id")
+                   if k not in promotion]
+        if missing:
+            raise NriqaError(f"{PROMOTION}: missing {', '.join(missing)}")
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", params["mlflow"]["tracking_uri"])
+        with tempfile.TemporaryDirectory(prefix="nriqa-champion-") as folder:
+            model_dir = fetch_mlflow_model(promotion["model_uri"], folder,
+                                           run_id=promotion["champion_run_id"],
+                                           tracking_uri=tracking_uri)
+            report = package(model_dir, run_id=promotion["champion_run_id"],
+                             version=str(promotion["champion_version"]), params=params,
+                             project_dir=PROJECT, model_uri=promotion["model_uri"])
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.report, report)
+    print(f"Built Bento {report['bento_tag']} with model {report['model_tag']} "
+          f"(MLflow run {report['mlflow_run_id'] or '-'}, version {report['registry_version'] or '-'})",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""DVC stage `promote`: register the trained model; it takes the `champion` alias only if its
+test SRCC beats the current champion's (see `nriqa.registry`)."""
+
+from pathlib import Path
+
+from nriqa import registry, tracking
+from nriqa.shards import write_json
+from nriqa.stage import load_params, stage_main
+
+REPORT = Path("reports/promotion.json")
+
+
+@stage_main
+def main():
+    params = load_params()
+    pointer = tracking.open_pointer(Path("models/mlflow_run.json"))
+    report = registry.promote(pointer, params["mlflow"]["registered_model"])
+    REPORT.parent.mkdir(exist_ok=True)
+    write_json(REPORT, report)
+    verdict = "promoted to champion" if report["promoted"] else "not promoted"
+    champion = f"{report['champion_srcc_before']:.4f}" if report["champion_srcc_before"] is not None else "none"
+    print(f"{report['registered_model']} v{report['candidate_version']} "
+          f"(test SRCC {report['candidate_srcc']:.4f}, champion before: {champion}): {verdict}; "
+          f"champion is v{report['champion_version']}")
+
+
+if __name__ == "__main__":
+    main()

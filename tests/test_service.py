@@ -1,0 +1,293 @@
+"""The packaged Bento served by a real `bentoml serve` process, called over HTTP.
+
+One server for this module and test_webpage.py (start-up costs tens of seconds): a tiny model
+is packaged with `stages/package.py --model-dir` into a temporary BentoML home, and the built
+Bento is served on a free port with small limits (env overrides) so the limit cases are cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from conftest import PROJECT, VENV_BIN, run, tool_env
+from test_cli import make_tiny_model, score_cli, textured
+
+MAX_PIXELS = 100_000          # NRIQA_MAX_PIXELS for the test server
+MAX_UPLOAD_BYTES = 2_000_000  # NRIQA_MAX_UPLOAD_BYTES for the test server
+MAX_LATENCY_MS = 10_000       # NRIQA_MAX_LATENCY_MS for the test server
+_shared: dict = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def good_images() -> dict[str, bytes]:
+    """Every format and colour mode the service promises to read."""
+    rotated = textured(16, (64, 96))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    gray16 = Image.fromarray((np.asarray(textured(13).convert("L"), dtype=np.uint16) * 257))
+    return {
+        "photo.jpg": _encode(textured(10), "JPEG", quality=90),
+        "photo.png": _encode(textured(11), "PNG"),
+        "photo.bmp": _encode(textured(12), "BMP"),
+        "photo.webp": _encode(textured(13), "WEBP", quality=90),
+        "photo.tiff": _encode(textured(14), "TIFF"),
+        "gray.png": _encode(textured(15).convert("L"), "PNG"),
+        "rgba.png": _encode(textured(17).convert("RGBA"), "PNG"),
+        "palette.png": _encode(textured(18).convert("P"), "PNG"),
+        "gray16.png": _encode(gray16, "PNG"),
+        "cmyk.jpg": _encode(textured(19).convert("CMYK"), "JPEG"),
+        "rotated.jpg": _encode(rotated, "JPEG", exif=exif),
+    }
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge image: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+
+
+class Server:
+    def __init__(self, root: Path):
+        self.root = root
+        self.model_dir = make_tiny_model(root / "model")
+        self.env = tool_env(BENTOML_HOME=str(root / "bentoml_home"), TF_CPP_MIN_LOG_LEVEL="2",
+                            NRIQA_MAX_PIXELS=str(MAX_PIXELS),
+                            NRIQA_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
+                            # BentoML sheds (503) requests it expects to miss this deadline;
+                            # 16 clients on a busy 2-core CI box need more than params' 200 ms.
+                            NRIQA_MAX_LATENCY_MS=str(MAX_LATENCY_MS))
+        run([sys.executable, "-m", "stages.package", "--model-dir", str(self.model_dir),
+             "--run-id", "run-abc123", "--version", "3", "--report", str(root / "bento.json")],
+            cwd=PROJECT, env=self.env, timeout=600)
+        self.report = json.loads((root / "bento.json").read_text())
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = (root / "serve.log").open("w")
+        # Its own process group, so teardown stops the server and all its workers.
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "bentoml"), "serve", self.report["bento_tag"], "--host", "127.0.0.1",
+             "--port", str(port)], cwd=root, env=self.env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_until_scoring()
+
+    def _wait_until_scoring(self, timeout: float = 300) -> None:
+        # /readyz answers before the model worker has loaded; a real request proves both are up.
+        image = _encode(textured(0), "PNG")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"bentoml serve exited:\n{self.logs()[-6000:]}")
+            try:
+                if requests.post(f"{self.url}/score", files={"image": ("x.png", image)},
+                                 timeout=30).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        raise AssertionError(f"the service did not answer in {timeout}s:\n{self.logs()[-6000:]}")
+
+    def logs(self) -> str:
+        self.log.flush()
+        return (self.root / "serve.log").read_text()
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+    def score(self, name: str, data: bytes, **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}/score", files={"image": (name, data)}, timeout=60,
+                             **kwargs)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """The running server; test_webpage.py imports this fixture and gets the same one."""
+    owner = "server" not in _shared
+    if owner:
+        _shared["server"] = Server(tmp_path_factory.mktemp("served"))
+    yield _shared["server"]
+    if owner:
+        _shared.pop("server").stop()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, data in good_images().items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_packaging_labels_model_and_bento(served):
+    report = served.report
+    assert report["mlflow_run_id"] == "run-abc123" and report["registry_version"] == "3"
+    name, version = report["model_tag"].split(":")
+    model_yaml = yaml.safe_load((served.root / "bentoml_home" / "models" / name / version
+                                 / "model.yaml").read_text())
+    assert model_yaml["labels"] == {"mlflow_run_id": "run-abc123", "registry_version": "3"}
+    assert model_yaml["metadata"]["serve"]["max_batch_size"] == 64  # params.yaml, baked in
+    assert set(os.listdir(served.root / "bentoml_home" / "models" / name / version)) >= {
+        "model.keras", "model.json"}
+    name, version = report["bento_tag"].split(":")
+    bento_yaml = yaml.safe_load((served.root / "bentoml_home" / "bentos" / name / version
+                                 / "bento.yaml").read_text())
+    assert bento_yaml["labels"]["model_tag"] == report["model_tag"]
+    assert bento_yaml["labels"]["mlflow_run_id"] == "run-abc123"
+    models = [m["tag"] for svc in bento_yaml["services"] for m in svc["models"]]
+    assert models == [report["model_tag"]]
+
+
+def test_bentofile_pins_match_requirements():
+    pins = dict(line.split("==") for line in (PROJECT / "requirements.txt").read_text().split("\n")
+                if "==" in line and not line.startswith("#"))
+    bentofile = yaml.safe_load((PROJECT / "bentofile.yaml").read_text())
+    for requirement in bentofile["python"]["packages"]:
+        package, version = requirement.split("==")
+        assert pins.get(package) == version, f"bentofile.yaml pins {requirement}"
+
+
+def test_score_every_supported_format(served, corpus):
+    for path in sorted(corpus.iterdir()):
+        response = served.score(path.name, path.read_bytes())
+        assert response.status_code == 200, (path.name, response.text)
+        body = response.json()
+        assert set(body) == {"mos", "category", "model_version", "mlflow_run_id"}
+        assert body["model_version"] == "3" and body["mlflow_run_id"] == "run-abc123"
+        assert body["category"] in {"Excellent", "Good", "Average", "Poor", "Very Poor"}
+
+
+def test_score_batch_keeps_order_and_reports_bad_images(served, corpus):
+    names = ["photo.png", "photo.jpg", "gray.png"]
+    files = [("images", (name, (corpus / name).read_bytes())) for name in names]
+    files.insert(1, ("images", ("notes.txt", b"hello, world")))
+    response = requests.post(f"{served.url}/score_batch", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert len(results) == 4
+    assert results[1] == {"error": "notes.txt: not an image in a format we read "
+                                   "(JPEG, PNG, BMP, WebP, TIFF)"}
+    singles = [served.score(name, (corpus / name).read_bytes()).json()["mos"] for name in names]
+    assert [results[0]["mos"], results[2]["mos"], results[3]["mos"]] == pytest.approx(
+        singles, abs=1e-4)
+
+
+BAD_INPUTS = [
+    # (case, request keyword arguments, expected status, words the error message must contain)
+    ("text file", {"files": {"image": ("notes.txt", b"just some text")}}, 400, "not an image"),
+    ("truncated PNG", {"files": {"image": ("cut.png", _encode(textured(1), "PNG")[:300])}},
+     400, "truncated"),
+    ("truncated JPEG", {"files": {"image": ("cut.jpg", _encode(textured(1), "JPEG")[:500])}},
+     400, "truncated"),
+    ("zero bytes", {"files": {"image": ("empty.jpg", b"")}}, 400, "empty"),
+    ("1x1 image", {"files": {"image": ("dot.png", _encode(Image.new("RGB", (1, 1)), "PNG"))}},
+     400, "too small"),
+    ("decompression bomb", {"files": {"image": ("bomb.png", png_claiming(50_000, 50_000))}},
+     400, "decompression bomb"),
+    ("over the pixel limit", {"files": {"image": ("big.png", png_claiming(400, 300))}},
+     400, "more than the limit of 100000"),
+    ("oversize upload", {"files": {"image": ("huge.bmp", b"BM" + bytes(MAX_UPLOAD_BYTES))}},
+     413, "more than the limit of 2000000"),
+    ("text instead of a file", {"files": {"image": (None, "http://example.com/x.jpg")}},
+     400, "must be a file upload"),
+    ("wrong field", {"files": {"picture": ("a.png", _encode(textured(1), "PNG"))}},
+     400, "unexpected form field `picture`"),
+    ("two images to score", {"files": [("image", ("a.png", _encode(textured(1), "PNG")))] * 2},
+     400, "use `score_batch`"),
+    ("JSON body", {"json": {"image": "/etc/passwd"}}, 415, "multipart/form-data"),
+    ("no body", {}, 415, "multipart/form-data"),
+]
+
+
+@pytest.mark.parametrize("case, request_kwargs, status, words", BAD_INPUTS,
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_a_4xx_with_a_message(served, case, request_kwargs, status, words):
+    response = requests.post(f"{served.url}/score", timeout=60, **request_kwargs)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+
+
+def test_bad_batches(served):
+    response = requests.post(f"{served.url}/score_batch", timeout=60,
+                             files={"comment": (None, "no images here")})
+    assert response.status_code == 400 and "unexpected form field" in response.json()["error"]
+    response = requests.post(f"{served.url}/score_batch", timeout=60,
+                             files=[("images", ("bomb.png", png_claiming(50_000, 50_000))),
+                                    ("images", ("empty.png", b""))])
+    assert response.status_code == 200
+    assert ["decompression bomb" in response.json()[0]["error"],
+            "empty" in response.json()[1]["error"]] == [True, True]
+
+
+def test_still_serving_after_bad_input(served):
+    log_start = len(served.logs())
+    for _, request_kwargs, _, _ in BAD_INPUTS:
+        requests.post(f"{served.url}/score", timeout=60, **request_kwargs)
+    assert served.process.poll() is None
+    assert served.score("ok.png", _encode(textured(5), "PNG")).status_code == 200
+    new_logs = served.logs()[log_start:]
+    assert not re.search(r"Traceback|status=5\d\d", new_logs), new_logs[-4000:]
+
+
+def test_concurrent_clients_match_the_cli(served, corpus, tmp_path):
+    paths = sorted(corpus.iterdir())
+    out = tmp_path / "cli.json"
+    score_cli([str(corpus), "--model-dir", str(served.model_dir), "--format", "json",
+               "--output", str(out)])
+    expected = {Path(row["path"]).name: row["mos"] for row in json.loads(out.read_text())}
+    assert len(expected) == len(paths)
+
+    def client(index: int) -> list[tuple[str, int, float | None]]:
+        with requests.Session() as session:
+            results = []
+            for request in range(20):
+                path = paths[(index + request) % len(paths)]
+                response = session.post(f"{served.url}/score", timeout=120,
+                                        files={"image": (path.name, path.read_bytes())})
+                mos = response.json().get("mos") if response.ok else None
+                results.append((path.name, response.status_code, mos))
+            return results
+
+    with ThreadPoolExecutor(16) as pool:
+        results = [r for rs in pool.map(client, range(16)) for r in rs]
+    assert len(results) == 320
+    failures = [status for _, status, _ in results if status != 200]
+    assert not failures, (failures, re.findall(r"(?m)^\w*Error.*$", served.logs())[-20:])
+    for name, _, mos in results:
+        assert mos == pytest.approx(expected[name], abs=1e-4), name

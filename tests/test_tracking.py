@@ -1,0 +1,406 @@
+"""MLflow tracking and the promotion gate, against a real `mlflow server` and the sqlite default.
+
+One tiny clone serves the whole module: `dvc repro promote` and then `dvc exp run -S
+train.lr=...` log two runs to a tracking server started here; a third reproduction, with no
+MLFLOW_TRACKING_URI, uses the default sqlite store inside the clone. The promotion gate's
+corner cases (worse, tie, better, re-run) are exercised on hand-made runs, which cost no
+training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from conftest import TINY_PARAMS, VENV_BIN, make_clone, project_env, run
+
+DVC = str(VENV_BIN / "dvc")
+PYTHON = str(VENV_BIN / "python")
+MLFLOW = str(VENV_BIN / "mlflow")
+LR_SECOND = 0.01
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stage_env(clone: Path, **extra) -> dict:
+    return project_env(clone, **extra)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real tracking server: SQLite backend, artifacts served through it (mlflow-artifacts:)."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen(
+        [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(1)
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+
+
+def snapshot(clone: Path) -> dict:
+    return {"pointer": json.loads((clone / "models/mlflow_run.json").read_text()),
+            "promotion": json.loads((clone / "reports/promotion.json").read_text()),
+            "metrics": json.loads((clone / "reports/metrics.json").read_text()),
+            "history": (clone / "reports/train_history.csv").read_text(),
+            "model_json": json.loads((clone / "models/model.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, server):
+    """Two trainings logged to the server: a plain repro, then a DVC experiment with another lr."""
+    clone = make_clone(tmp_path_factory.mktemp("tracked"), TINY_PARAMS)
+    env = stage_env(clone, MLFLOW_TRACKING_URI=server)
+    run([DVC, "repro", "promote"], cwd=clone, env=env)
+    first = snapshot(clone)
+    run([DVC, "exp", "run", "-S", f"train.lr={LR_SECOND}", "promote"], cwd=clone, env=env)
+    second = snapshot(clone)
+    return {"clone": clone, "env": env, "uri": server, "first": first, "second": second}
+
+
+@pytest.fixture(scope="module")
+def client(pipeline):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=pipeline["uri"], registry_uri=pipeline["uri"])
+
+
+def experiment_runs(uri: str, experiment: str = "nriqa"):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
+
+
+def load_champion(uri: str, model_uri: str = "models:/nriqa@champion"):
+    import mlflow
+
+    import nriqa.model  # noqa: F401  registers the custom layer with Keras
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.keras.load_model(model_uri)
+
+
+# --- Two tracked reproductions on a server -----------------------------------------------------
+
+def test_each_training_is_one_finished_run_with_every_param(pipeline):
+    from nriqa.tracking import flatten
+
+    runs = experiment_runs(pipeline["uri"])
+    ids = [pipeline["first"]["pointer"]["run_id"], pipeline["second"]["pointer"]["run_id"]]
+    assert list(runs["run_id"]) == ids
+    assert set(runs["status"]) == {"FINISHED"}
+    params = yaml.safe_load((pipeline["clone"] / "params.yaml").read_text())
+    expected = {f"params.{k}" for k in flatten(params)}
+    assert expected <= set(runs.columns)
+    assert list(runs["params.train.lr"].astype(float)) == [0.001, LR_SECOND]
+    assert set(runs["params.data.source"]) == {"synthetic"}
+    assert set(runs["params.model.input_size"]) == {str(TINY_PARAMS["model"]["input_size"])}
+
+
+def test_runs_are_tagged_with_commit_experiment_and_dataset_hash(pipeline, client):
+    clone = pipeline["clone"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    md5 = next(o["md5"] for o in lock["stages"]["preprocess"]["outs"]
+               if o["path"] == "data/processed").removesuffix(".dir")
+    first = client.get_run(pipeline["first"]["pointer"]["run_id"])
+    second = client.get_run(pipeline["second"]["pointer"]["run_id"])
+    for tags in (first.data.tags, second.data.tags):
+        assert tags["data.source"] == "synthetic"
+        assert tags["data.md5"] == md5
+        assert tags["git.dirty"] in ("true", "false")
+    assert first.data.tags["git.commit"] == head
+    assert first.data.tags["git.dirty"] == "false"  # only DVC's own dvc.lock changed
+    assert "dvc.experiment" not in first.data.tags
+    assert second.data.tags["dvc.experiment"]  # DVC_EXP_NAME, set by `dvc exp run`
+    assert second.info.run_name == second.data.tags["dvc.experiment"]
+    datasets = [i.dataset for i in second.inputs.dataset_inputs]
+    assert [d.digest for d in datasets] == [md5]
+
+
+def test_every_epoch_is_logged_with_its_step(pipeline, client):
+    run_id = pipeline["second"]["pointer"]["run_id"]
+    rows = pipeline["second"]["history"].strip().splitlines()[1:]
+    expected = {int(r.split(",")[0]): float(r.split(",")[2]) for r in rows}
+    history = client.get_metric_history(run_id, "val_srcc")
+    assert {m.step: round(m.value, 6) for m in history} == expected
+    for key in ("loss", "val_rmse", "epoch_seconds"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == sorted(expected)
+
+
+def test_evaluation_lands_in_the_training_run(pipeline, client):
+    second = pipeline["second"]
+    run = client.get_run(second["pointer"]["run_id"])
+    metrics = run.data.metrics
+    assert metrics["test_srcc"] == pytest.approx(second["metrics"]["test"]["srcc"])
+    assert metrics["baseline_srcc"] == pytest.approx(second["metrics"]["baseline"]["srcc"])
+    for key in ("test_krcc", "test_plcc", "test_rmse", "test_plcc_logistic",
+                "test_rmse_logistic", "test_category_accuracy"):
+        assert key in metrics, key
+    per_type = {k for k in metrics if k.startswith("test_srcc_type_")}
+    assert per_type == {f"test_srcc_{k}" for k in second["metrics"]["test_per_distortion_srcc"]}
+
+    def listing(path=None):
+        out = []
+        for item in client.list_artifacts(run.info.run_id, path):
+            out.extend(listing(item.path) if item.is_dir else [item.path])
+        return out
+
+    artifacts = set(listing())
+    for path in ("params.yaml", "confusion.json", "metrics.json", "split/summary.json",
+                 "figures/scatter.png", "figures/training_curves.png"):
+        assert path in artifacts, (path, sorted(artifacts))
+
+
+def test_logged_model_carries_signature_preprocessing_example_and_code(pipeline, tmp_path):
+    import mlflow
+    from mlflow.models import Model
+
+    second = pipeline["second"]
+    mlflow.set_tracking_uri(pipeline["uri"])
+    local = Path(mlflow.artifacts.download_artifacts(second["pointer"]["model_uri"],
+                                                     dst_path=str(tmp_path)))
+    model = Model.load(local / "MLmodel")
+    assert "keras" in model.flavors
+    size = TINY_PARAMS["model"]["input_size"]
+    (inputs,), (outputs,) = model.signature.inputs.inputs, model.signature.outputs.inputs
+    assert (inputs.type, tuple(inputs.shape)) == (np.dtype("float32"), (-1, size, size, 3))
+    assert (outputs.type, tuple(outputs.shape)) == (np.dtype("float32"), (-1, 1))
+    assert json.loads((local / "model.json").read_text()) == second["model_json"]
+    example = np.array(json.loads((local / "input_example.json").read_text())["inputs"])
+    assert example.shape[1:] == (size, size, 3)
+    assert (local / "code/nriqa/model.py").exists()
+
+
+def test_run_model_predicts_what_the_local_model_predicts(pipeline):
+    from nriqa.predict import load_model
+
+    clone = pipeline["clone"]
+    logged = load_champion(pipeline["uri"], pipeline["second"]["pointer"]["model_uri"])
+    local, info = load_model(clone / "models")
+    size = info["preprocessing"]["crop_size"]
+    crops = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(logged(crops)), np.asarray(local(crops)), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_promotion_gate_on_two_real_runs(pipeline, client):
+    first, second = pipeline["first"]["promotion"], pipeline["second"]["promotion"]
+    assert first["promoted"] and first["champion_version_before"] is None
+    assert first["champion_version"] == first["candidate_version"]
+    better = second["candidate_srcc"] > first["candidate_srcc"]
+    assert second["promoted"] == better
+    assert second["champion_version_before"] == first["candidate_version"]
+    assert second["champion_srcc_before"] == pytest.approx(first["candidate_srcc"])
+    winner = second if better else first
+    champion = client.get_model_version_by_alias("nriqa", "champion")
+    assert int(champion.version) == second["champion_version"] == winner["candidate_version"]
+    assert champion.run_id == winner["run_id"] == second["champion_run_id"]
+    assert second["model_uri"] == "models:/nriqa@champion"
+    tags = client.get_run(second["run_id"]).data.tags
+    assert tags["promotion.promoted"] == str(better).lower()
+    # Losing candidates are registered too: one version per evaluated model.
+    assert len(client.search_model_versions("name = 'nriqa'")) == 2
+
+
+def test_runs_command_lists_best_first_with_differing_params(pipeline, monkeypatch, capsys):
+    import argparse
+
+    from nriqa import tracking
+
+    monkeypatch.chdir(pipeline["clone"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline["uri"])
+    parser = argparse.ArgumentParser()
+    tracking.add_runs_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["runs", "--max-results", "5"])
+    assert args.handler(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = lines[0].split()
+    assert {"test_srcc", "baseline_srcc", "train.lr"} <= set(header)
+    assert "model.depth" not in header and "data.source" not in header  # equal in both runs
+    assert len(lines) == 3
+    srcc = [float(line.split()[header.index("test_srcc")]) for line in lines[1:]]
+    assert srcc == sorted(srcc, reverse=True)
+
+
+# --- Failures -----------------------------------------------------------------------------------
+
+def test_unreachable_server_stops_training_before_it_starts(pipeline):
+    clone = pipeline["clone"]
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    model_file = clone / "models/model.keras"
+    before = model_file.stat().st_mtime_ns
+    started = time.monotonic()
+    result = run([PYTHON, "-m", "stages.train"], cwd=clone,
+                 env=stage_env(clone, MLFLOW_TRACKING_URI=uri), check=False, timeout=300)
+    assert result.returncode == 1
+    assert uri in result.stderr and "error:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Epoch" not in result.stdout + result.stderr
+    assert model_file.stat().st_mtime_ns == before
+    assert time.monotonic() - started < 120  # no MLflow retry loop
+
+
+def test_crash_mid_training_leaves_the_run_failed_and_unregistered(pipeline, client, tmp_path):
+    """SIGTERM (DVC or CI stopping the stage) during the first epochs: the run is FAILED."""
+    workspace = tmp_path / "crash"
+    shutil.copytree(pipeline["clone"], workspace, ignore=shutil.ignore_patterns("bentoml_home"))
+    (workspace / "models/mlflow_run.json").unlink()
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"].update(epochs=500, patience=500)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = stage_env(workspace, MLFLOW_TRACKING_URI=pipeline["uri"],
+                    MLFLOW_EXPERIMENT_NAME="nriqa-crash")
+    process = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=workspace, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_id = None
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            runs = experiment_runs(pipeline["uri"], "nriqa-crash") \
+                if client.get_experiment_by_name("nriqa-crash") else None
+            if runs is not None and len(runs) and "metrics.loss" in runs \
+                    and runs["metrics.loss"].notna().any():
+                run_id = runs["run_id"].iloc[0]
+                break
+            time.sleep(1)
+        assert run_id, "training never logged an epoch"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) != 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    run_info = client.get_run(run_id).info
+    assert run_info.status == "FAILED"
+    assert client.search_model_versions(f"run_id = '{run_id}'") == []
+    assert not (workspace / "models/mlflow_run.json").exists()
+
+
+# --- The default: sqlite inside the project -----------------------------------------------------
+
+def test_default_sqlite_store_keeps_everything_in_the_project(pipeline):
+    """No MLFLOW_TRACKING_URI: params.yaml's sqlite:///mlflow.db, relative to the project."""
+    from nriqa.predict import load_model
+
+    clone = pipeline["clone"]
+    env = stage_env(clone)
+    assert "MLFLOW_TRACKING_URI" not in env
+    run([DVC, "repro", "--force", "--single-item", "train", "evaluate", "promote"], cwd=clone,
+        env=env)
+    pointer = json.loads((clone / "models/mlflow_run.json").read_text())
+    promotion = json.loads((clone / "reports/promotion.json").read_text())
+    uri = f"sqlite:///{clone / 'mlflow.db'}"
+    assert pointer["tracking_uri"] == uri
+    assert promotion["promoted"] and promotion["candidate_version"] == 1  # a new, empty registry
+    runs = experiment_runs(uri)
+    assert list(runs["run_id"]) == [pointer["run_id"]] and runs["status"][0] == "FINISHED"
+    assert runs["artifact_uri"][0].startswith((clone / "mlartifacts").as_uri())
+    assert any((clone / "mlartifacts").rglob("MLmodel"))
+    assert not (clone / "mlruns").exists()
+
+    champion = load_champion(uri)
+    local, info = load_model(clone / "models")
+    size = info["preprocessing"]["crop_size"]
+    crops = np.random.default_rng(1).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(champion(crops)), np.asarray(local(crops)), rtol=1e-5,
+                               atol=1e-5)
+
+
+# --- The gate on hand-made runs (no training) ---------------------------------------------------
+
+@pytest.mark.parametrize("candidate, champion, expected", [
+    (0.5, None, True), (0.6, 0.5, True), (0.5, 0.5, False), (0.4, 0.5, False),
+    (float("nan"), None, False), (0.1, float("nan"), True)])
+def test_should_promote(candidate, champion, expected):
+    from nriqa.registry import should_promote
+
+    assert should_promote(candidate, champion) is expected
+
+
+def test_gate_keeps_the_champion_against_worse_and_equal_models(tmp_path):
+    import mlflow
+
+    from nriqa import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("gate")
+
+    class Identity(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    def candidate(srcc):
+        with mlflow.start_run() as active:
+            info = mlflow.pyfunc.log_model(name="model", python_model=Identity(),
+                                           pip_requirements=["mlflow"])
+            mlflow.log_metric("test_srcc", srcc)
+        return {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
+                "tracking_uri": uri, "model_uri": info.model_uri}
+
+    client = mlflow.MlflowClient()
+    outcomes = []
+    for srcc in (0.5, 0.4, 0.5, 0.6):
+        report = registry.promote(candidate(srcc), "gate-model")
+        champion = client.get_model_version_by_alias("gate-model", "champion")
+        assert int(champion.version) == report["champion_version"]
+        outcomes.append((report["candidate_version"], report["promoted"],
+                         report["champion_version"], report["champion_srcc_before"]))
+    assert outcomes == [(1, True, 1, None), (2, False, 1, 0.5), (3, False, 1, 0.5),
+                        (4, True, 4, 0.5)]
+    # Promoting the champion's run again registers nothing new and changes nothing.
+    again = registry.promote({"run_id": champion.run_id, "experiment_id": "", "tracking_uri": uri,
+                              "model_uri": "unused"}, "gate-model")
+    assert (again["candidate_version"], again["promoted"], again["champion_version"]) == (4, False, 4)
+    assert len(client.search_model_versions("name = 'gate-model'")) == 4
+    assert client.get_model_version("gate-model", "2").tags["promoted"] == "false"
+
+
+def test_tracking_uri_resolution(monkeypatch, tmp_path):
+    from nriqa.tracking import evaluation_metrics, resolve_tracking_uri
+
+    params = {"mlflow": {"tracking_uri": "sqlite:///mlflow.db"}}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(params, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
+    assert resolve_tracking_uri(params, tmp_path) == "http://example.invalid:5000"
+    assert evaluation_metrics({"test": {"srcc": 0.9, "images": 12}, "baseline": {"srcc": 0.5},
+                               "test_per_distortion_srcc": {"type_01": 0.7, "type_08": float("nan")}}) \
+        == {"test_srcc": 0.9, "test_images": 12.0, "baseline_srcc": 0.5, "test_srcc_type_01": 0.7}
