@@ -32,30 +32,51 @@ def make_deterministic(seed: int) -> None:
 
 def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, batch_size: int,
                      seed: int) -> tf.data.Dataset:
+    """Batches of `batch_size` images, each as a stack of `crops_per_image` random crops."""
     images = read_split(shard_dir, "train").map(lambda image, mos, name: (image, mos)).cache()
     # Stateless crops and flips seeded per element keep the stream identical run to run.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    repeated = images.flat_map(
-        lambda image, mos: tf.data.Dataset.from_tensors((image, mos)).repeat(crops_per_image))
 
-    def crop(sample, pair):
+    def crop_set(sample, pair):
         image, mos = sample
-        patch = tf.image.stateless_random_crop(image, (crop_size, crop_size, 3), seed=pair)
-        patch = tf.image.stateless_random_flip_left_right(patch, seed=pair[::-1])
-        return tf.cast(patch, tf.float32), mos
+        seeds = tf.random.experimental.stateless_split(pair, crops_per_image)
+        crops = tf.map_fn(lambda s: tf.image.stateless_random_flip_left_right(
+            tf.image.stateless_random_crop(image, (crop_size, crop_size, 3), seed=s), seed=s[::-1]),
+            seeds, fn_output_signature=tf.uint8)
+        return tf.cast(crops, tf.float32), mos
 
-    return (tf.data.Dataset.zip((repeated, seeds))
-            .map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return (tf.data.Dataset.zip((images, seeds))
             .shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+            .map(crop_set, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size)
             .prefetch(tf.data.AUTOTUNE))
+
+
+class CropSetModel(keras.Model):
+    """Trains the crop model on what an image's score is: the mean over its crops.
+
+    The loss compares that mean with the image's MOS, so crops that show no distortion
+    (flat sky in a noisy image) are not forced to predict the image's label on their own.
+    Only the wrapped crop model is saved.
+    """
+
+    def __init__(self, crop_model: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.crop_model = crop_model
+
+    def call(self, crop_sets, training=False):
+        images, crops = keras.ops.shape(crop_sets)[0], keras.ops.shape(crop_sets)[1]
+        flat = keras.ops.reshape(crop_sets, (-1, *self.crop_model.input_shape[1:]))
+        scores = self.crop_model(flat, training=training)
+        return keras.ops.mean(keras.ops.reshape(scores, (images, crops)), axis=1, keepdims=True)
 
 
 class ValidationSRCC(keras.callbacks.Callback):
     """Scores the validation images after every epoch; adds val_srcc and val_rmse to the logs."""
 
-    def __init__(self, images, mos, preprocessing: dict):
+    def __init__(self, crop_model, images, mos, preprocessing: dict):
         super().__init__()
+        self.crop_model = crop_model
         crops = [grid_crops(image, crop_size=preprocessing["crop_size"],
                             stride=preprocessing["stride"], max_crops=preprocessing["max_crops"])
                  for image in images]
@@ -64,7 +85,7 @@ class ValidationSRCC(keras.callbacks.Callback):
         self.mos = mos
 
     def on_epoch_end(self, epoch, logs=None):
-        scores = predict_crops(self.model, self.crops)
+        scores = predict_crops(self.crop_model, self.crops)
         bounds = np.cumsum(np.concatenate([[0], self.counts]))
         pred = np.array([scores[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
         srcc = stats.spearmanr(self.mos, pred).statistic if np.ptp(pred) > 0 else 0.0
@@ -89,8 +110,9 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
                                 read_split(shard_dir, "train").batch(512).as_numpy_iterator()])
 
     model = model_from_params(params["model"], initial_mos=float(train_mos.mean()))
-    model.compile(optimizer=keras.optimizers.Adam(float(train_params["lr"])),
-                  loss=LOSSES[train_params["loss"]])
+    trainer = CropSetModel(model)
+    trainer.compile(optimizer=keras.optimizers.Adam(float(train_params["lr"])),
+                    loss=LOSSES[train_params["loss"]])
     dataset = training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
                                crops_per_image=int(train_params["crops_per_image"]),
                                batch_size=int(train_params["batch_size"]),
@@ -99,10 +121,10 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
         monitor="val_srcc", mode="max", patience=int(train_params["patience"]),
         restore_best_weights=True, verbose=1)
     # Order matters: the validation callback writes val_srcc before early stopping reads it.
-    callbacks = [EpochTimer(), ValidationSRCC(val_images, val_mos, preprocessing),
+    callbacks = [EpochTimer(), ValidationSRCC(model, val_images, val_mos, preprocessing),
                  *extra_callbacks, early_stopping]
-    history = model.fit(dataset, epochs=int(train_params["epochs"]), callbacks=callbacks,
-                        verbose=2)
+    history = trainer.fit(dataset, epochs=int(train_params["epochs"]), callbacks=callbacks,
+                          verbose=2)
     best_epoch = int(np.argmax(history.history["val_srcc"]))
     return model, {"history": history.history, "best_epoch": best_epoch + 1,
                    "best_val_srcc": float(history.history["val_srcc"][best_epoch]),

@@ -21,7 +21,7 @@ TINY_PARAMS = {
              "levels": [1, 3, 5]},
     "preprocess": {"shards": 1},
     "model": {"input_size": 32, "width": 0.25, "depth": 2, "head_units": [8]},
-    "train": {"epochs": 2, "patience": 2, "crops_per_image": 2, "batch_size": 16},
+    "train": {"epochs": 2, "patience": 2, "crops_per_image": 4, "batch_size": 4},
     "predict": {"stride": 32, "max_crops": 4},
 }
 
