@@ -72,7 +72,8 @@ def _depthwise_separable(x, filters, stride, name):
 
 
 def _mobilenet_style(x, width: float, depth: int):
-    x = _conv_bn(x, max(8, int(32 * width)), 3, 1, "stem")
+    # A stride-2 stem, as in MobileNet: twice the context per crop for the same compute.
+    x = _conv_bn(x, max(8, int(32 * width)), 3, 2, "stem")
     for block in range(depth):
         filters = max(8, int(64 * width * 2 ** min(block, 3)))
         x = _depthwise_separable(x, filters, 2, f"block{block + 1}")

@@ -111,7 +111,10 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
 
     model = model_from_params(params["model"], initial_mos=float(train_mos.mean()))
     trainer = CropSetModel(model)
-    trainer.compile(optimizer=keras.optimizers.Adam(float(train_params["lr"])),
+    # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
+    steps = int(train_params["epochs"]) * int(np.ceil(len(train_mos) / int(train_params["batch_size"])))
+    learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
                     loss=LOSSES[train_params["loss"]])
     dataset = training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
                                crops_per_image=int(train_params["crops_per_image"]),

@@ -11,6 +11,7 @@ BentoML's store is the project's `bentoml_home/` unless BENTOML_HOME says otherw
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
