@@ -57,7 +57,8 @@ def write_shards(index: pd.DataFrame, raw_dir: Path, out_dir: Path, *, mode: str
         for i, row in tqdm(rows.iterrows(), total=len(rows), desc=f"shards {split}", unit="img"):
             image = decode_image(raw_dir / row["path"], name=row["image"])
             image = apply_policy(image, mode=mode, resize=resize, crop_size=crop_size)
-            writers[i % shards].write(_example(image, row).SerializeToString())
+            # deterministic=True: protobuf map order otherwise varies between processes.
+            writers[i % shards].write(_example(image, row).SerializeToString(deterministic=True))
         for writer in writers:
             writer.close()
         summary[split] = {"images": int(len(rows)),
