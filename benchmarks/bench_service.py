@@ -101,7 +101,7 @@ def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int
                   total: int, max_latency_ms: int) -> dict:
     env = {**os.environ, "BENTOML_HOME": str(workdir / "bentoml_home"),
            "NRIQA_MAX_LATENCY_MS": str(max_latency_ms)}
-    subprocess.run([sys.executable, str(PROJECT / "stages" / "package.py"), "--model-dir",
+    subprocess.run([sys.executable, "-m", "stages.package", "--model-dir",
                     str(folder), "--report", str(workdir / "bento.json")],
                    cwd=PROJECT, env=env, check=True, capture_output=True)
     bento = json.loads((workdir / "bento.json").read_text())["bento_tag"]

@@ -9,7 +9,7 @@ reads it from there (environment variables still override it at run time).
 `build_bento` builds the Bento from `bentofile.yaml`, pinned to that exact model version.
 
 BentoML reads BENTOML_HOME when it is first imported, so callers set it before that
-(`stages/package.py` defaults it to the project's `bentoml_home/`).
+(`python -m stages.package` defaults it to the project's `bentoml_home/`).
 """
 
 from __future__ import annotations

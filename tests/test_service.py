@@ -1,7 +1,7 @@
 """The packaged Bento served by a real `bentoml serve` process, called over HTTP.
 
 One server for this module and test_webpage.py (start-up costs tens of seconds): a tiny model
-is packaged with `stages/package.py --model-dir` into a temporary BentoML home, and the built
+is packaged with `python -m stages.package --model-dir` into a temporary BentoML home, and the built
 Bento is served on a free port with small limits (env overrides) so the limit cases are cheap.
 """
 

@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import TINY_PARAMS, VENV_BIN, make_clone, project_env, run
+from conftest import PROJECT, TINY_PARAMS, VENV_BIN, make_clone, project_env, run
 
 DVC = str(VENV_BIN / "dvc")
 PYTHON = str(VENV_BIN / "python")
@@ -128,7 +128,8 @@ def test_each_training_is_one_finished_run_with_every_param(pipeline):
     params = yaml.safe_load((pipeline["clone"] / "params.yaml").read_text())
     expected = {f"params.{k}" for k in flatten(params)}
     assert expected <= set(runs.columns)
-    assert list(runs["params.train.lr"].astype(float)) == [0.001, LR_SECOND]
+    default_lr = yaml.safe_load((PROJECT / "params.yaml").read_text())["train"]["lr"]
+    assert list(runs["params.train.lr"].astype(float)) == [float(default_lr), LR_SECOND]
     assert set(runs["params.data.source"]) == {"synthetic"}
     assert set(runs["params.model.input_size"]) == {str(TINY_PARAMS["model"]["input_size"])}
 
