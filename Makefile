@@ -6,12 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
-# Debian tools the code shells out to: bsdtar extracts TID2013's RAR archive; chromium drives the web-page test.
-APT_PACKAGES := libarchive-tools chromium
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: venv system-deps repro test mlflow-ui serve benchmark clean
+.PHONY: venv system-deps repro test mlflow-ui serve clean
 
 venv: $(STAMP)
 
@@ -22,6 +20,8 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Debian tools the code shells out to: bsdtar extracts TID2013's RAR archive (source: tid2013);
+# chromium drives the web-page test.
 system-deps:
 	@missing=""; \
 	command -v bsdtar >/dev/null || missing="$$missing libarchive-tools"; \
