@@ -103,12 +103,9 @@ class QualityModel:
                  max_latency_ms=SETTINGS["max_latency_ms"])
     def predict(self, crop_sets: list[np.ndarray]) -> list[float]:
         """Mean crop score per image: `nriqa.predict.predict_mos` after its cropping step."""
-        from nriqa.predict import predict_crops
+        from nriqa.predict import score_crop_sets
 
-        counts = [len(crops) for crops in crop_sets]
-        scores = predict_crops(self.model, np.concatenate(crop_sets))
-        bounds = np.cumsum([0, *counts])
-        return [float(scores[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [float(score) for score in score_crop_sets(self.model, crop_sets)]
 
 
 class Score(BaseModel):

@@ -19,12 +19,16 @@ from nriqa.imaging import crops_for_prediction
 def predict_mos(model, images: list[np.ndarray], preprocessing: dict,
                 batch_size: int = 256) -> np.ndarray:
     """Predicted MOS for each decoded image (uint8 HxWx3), in order."""
-    if not images:
+    return score_crop_sets(model, [crops_for_prediction(image, preprocessing) for image in images],
+                           batch_size)
+
+
+def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """The mean crop score of each image's crop stack; all crops go through the model together."""
+    if not crop_sets:
         return np.zeros(0, dtype=np.float32)
-    crops = [crops_for_prediction(image, preprocessing) for image in images]
-    counts = [len(c) for c in crops]
-    scores = predict_crops(model, np.concatenate(crops), batch_size)
-    bounds = np.cumsum([0] + counts)
+    scores = predict_crops(model, np.concatenate(crop_sets), batch_size)
+    bounds = np.cumsum([0] + [len(crops) for crops in crop_sets])
     return np.array([scores[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])],
                     dtype=np.float32)
 
@@ -47,7 +51,9 @@ def _graph_function(model):
         import tensorflow as tf
 
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-        _GRAPHS[model] = tf.function(lambda crops: model(crops, training=False),
+        # A weak reference, so the cached function does not keep its model alive.
+        model_ref = weakref.ref(model)
+        _GRAPHS[model] = tf.function(lambda crops: model_ref()(crops, training=False),
                                      input_signature=[spec])
     return _GRAPHS[model]
 

@@ -18,7 +18,7 @@ from scipy import stats
 
 from nriqa.imaging import grid_crops
 from nriqa.model import model_from_params
-from nriqa.predict import predict_crops
+from nriqa.predict import score_crop_sets
 from nriqa.shards import load_split_arrays, read_split
 
 LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
@@ -77,17 +77,14 @@ class ValidationSRCC(keras.callbacks.Callback):
     def __init__(self, crop_model, images, mos, preprocessing: dict):
         super().__init__()
         self.crop_model = crop_model
-        crops = [grid_crops(image, crop_size=preprocessing["crop_size"],
-                            stride=preprocessing["stride"], max_crops=preprocessing["max_crops"])
-                 for image in images]
-        self.counts = np.array([len(c) for c in crops])
-        self.crops = np.concatenate(crops)
+        # Cut once: the shards already hold the images after the preprocess policy.
+        self.crop_sets = [grid_crops(image, crop_size=preprocessing["crop_size"],
+                                     stride=preprocessing["stride"],
+                                     max_crops=preprocessing["max_crops"]) for image in images]
         self.mos = mos
 
     def on_epoch_end(self, epoch, logs=None):
-        scores = predict_crops(self.crop_model, self.crops)
-        bounds = np.cumsum(np.concatenate([[0], self.counts]))
-        pred = np.array([scores[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+        pred = score_crop_sets(self.crop_model, self.crop_sets)
         srcc = stats.spearmanr(self.mos, pred).statistic if np.ptp(pred) > 0 else 0.0
         logs["val_srcc"] = float(np.nan_to_num(srcc))
         logs["val_rmse"] = float(np.sqrt(np.mean((self.mos - pred) ** 2)))
