@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
+sys.path.insert(0, str(PROJECT / "tests"))
+from conftest import free_port  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -89,12 +90,6 @@ def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
     return {"raw_batch_images_per_s": raw, "per_image_predict_images_per_s": single,
             "crops_per_image": len(crops[0]), "scores": batch_scores.tolist(),
             "max_abs_diff_batch_vs_single": float(np.max(np.abs(batch_scores - single_scores)))}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int,

@@ -57,12 +57,11 @@ def serve_settings(serve_params: dict) -> dict:
 
 
 def fetch_mlflow_model(model_uri: str, destination: str | Path, *,
-                       run_id: str | None = None, tracking_uri: str | None = None) -> Path:
+                       tracking_uri: str | None = None) -> Path:
     """Download a logged or registered Keras model and its `model.json` into `destination`.
 
     `nriqa.tracking.log_trained_model` logs `model.json` inside the logged model, beside
-    `MLmodel`; older runs logged it as a run artifact, which is searched as a fallback.
-    The model goes through `mlflow.keras.load_model` and is saved again as `model.keras`,
+    `MLmodel`. The model goes through `mlflow.keras.load_model` and is saved again as `model.keras`,
     the file `nriqa.predict.load_model` reads.
     """
     import mlflow
@@ -82,60 +81,13 @@ def fetch_mlflow_model(model_uri: str, destination: str | Path, *,
         except Exception as error:  # MlflowException, OSError, ...: all mean "cannot get it"
             raise NriqaError(f"{model_uri}: cannot load the model from MLflow ({error})") from error
         model.save(destination / "model.keras")
-        if (local / "model.json").is_file():
-            shutil.copyfile(local / "model.json", destination / "model.json")
-        else:
-            run_id = run_id or _run_id_of(model_uri)
-            artifact = _find_artifact(run_id, "model.json")
-            if artifact is None:
-                raise NriqaError(f"{model_uri} (run {run_id}) has no model.json; the service "
-                                 "needs its preprocessing settings")
-            found = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
-                                                        dst_path=str(download / "run"))
-            shutil.copyfile(found, destination / "model.json")
+        if not (local / "model.json").is_file():
+            raise NriqaError(f"{model_uri} has no model.json beside the model; the service "
+                             "needs its preprocessing settings (retrain with this version)")
+        shutil.copyfile(local / "model.json", destination / "model.json")
     finally:
         shutil.rmtree(download, ignore_errors=True)
     return check_model_dir(destination)
-
-
-def _run_id_of(model_uri: str) -> str:
-    """The run that logged a `models:/name@alias` or `models:/name/version` model."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    if model_uri.startswith("runs:/"):
-        return model_uri.split("/")[1]
-    if not model_uri.startswith("models:/"):
-        raise NriqaError(f"{model_uri}: expected a models:/ or runs:/ URI")
-    name_part = model_uri[len("models:/"):]
-    try:
-        if "@" in name_part:
-            name, alias = name_part.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = name_part.split("/", 1)
-            version = client.get_model_version(name, number)
-    except Exception as error:
-        raise NriqaError(f"{model_uri}: not found in the MLflow registry ({error})") from error
-    return version.run_id
-
-
-def _find_artifact(run_id: str, filename: str, path: str | None = None) -> str | None:
-    """Breadth-first search of a run's artifacts for `filename`; the shallowest match wins."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    folders = [path]
-    while folders:
-        next_level = []
-        for folder in folders:
-            for item in client.list_artifacts(run_id, folder):
-                if item.is_dir:
-                    next_level.append(item.path)
-                elif Path(item.path).name == filename:
-                    return item.path
-        folders = next_level
-    return None
 
 
 def save_to_store(model_dir: str | Path, *, name: str, run_id: str, version: str,

@@ -101,20 +101,20 @@ def _settings(params_path: Path) -> tuple[dict, str | None]:
         return dict(DEFAULT_THRESHOLDS), None
     params = yaml.safe_load(params_path.read_text()) or {}
     thresholds = params.get("evaluate", {}).get("categories") or DEFAULT_THRESHOLDS
-    return dict(thresholds), params.get("mlflow", {}).get("tracking_uri")
+    if "mlflow" not in params:
+        return dict(thresholds), None  # MLflow then reads MLFLOW_TRACKING_URI itself
+    from nriqa.tracking import resolve_tracking_uri
+
+    return dict(thresholds), resolve_tracking_uri(params, params_path.resolve().parent)
 
 
 def _load(args, tracking_uri: str | None, workdir: str):
-    import os
-
     from nriqa.predict import load_model
 
     if args.model_uri:
         from nriqa.packaging import fetch_mlflow_model
 
-        model_dir = fetch_mlflow_model(args.model_uri, workdir,
-                                       tracking_uri=os.environ.get("MLFLOW_TRACKING_URI",
-                                                                   tracking_uri))
+        model_dir = fetch_mlflow_model(args.model_uri, workdir, tracking_uri=tracking_uri)
     else:
         from nriqa.packaging import check_model_dir
 

@@ -265,15 +265,11 @@ def example_crops(shard_dir: Path, preprocessing: dict, count: int = 1):
     """A real input for the model: the first crop(s) of the first validation image."""
     import numpy as np
 
-    from nriqa.imaging import grid_crops
+    from nriqa.imaging import crops_for_prediction
     from nriqa.shards import read_split
 
-    for image, _, _ in read_split(shard_dir, "val").take(1).as_numpy_iterator():
-        crops = grid_crops(image, crop_size=preprocessing["crop_size"],
-                           stride=preprocessing["stride"], max_crops=preprocessing["max_crops"])
-        return crops[:count].astype(np.float32)
-    size = preprocessing["crop_size"]
-    return np.full((count, size, size, 3), 128.0, dtype=np.float32)
+    image, _, _ = next(read_split(shard_dir, "val").take(1).as_numpy_iterator())
+    return crops_for_prediction(image, preprocessing)[:count].astype(np.float32)
 
 
 def model_signature(crop_size: int):

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
-from nriqa.imaging import grid_crops
+from nriqa.imaging import crops_for_prediction
 from nriqa.model import model_from_params
 from nriqa.predict import score_crop_sets
 from nriqa.shards import load_split_arrays, read_split
@@ -77,10 +77,8 @@ class ValidationSRCC(keras.callbacks.Callback):
     def __init__(self, crop_model, images, mos, preprocessing: dict):
         super().__init__()
         self.crop_model = crop_model
-        # Cut once: the shards already hold the images after the preprocess policy.
-        self.crop_sets = [grid_crops(image, crop_size=preprocessing["crop_size"],
-                                     stride=preprocessing["stride"],
-                                     max_crops=preprocessing["max_crops"]) for image in images]
+        # Cut once, as prediction cuts them (the policy is a no-op on shard images).
+        self.crop_sets = [crops_for_prediction(image, preprocessing) for image in images]
         self.mos = mos
 
     def on_epoch_end(self, epoch, logs=None):

@@ -22,6 +22,7 @@ from nriqa.errors import NriqaError  # noqa: E402
 from nriqa.packaging import fetch_mlflow_model, package  # noqa: E402
 from nriqa.shards import write_json  # noqa: E402
 from nriqa.stage import load_params, stage_main  # noqa: E402
+from nriqa.tracking import resolve_tracking_uri  # noqa: E402
 
 PROMOTION = PROJECT / "reports/promotion.json"
 REPORT = PROJECT / "reports/bento.json"
@@ -49,11 +50,9 @@ def main():
                    if k not in promotion]
         if missing:
             raise NriqaError(f"{PROMOTION}: missing {', '.join(missing)}")
-        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", params["mlflow"]["tracking_uri"])
         with tempfile.TemporaryDirectory(prefix="nriqa-champion-") as folder:
             model_dir = fetch_mlflow_model(promotion["model_uri"], folder,
-                                           run_id=promotion["champion_run_id"],
-                                           tracking_uri=tracking_uri)
+                                           tracking_uri=resolve_tracking_uri(params))
             report = package(model_dir, run_id=promotion["champion_run_id"],
                              version=str(promotion["champion_version"]), params=params,
                              project_dir=PROJECT, model_uri=promotion["model_uri"])

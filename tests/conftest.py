@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,13 @@ def merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         out[key] = merge(base[key], value) if isinstance(value, dict) and key in base else value
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a test server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tool_env(**extra) -> dict:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,19 +26,13 @@ import requests
 import yaml
 from PIL import Image
 
-from conftest import PROJECT, VENV_BIN, run, tool_env
+from conftest import PROJECT, VENV_BIN, free_port, run, tool_env
 from test_cli import make_tiny_model, score_cli, textured
 
 MAX_PIXELS = 100_000          # NRIQA_MAX_PIXELS for the test server
 MAX_UPLOAD_BYTES = 2_000_000  # NRIQA_MAX_UPLOAD_BYTES for the test server
 MAX_LATENCY_MS = 10_000       # NRIQA_MAX_LATENCY_MS for the test server
 _shared: dict = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -93,7 +86,7 @@ class Server:
              "--run-id", "run-abc123", "--version", "3", "--report", str(root / "bento.json")],
             cwd=PROJECT, env=self.env, timeout=600)
         self.report = json.loads((root / "bento.json").read_text())
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = (root / "serve.log").open("w")
         # Its own process group, so teardown stops the server and all its workers.

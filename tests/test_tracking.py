@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,18 +22,13 @@ import pytest
 import requests
 import yaml
 
-from conftest import PROJECT, TINY_PARAMS, VENV_BIN, make_clone, project_env, run
+from conftest import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone,
+                      project_env, run)
 
 DVC = str(VENV_BIN / "dvc")
 PYTHON = str(VENV_BIN / "python")
 MLFLOW = str(VENV_BIN / "mlflow")
 LR_SECOND = 0.01
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stage_env(clone: Path, **extra) -> dict:
