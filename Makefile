@@ -20,19 +20,22 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Debian tools the code shells out to: bsdtar extracts TID2013's RAR archive (source: tid2013);
-# chromium drives the web-page test.
+# Debian packages: bsdtar extracts TID2013's RAR archive (source: tid2013); chromium drives the
+# web-page test; mate-backgrounds and plasma-workspace-wallpapers hold the photos the training
+# set is generated from (nriqa.trainset).
 system-deps:
 	@missing=""; \
 	command -v bsdtar >/dev/null || missing="$$missing libarchive-tools"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] || missing="$$missing mate-backgrounds"; \
+	[ -f /usr/share/wallpapers/Path/contents/images/2560x1600.jpg ] || missing="$$missing plasma-workspace-wallpapers"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-repro: venv
+repro: venv system-deps
 	$(BIN)/dvc repro
 
 # pytest exits 5 when it collected nothing; that is a failure here, not a pass.

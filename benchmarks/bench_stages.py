@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import VENV_BIN, make_clone, project_env  # noqa: E402
 
-STAGES = ["fetch", "normalize", "preprocess", "train", "evaluate", "promote", "package"]
-REPEATED = ["fetch", "normalize", "preprocess"]
+STAGES = ["fetch", "trainset", "normalize", "preprocess", "train", "evaluate", "promote", "package"]
+REPEATED = ["fetch", "trainset", "normalize", "preprocess"]
 
 
 def timed(cmd, cwd, env) -> float:

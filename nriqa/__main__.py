@@ -1,4 +1,5 @@
-"""`python -m nriqa runs` (compare MLflow runs) and `python -m nriqa score PATH...` (score images)."""
+"""`python -m nriqa runs` (compare MLflow runs), `python -m nriqa score PATH...` (score images) and
+`python -m nriqa evaluate PATH --format ...` (measure the model on a labelled dataset folder)."""
 
 import argparse
 import sys
@@ -8,10 +9,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nriqa", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from nriqa import scoring, tracking
+    from nriqa import external, scoring, tracking
 
     tracking.add_runs_command(commands)
     scoring.add_score_command(commands)
+    external.add_evaluate_command(commands)
     args = parser.parse_args(argv)
     return args.handler(args) or 0
 

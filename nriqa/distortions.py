@@ -8,9 +8,9 @@ its arguments (all randomness comes from ``rng``).  Use :func:`distort` (type nu
 Each type is written once as ``_type(image, strength, rng)`` with a continuous (or integer) strength
 parameter, and :data:`CALIBRATED_STRENGTHS` holds the five strengths used for levels 1..5.  Those were
 found once by ``scripts/calibrate_synthetic.py``: for each (type, level) it searched the strength whose
-median luma PSNR over the 25 default references (512x384) matches the median PSNR that TID2013 reports
-for that type and level (``shared/reference/tid2013_levels.csv``; PSNR there is measured on luma, which
-is why saturation changes score ~60-75 dB or "identical").  The numbers are hard-coded here so the
+median RGB PSNR over the 25 default references (512x384) matches the median PSNR that TID2013 reports
+for that type and level (``shared/reference/tid2013_levels.csv``), the measure the labeller
+(:mod:`nriqa.labels`) reads; saturation changes (type 18), whose TID2013 PSNR is luma-only, are set by hand.  The numbers are hard-coded here so the
 package never needs that file.  Counts of spatial events (blocks, patches, bit errors) are specified
 per 512x384 image and scaled with the image area, so a level means the same density at any size.
 
@@ -80,6 +80,7 @@ from skimage.util import random_noise
 from nriqa.errors import NriqaError
 
 LEVELS = (1, 2, 3, 4, 5)
+MIN_POSITION, MAX_POSITION = 0.5, 5.5  # continuous strengths: half a level beyond each end
 MIN_SIDE = 32  # smallest height or width every distortion supports
 
 # Reference area that event counts (patches, blocks, bit errors) are specified for.
@@ -365,30 +366,30 @@ StrengthFunction = Callable[[np.ndarray, float, np.random.Generator], np.ndarray
 # Strength per level 1..5, found by scripts/calibrate_synthetic.py (see the module docstring); the
 # parameter's unit is the one named in each function's signature.
 CALIBRATED_STRENGTHS: dict[int, tuple[float, float, float, float, float]] = {
-    1: (4.907, 6.923, 9.86, 14.01, 19.97),
-    2: (1.66, 2.303, 3.235, 4.517, 6.319),
-    3: (4.915, 6.941, 9.899, 14.05, 19.99),
-    4: (5.181, 7.217, 10.35, 14.99, 21.58),
-    5: (4.942, 6.969, 12.44, 22.47, 41.26),
-    6: (0.001284, 0.003162, 0.006537, 0.01263, 0.02518),
-    7: (15.48, 22.9, 33.12, 44.45, 62.33),
-    8: (0.5902, 0.8926, 1.487, 2.488, 4.115),
-    9: (1.034, 1.7, 4.633, 13.45, 60.0),
-    10: (71, 52, 15, 6, 4),
-    11: (16.8, 38.05, 81.64, 211.0, 531.8),
-    12: (8.133, 13.48, 29.31, 60.45, 137.2),
-    13: (2.52, 7.586, 13.6, 26.53, 69.24),
-    14: (13.2, 30.55, 53.28, 73.21, 115.7),
-    15: (14.52, 15.0, 15.5, 16.01, 16.36),
-    16: (5.343, 8.333, 17.06, 25.6, 34.32),
-    17: (0.1074, 0.1874, 0.2677, 0.4368, 0.5356),
+    1: (3.265, 4.616, 6.583, 9.341, 13.28),
+    2: (0.3888, 0.5447, 0.7725, 1.092, 1.554),
+    3: (3.267, 4.618, 6.586, 9.33, 13.26),
+    4: (3.451, 4.797, 6.835, 9.825, 14.07),
+    5: (3.291, 4.652, 8.309, 14.93, 26.95),
+    6: (0.0005382, 0.001369, 0.002851, 0.005648, 0.01103),
+    7: (11.14, 16.19, 23.03, 32.99, 49.3),
+    8: (0.5627, 0.7921, 1.294, 2.234, 3.611),
+    9: (0.9571, 1.489, 3.626, 11.1, 60.0),
+    10: (78.0, 72.0, 33.0, 10.0, 6.0),
+    11: (13.23, 25.92, 60.72, 161.3, 446.7),
+    12: (1.838, 10.56, 22.13, 41.72, 94.87),
+    13: (1.659, 5.375, 12.19, 23.49, 56.28),
+    14: (11.89, 27.61, 47.17, 64.37, 101.7),
+    15: (11.74, 12.08, 12.43, 12.79, 13.04),
+    16: (5.344, 8.338, 17.03, 25.6, 34.32),
+    17: (0.06912, 0.127, 0.172, 0.288, 0.3442),
     18: (0.75, 0.55, 0.4, 0.25, 0.1),
-    19: (0.04366, 0.06207, 0.08833, 0.1266, 0.1821),
-    20: (71, 50, 13, 6, 3),
-    21: (5.029, 9.418, 16.08, 26.82, 40.73),
-    22: (202, 51, 27, 10, 4),
-    23: (0.5338, 1.005, 1.723, 3.215, 8.115),
-    24: (0.8278, 0.543, 0.2817, 0.1071, 0.02891),
+    19: (0.02829, 0.04013, 0.05697, 0.08139, 0.1169),
+    20: (79.0, 73.0, 41.0, 12.0, 6.0),
+    21: (1.497, 5.414, 11.79, 21.97, 38.0),
+    22: (256.0, 62.0, 38.0, 17.0, 5.0),
+    23: (0.1599, 0.294, 0.4582, 0.8185, 2.067),
+    24: (0.9297, 0.6588, 0.3526, 0.1425, 0.03766),
 }
 
 
@@ -409,6 +410,24 @@ class Distortion:
         strength = self.strengths[level - 1]
         if self.number == 17:
             return 1.0 + strength if level % 2 == 0 else 1.0 - strength
+        return strength
+
+    def strength_at(self, position: float, raise_contrast: bool = False) -> float:
+        """The parameter at a continuous ``position`` on the level scale (1.0 is level 1, 5.0 is
+        level 5), interpolated geometrically between the calibrated strengths and extended by
+        the end segments' ratios up to half a level beyond them.
+
+        Contrast change takes its magnitude from all five levels and its direction from
+        ``raise_contrast``, so both kinds of contrast change span the whole range.
+        """
+        if not MIN_POSITION <= position <= MAX_POSITION:
+            raise NriqaError(f"strength position must be in {MIN_POSITION}..{MAX_POSITION}, got {position!r}")
+        logs = np.log(self.strengths)
+        index = min(max(int(np.floor(position)), 1), 4)  # the segment [index, index + 1] (or its extension)
+        fraction = position - index
+        strength = float(np.exp(logs[index - 1] + fraction * (logs[index] - logs[index - 1])))
+        if self.number == 17:
+            return 1.0 + strength if raise_contrast else 1.0 - strength
         return strength
 
     def __call__(self, image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:

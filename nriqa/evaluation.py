@@ -22,13 +22,26 @@ from nriqa.predict import predict_mos
 def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: Path,
                      batch_images: int = 16) -> pd.DataFrame:
     test = splits[splits["split"] == "test"].reset_index(drop=True)
+    return score_index(model, preprocessing, test, raw_dir, batch_images, desc="predict test")
+
+
+def score_index(model, preprocessing: dict, index: pd.DataFrame, raw_dir: Path,
+                batch_images: int = 16, desc: str = "predict", progress: bool = True) -> pd.DataFrame:
+    """A copy of a dataset index (`nriqa.datasets`: image, path, mos, ...) with a `pred` column.
+
+    The test split and every external dataset go through this one loop, so their numbers are
+    comparable. The progress bar counts images on stderr.
+    """
+    scored = index.reset_index(drop=True).copy()
     preds = []
-    for start in tqdm(range(0, len(test), batch_images), desc="predict test", unit="batch"):
-        rows = test.iloc[start:start + batch_images]
-        images = [decode_image(raw_dir / p, name=n) for p, n in zip(rows["path"], rows["image"])]
-        preds.append(predict_mos(model, images, preprocessing))
-    test["pred"] = np.concatenate(preds) if preds else []
-    return test
+    with tqdm(total=len(scored), desc=desc, unit="image", disable=not progress) as bar:
+        for start in range(0, len(scored), batch_images):
+            rows = scored.iloc[start:start + batch_images]
+            images = [decode_image(raw_dir / p, name=n) for p, n in zip(rows["path"], rows["image"])]
+            preds.append(predict_mos(model, images, preprocessing))
+            bar.update(len(rows))
+    scored["pred"] = np.concatenate(preds) if preds else []
+    return scored
 
 
 def add_categories(test: pd.DataFrame, thresholds: dict) -> pd.DataFrame:
@@ -36,12 +49,15 @@ def add_categories(test: pd.DataFrame, thresholds: dict) -> pd.DataFrame:
                        predicted_category=categorize(test["pred"].to_numpy(), thresholds))
 
 
-def add_baseline(test: pd.DataFrame, splits: pd.DataFrame, raw_dir: Path) -> pd.DataFrame:
+def add_baseline(test: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """The BRISQUE + SVR baseline, fitted on the training split (each row's file is `root`/`path`)."""
+    def files(rows):
+        return [Path(root) / path for root, path in zip(rows["root"], rows["path"])]
+
     train = splits[splits["split"] == "train"]
-    baseline = BrisqueSVR().fit(features_for_paths([raw_dir / p for p in train["path"]]),
-                                train["mos"].to_numpy())
+    baseline = BrisqueSVR().fit(features_for_paths(files(train)), train["mos"].to_numpy())
     test = test.copy()
-    test["baseline_pred"] = baseline.predict(features_for_paths([raw_dir / p for p in test["path"]]))
+    test["baseline_pred"] = baseline.predict(features_for_paths(files(test)))
     return test
 
 

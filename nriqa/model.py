@@ -97,8 +97,14 @@ def _applications_backbone(x, backbone: str, input_size: int, width: float, weig
 
 def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width: float = 1.0,
                depth: int = 4, dropout: float = 0.25, head_units=(128, 64),
-               input_norm: str = "lcn", weights=None, initial_mos: float = 4.5) -> keras.Model:
-    """Build the crop-level MOS regressor; arguments mirror params.yaml's `model` section."""
+               input_norm: str = "lcn", weights=None, initial_mos: float = 4.5,
+               distortion_types: int = 24) -> keras.Model:
+    """Build the crop-level model; arguments mirror params.yaml's `model` section.
+
+    Its output is one row per crop: the MOS in column 0, then (with `distortion_types` > 0)
+    one logit per TID2013 distortion type, 1..`distortion_types` (see `nriqa.predict`).
+    One tensor, not a dict, so MLflow, BentoML and the service see one plain output.
+    """
     if backbone not in BACKBONES:
         raise NriqaError(f"model.backbone: {backbone!r} is not one of {', '.join(BACKBONES)}")
     if weights not in (None, "imagenet"):
@@ -126,6 +132,11 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
     # Starting at the mean MOS spares the first epochs from learning the offset.
     outputs = layers.Dense(1, name="mos",
                            bias_initializer=keras.initializers.Constant(initial_mos))(x)
+    if distortion_types:
+        # Which distortion it is: people's opinion depends on the kind as much as the strength,
+        # and it tells users why an image scored low.
+        logits = layers.Dense(distortion_types, name="distortion_logits")(x)
+        outputs = layers.Concatenate(name="scores")([outputs, logits])
     return keras.Model(inputs, outputs, name=f"nriqa_{backbone}")
 
 
@@ -135,7 +146,7 @@ def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Mod
         width=float(model_params["width"]), depth=int(model_params["depth"]),
         dropout=float(model_params["dropout"]), head_units=tuple(model_params["head_units"]),
         input_norm=model_params["input_norm"], weights=model_params.get("weights"),
-        initial_mos=initial_mos)
+        initial_mos=initial_mos, distortion_types=int(model_params.get("distortion_types", 0)))
 
 
 def save_model(model: keras.Model, path) -> None:

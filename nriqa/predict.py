@@ -25,20 +25,44 @@ def predict_mos(model, images: list[np.ndarray], preprocessing: dict,
 
 def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
     """The mean crop score of each image's crop stack; all crops go through the model together."""
+    return score_images(model, crop_sets, batch_size)[0]
+
+
+def score_images(model, crop_sets: list[np.ndarray], batch_size: int = 256):
+    """(MOS per image, distortion-type probabilities per image or None) from one model pass.
+
+    An image's MOS is the mean of its crops' scores; its type probabilities are the softmax
+    of its crops' mean logits (column k-1 is TID2013 type k). Models without a type head give
+    None.
+    """
     if not crop_sets:
-        return np.zeros(0, dtype=np.float32)
-    scores = predict_crops(model, np.concatenate(crop_sets), batch_size)
+        return np.zeros(0, dtype=np.float32), None
+    outputs = predict_crops(model, np.concatenate(crop_sets), batch_size)
     bounds = np.cumsum([0] + [len(crops) for crops in crop_sets])
-    return np.array([scores[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])],
-                    dtype=np.float32)
+    means = np.stack([outputs[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+    mos = means[:, 0].astype(np.float32)
+    if means.shape[1] == 1:
+        return mos, None
+    logits = means[:, 1:] - means[:, 1:].max(axis=1, keepdims=True)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return mos, probabilities.astype(np.float32)
+
+
+def top_distortions(probabilities: np.ndarray, count: int = 3) -> list[dict]:
+    """The `count` likeliest TID2013 distortion types of one image, likeliest first."""
+    from nriqa.distortions import DISTORTIONS
+
+    order = np.argsort(-probabilities)[:count]
+    return [{"type": int(k) + 1, "name": DISTORTIONS[int(k) + 1].name,
+             "probability": round(float(probabilities[k]), 4)} for k in order]
 
 
 def predict_crops(model, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Model scores for a stack of crops, through one traced graph per model."""
+    """Model outputs for a stack of crops, (crops, columns), through one traced graph per model."""
     forward = _graph_function(model)
     outputs = [forward(crops[i:i + batch_size].astype(np.float32)).numpy()
                for i in range(0, len(crops), batch_size)]
-    return np.concatenate(outputs).reshape(-1)
+    return np.concatenate(outputs).reshape(len(crops), -1)
 
 
 _GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -27,14 +27,17 @@ def split_by_reference(index: pd.DataFrame, ratios: dict, seed: int) -> pd.DataF
     if total <= 0 or any(float(ratios[s]) < 0 for s in SPLITS):
         raise NriqaError(f"preprocess.split: ratios must be non-negative and not all zero, got {ratios}")
     references = np.array(sorted(index["reference"].astype(str).unique()))
-    if len(references) < 3:
-        raise NriqaError(f"preprocess: {len(references)} reference contents cannot make three "
-                         "content-disjoint splits (need at least 3)")
+    wanted = [s for s in SPLITS if float(ratios[s]) > 0]
+    if len(references) < len(wanted):
+        raise NriqaError(f"preprocess: {len(references)} reference contents cannot make "
+                         f"{len(wanted)} content-disjoint splits")
     np.random.default_rng(seed).shuffle(references)
     n_val = max(1, round(len(references) * float(ratios["val"]) / total))
     n_test = max(1, round(len(references) * float(ratios["test"]) / total))
+    if float(ratios["train"]) == 0:  # every content goes to val and test
+        n_test = len(references) - n_val
     n_train = len(references) - n_val - n_test
-    if n_train < 1:
+    if n_train < 1 and float(ratios["train"]) > 0:
         raise NriqaError("preprocess.split: no reference content is left for training")
     assignment = {ref: "train" for ref in references[:n_train]}
     assignment.update({ref: "val" for ref in references[n_train:n_train + n_val]})
@@ -44,9 +47,10 @@ def split_by_reference(index: pd.DataFrame, ratios: dict, seed: int) -> pd.DataF
     return out
 
 
-def write_shards(index: pd.DataFrame, raw_dir: Path, out_dir: Path, *, mode: str,
-                 resize, crop_size: int, shards: int) -> dict:
-    """Decode every image once and write `{split}-{k}-of-{n}.tfrecord`; returns a summary."""
+def write_shards(index: pd.DataFrame, out_dir: Path, *, mode: str, resize, crop_size: int,
+                 shards: int) -> dict:
+    """Decode every image once (from its `root` folder and `path`) and write
+    `{split}-{k}-of-{n}.tfrecord`; returns a summary."""
     import tensorflow as tf
 
     summary = {}
@@ -55,7 +59,7 @@ def write_shards(index: pd.DataFrame, raw_dir: Path, out_dir: Path, *, mode: str
         writers = [tf.io.TFRecordWriter(str(out_dir / f"{split}-{k:02d}-of-{shards:02d}.tfrecord"))
                    for k in range(shards)]
         for i, row in tqdm(rows.iterrows(), total=len(rows), desc=f"shards {split}", unit="img"):
-            image = decode_image(raw_dir / row["path"], name=row["image"])
+            image = decode_image(Path(row["root"]) / row["path"], name=row["image"])
             image = apply_policy(image, mode=mode, resize=resize, crop_size=crop_size)
             # deterministic=True: protobuf map order otherwise varies between processes.
             writers[i % shards].write(_example(image, row).SerializeToString(deterministic=True))
@@ -81,11 +85,14 @@ def _example(image: np.ndarray, row):
         "width": _int(image.shape[1]),
         "mos": tf.train.Feature(float_list=tf.train.FloatList(value=[float(row["mos"])])),
         "image": _bytes(str(row["image"]).encode()),
+        # 0 where the dataset has no distortion types (KonIQ): the type head skips those.
+        "distortion": _int(0 if pd.isna(row["distortion"]) else row["distortion"]),
     }))
 
 
 def read_split(shard_dir: Path, split: str):
-    """A tf.data.Dataset of (uint8 HxWx3 image, float32 mos, image name) for one split."""
+    """A tf.data.Dataset of (uint8 HxWx3 image, float32 mos, image name, int64 distortion type,
+    0 where unknown) for one split."""
     import tensorflow as tf
 
     files = sorted(str(p) for p in Path(shard_dir).glob(f"{split}-*.tfrecord"))
@@ -95,13 +102,14 @@ def read_split(shard_dir: Path, split: str):
             "height": tf.io.FixedLenFeature([], tf.int64),
             "width": tf.io.FixedLenFeature([], tf.int64),
             "mos": tf.io.FixedLenFeature([], tf.float32),
-            "image": tf.io.FixedLenFeature([], tf.string)}
+            "image": tf.io.FixedLenFeature([], tf.string),
+            "distortion": tf.io.FixedLenFeature([], tf.int64, default_value=0)}
 
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
         pixels = tf.io.decode_raw(example["pixels"], tf.uint8)
         image = tf.reshape(pixels, tf.stack([example["height"], example["width"], 3]))
-        return image, example["mos"], example["image"]
+        return image, example["mos"], example["image"], example["distortion"]
 
     return (tf.data.Dataset.from_tensor_slices(files)
             .interleave(tf.data.TFRecordDataset, cycle_length=len(files), deterministic=True)
@@ -109,13 +117,14 @@ def read_split(shard_dir: Path, split: str):
 
 
 def load_split_arrays(shard_dir: Path, split: str):
-    """A split in memory: (list of images, mos array, names) in shard order."""
-    images, mos, names = [], [], []
-    for image, score, name in read_split(shard_dir, split).as_numpy_iterator():
+    """A split in memory: (list of images, mos array, names, distortion types) in shard order."""
+    images, mos, names, types = [], [], [], []
+    for image, score, name, distortion in read_split(shard_dir, split).as_numpy_iterator():
         images.append(image)
         mos.append(score)
         names.append(name.decode())
-    return images, np.array(mos, dtype=np.float32), names
+        types.append(distortion)
+    return images, np.array(mos, dtype=np.float32), names, np.array(types, dtype=np.int64)
 
 
 def write_json(path: Path, payload) -> None:

@@ -100,7 +100,7 @@ def fetch_dataset(data_params: dict, out_dir: Path) -> None:
     if source not in SOURCES:
         raise NriqaError(f"data.source is {source!r}; expected one of: {', '.join(SOURCES)}")
     out_dir = Path(out_dir)
-    with _staging(out_dir) as tmp:
+    with staging(out_dir) as tmp:
         if source == "synthetic":
             root = _build_synthetic(data_params, tmp)
         elif source == "local":
@@ -113,7 +113,7 @@ def fetch_dataset(data_params: dict, out_dir: Path) -> None:
 
 
 @contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
+def staging(out_dir: Path) -> Iterator[Path]:
     """A fresh ``.tmp-<name>`` sibling of ``out_dir``, always removed afterwards.
 
     Any previous ``out_dir`` is removed first: if this run fails, a dataset left

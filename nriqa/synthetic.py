@@ -24,16 +24,10 @@ Distortions
     :mod:`nriqa.distortions`, calibrated to TID2013's median PSNR per type and level.
 
 Labels (pseudo-MOS)
-    A deterministic function of the two images: MS-SSIM (Wang, Simoncelli & Bovik 2003; Gaussian
-    window 11x11, sigma 1.5, K1=0.01, K2=0.03, standard weights, 2x2 average-pool between scales, as in
-    ``tf.image.ssim_multiscale``) between the luma (BT.601) of reference and distorted image, mapped to
-    TID2013's 0..9 MOS scale by a logistic fitted once to TID2013's (median MS-SSIM, median MOS) pairs
-    per type and level (``scripts/calibrate_synthetic.py``).  Images too small for five scales (an
-    11-pixel window must fit at the coarsest scale, i.e. 176 px at five scales) use as many scales as
-    fit, with the first weights renormalized to sum to one.  Luma MS-SSIM is blind to chroma, so pure
-    colour distortions (type 18, much of types 2 and 23) get labels near the top of the scale.
-    ``mos_std`` is a per-level constant: the median over TID2013's 24 types of (max MOS - min MOS) / 4,
-    a range-based standard deviation of how much MOS varies at that level.
+    :func:`nriqa.labels.pseudo_mos`: RGB PSNR between reference and distorted image, mapped to
+    TID2013's 0..9 MOS scale through that distortion type's own per-level curve.  ``mos_std`` is a
+    per-level constant: the median over TID2013's 24 types of (max MOS - min MOS) / 4, a range-based
+    standard deviation of how much MOS varies at that level.
 
 Determinism
     Every distorted image draws from its own generator seeded with (seed, reference, type, level), so a
@@ -59,6 +53,7 @@ from tqdm import tqdm
 
 from nriqa.distortions import DISTORTIONS, LEVELS, MIN_SIDE, distort
 from nriqa.errors import NriqaError
+from nriqa.labels import pseudo_mos
 
 MAX_REFERENCES = 25
 
@@ -139,95 +134,11 @@ def load_reference(index: int, image_size: tuple[int, int]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Full-reference measures and the pseudo-MOS
+# Labels
 # --------------------------------------------------------------------------------------------------
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
-_MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
-_SSIM_WINDOW_RADIUS = 5  # 11x11 Gaussian window ...
-_SSIM_WINDOW_SIGMA = 1.5  # ... with sigma 1.5, the values of Wang et al. and of TensorFlow
-
-# Logistic MOS = low + (high - low) / (1 + exp(-(ms_ssim - centre) / width)), fitted by bounded least
-# squares (scipy.optimize.curve_fit, low in 0..3, high in 5..9) to the 120 (msssim_median, mos_median)
-# pairs of TID2013's types and levels in shared/reference/tid2013_levels.csv, by
-# scripts/calibrate_synthetic.py (RMSE 0.55 MOS).  The data only cover MS-SSIM 0.70..1.00, where the
-# curve runs from MOS 1.96 to 5.60; below it flattens towards 1.90.
-MOS_LOGISTIC = {"low": 1.8977, "high": 9.0, "centre": 0.99484, "width": 0.062515}
-
-# mos_std per level 1..5: median over TID2013's 24 types of (mos_max - mos_min) / 4 from the same CSV.
+# mos_std per level 1..5: median over TID2013's 24 types of (mos_max - mos_min) / 4, from
+# shared/reference/tid2013_levels.csv.
 MOS_STD_BY_LEVEL = (0.29512, 0.36900, 0.38825, 0.43050, 0.41888)
-
-
-def luma(image: np.ndarray) -> np.ndarray:
-    """BT.601 luma of a uint8 RGB image, as float64."""
-    return image.astype(np.float64) @ _LUMA_WEIGHTS
-
-
-def luma_psnr(reference: np.ndarray, distorted: np.ndarray) -> float:
-    """PSNR in dB between the lumas of two RGB images (inf when identical)."""
-    mse = float(np.mean((luma(reference) - luma(distorted)) ** 2))
-    return float("inf") if mse == 0.0 else 10.0 * np.log10(255.0**2 / mse)
-
-
-def ms_ssim_scales(height: int, width: int) -> int:
-    """How many MS-SSIM scales fit: the 11-pixel window must fit the coarsest scale."""
-    window = 2 * _SSIM_WINDOW_RADIUS + 1
-    scales = 1
-    while scales < len(_MS_SSIM_WEIGHTS) and min(height, width) // 2**scales >= window:
-        scales += 1
-    return scales
-
-
-def _ssim_terms(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Mean SSIM and mean contrast-structure term over the valid (border-free) window positions."""
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-
-    def local_mean(a):
-        # OpenCV's separable Gaussian is ~5x faster than scipy.ndimage here; the border mode does not
-        # matter because only window positions fully inside the image are kept.
-        window = 2 * _SSIM_WINDOW_RADIUS + 1
-        return cv2.GaussianBlur(a, (window, window), _SSIM_WINDOW_SIGMA, borderType=cv2.BORDER_REFLECT_101)
-
-    mu_x, mu_y = local_mean(x), local_mean(y)
-    var_x = local_mean(x * x) - mu_x**2
-    var_y = local_mean(y * y) - mu_y**2
-    cov = local_mean(x * y) - mu_x * mu_y
-    contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
-    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
-    valid = (slice(_SSIM_WINDOW_RADIUS, -_SSIM_WINDOW_RADIUS),) * 2
-    return float(np.mean((luminance * contrast_structure)[valid])), float(np.mean(contrast_structure[valid]))
-
-
-def _halve(a: np.ndarray) -> np.ndarray:
-    """2x2 average pooling (an odd last row or column is dropped)."""
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-    a = a[:h, :w]
-    return 0.25 * (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2])
-
-
-def ms_ssim(reference: np.ndarray, distorted: np.ndarray) -> float:
-    """Multi-scale SSIM between the lumas of two uint8 RGB images (1.0 when identical).
-
-    Follows ``tf.image.ssim_multiscale`` (contrast-structure at the finer scales, full SSIM at the
-    coarsest, negative terms clipped to zero) in float64 with OpenCV filters, about ten times faster
-    than TensorFlow on a CPU and within 1e-5 of it.  Fewer than five scales are used for images under 176 pixels.
-    """
-    x, y = luma(reference), luma(distorted)
-    scales = ms_ssim_scales(*x.shape)
-    weights = _MS_SSIM_WEIGHTS[:scales] / _MS_SSIM_WEIGHTS[:scales].sum()
-    value = 1.0
-    for scale in range(scales):
-        ssim, contrast_structure = _ssim_terms(x, y)
-        term = ssim if scale == scales - 1 else contrast_structure
-        value *= max(term, 0.0) ** weights[scale]
-        x, y = _halve(x), _halve(y)
-    return value
-
-
-def pseudo_mos(ms_ssim_value: float) -> float:
-    """MS-SSIM mapped onto TID2013's 0..9 MOS scale by the fitted logistic."""
-    p = MOS_LOGISTIC
-    mos = p["low"] + (p["high"] - p["low"]) / (1.0 + np.exp(-(ms_ssim_value - p["centre"]) / p["width"]))
-    return float(np.clip(mos, 0.0, 9.0))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,7 +214,7 @@ def _run_job(job: _Job) -> list[tuple[str, float, float]]:
         rng = image_rng(job.seed, job.reference, job.distortion_type, level)
         distorted = distort(reference_image, job.distortion_type, level, rng)
         _write_bmp(distorted, job.out_dir / "distorted_images" / disk_name(job.reference, job.distortion_type, level))
-        mos = pseudo_mos(ms_ssim(reference_image, distorted))
+        mos = pseudo_mos(job.distortion_type, reference_image, distorted)
         rows.append((listed_name(job.reference, job.distortion_type, level), mos, MOS_STD_BY_LEVEL[level - 1]))
     return rows
 

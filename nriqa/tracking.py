@@ -268,19 +268,20 @@ def example_crops(shard_dir: Path, preprocessing: dict, count: int = 1):
     from nriqa.imaging import crops_for_prediction
     from nriqa.shards import read_split
 
-    image, _, _ = next(read_split(shard_dir, "val").take(1).as_numpy_iterator())
+    image, *_ = next(read_split(shard_dir, "val").take(1).as_numpy_iterator())
     return crops_for_prediction(image, preprocessing)[:count].astype(np.float32)
 
 
-def model_signature(crop_size: int):
-    """float32 RGB crops in 0..255, (batch, S, S, 3) -> one score per crop, (batch, 1)."""
+def model_signature(crop_size: int, columns: int = 1):
+    """float32 RGB crops in 0..255, (batch, S, S, 3) -> one row per crop, (batch, columns):
+    the MOS, then the distortion-type logits where the model has that head."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, crop_size, crop_size, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1))]))
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, columns))]))
 
 
 def log_trained_model(model, model_dir: Path, example) -> str:
@@ -303,7 +304,7 @@ def log_trained_model(model, model_dir: Path, example) -> str:
     # Pinned requirements: otherwise MLflow infers them by loading the model in a subprocess,
     # which costs a TensorFlow import and cannot see the custom layer anyway.
     requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "numpy")]
-    info = mlflow.keras.log_model(model, name="model", signature=model_signature(example.shape[1]),
+    info = mlflow.keras.log_model(model, name="model", signature=model_signature(example.shape[1], model.output_shape[-1]),
                                   pip_requirements=requirements)
     with tempfile.TemporaryDirectory() as tmp:
         extra = Path(tmp)
@@ -341,13 +342,19 @@ def open_pointer(path: Path) -> dict:
 
 
 def evaluation_metrics(metrics: dict) -> dict:
-    """metrics.json -> flat MLflow names: test_srcc, baseline_srcc, test_srcc_type_01, ..."""
+    """metrics.json -> flat MLflow names: test_srcc, baseline_srcc, test_srcc_type_01, ...
+
+    External datasets keep metrics.json's dotted path (external.humanlabels.srcc,
+    external.humanlabels.per_distortion_srcc.type_01): MLflow allows dots in metric names, and
+    the same name in both places is easier to find than a second naming scheme.
+    """
     flat = {}
     for section in ("test", "baseline"):
         for key, value in metrics.get(section, {}).items():
             flat[f"{section}_{key}"] = value
     for key, value in metrics.get("test_per_distortion_srcc", {}).items():
         flat[f"test_srcc_{key}"] = value
+    flat.update(flatten(metrics.get("external", {}), "external."))
     # MLflow stores NaN, but a NaN SRCC (a constant prediction) would sort above every real
     # score in some back ends; leave it out and let the gap speak.
     return {key: float(value) for key, value in flat.items()

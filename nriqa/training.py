@@ -32,18 +32,20 @@ def make_deterministic(seed: int) -> None:
 
 def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, batch_size: int,
                      seed: int) -> tf.data.Dataset:
-    """Batches of `batch_size` images, each as a stack of `crops_per_image` random crops."""
-    images = read_split(shard_dir, "train").map(lambda image, mos, name: (image, mos)).cache()
+    """Batches of `batch_size` images, each as a stack of `crops_per_image` random crops; the
+    target is (MOS, distortion type or 0)."""
+    images = read_split(shard_dir, "train").map(
+        lambda image, mos, name, distortion: (image, tf.stack([mos, tf.cast(distortion, tf.float32)]))).cache()
     # Stateless crops and flips seeded per element keep the stream identical run to run.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def crop_set(sample, pair):
-        image, mos = sample
+        image, target = sample
         seeds = tf.random.experimental.stateless_split(pair, crops_per_image)
         crops = tf.map_fn(lambda s: tf.image.stateless_random_flip_left_right(
             tf.image.stateless_random_crop(image, (crop_size, crop_size, 3), seed=s), seed=s[::-1]),
             seeds, fn_output_signature=tf.uint8)
-        return tf.cast(crops, tf.float32), mos
+        return tf.cast(crops, tf.float32), target
 
     return (tf.data.Dataset.zip((images, seeds))
             .shuffle(4096, seed=seed, reshuffle_each_iteration=True)
@@ -67,8 +69,28 @@ class CropSetModel(keras.Model):
     def call(self, crop_sets, training=False):
         images, crops = keras.ops.shape(crop_sets)[0], keras.ops.shape(crop_sets)[1]
         flat = keras.ops.reshape(crop_sets, (-1, *self.crop_model.input_shape[1:]))
-        scores = self.crop_model(flat, training=training)
-        return keras.ops.mean(keras.ops.reshape(scores, (images, crops)), axis=1, keepdims=True)
+        outputs = self.crop_model(flat, training=training)
+        # Per image: the mean MOS and the mean type logits over its crops, as prediction does.
+        columns = self.crop_model.output_shape[-1]
+        return keras.ops.mean(keras.ops.reshape(outputs, (images, crops, columns)), axis=1)
+
+
+def joint_loss(mos_loss: str, type_weight: float):
+    """MOS loss on column 0 plus `type_weight` x cross-entropy of the type logits, counted
+    only for images whose type is known (target type > 0)."""
+    mos_fn = keras.losses.get(LOSSES[mos_loss])
+
+    def loss(target, output):
+        value = mos_fn(target[:, :1], output[:, :1])
+        if output.shape[-1] == 1:
+            return value
+        types = keras.ops.cast(target[:, 1], "int32")
+        known = keras.ops.cast((types > 0) & (types < output.shape[-1]), output.dtype)
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(
+            keras.ops.maximum(types - 1, 0), output[:, 1:], from_logits=True)
+        return value + type_weight * known * cross_entropy
+
+    return loss
 
 
 class ValidationSRCC(keras.callbacks.Callback):
@@ -100,17 +122,23 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     """Train from the shards; returns (model with the best epoch's weights, history dict)."""
     train_params = params["train"]
     make_deterministic(int(train_params["seed"]))
-    val_images, val_mos, _ = load_split_arrays(shard_dir, "val")
-    train_mos = np.concatenate([m for _, m, _ in
-                                read_split(shard_dir, "train").batch(512).as_numpy_iterator()])
+    val_images, val_mos, _, _ = load_split_arrays(shard_dir, "val")
+    # A fixed, seeded subset keeps each epoch's validation pass short on large validation sets.
+    keep = np.sort(np.random.default_rng(int(train_params["seed"])).permutation(len(val_mos))
+                   [:int(train_params["val_images"])])
+    val_images, val_mos = [val_images[i] for i in keep], val_mos[keep]
+    train_targets = [(m, t) for _, m, _, t in read_split(shard_dir, "train").as_numpy_iterator()]
+    train_mos = np.array([m for m, _ in train_targets])
+    has_types = any(t > 0 for _, t in train_targets)
 
-    model = model_from_params(params["model"], initial_mos=float(train_mos.mean()))
+    model_params = {**params["model"], "distortion_types": params["model"]["distortion_types"] if has_types else 0}
+    model = model_from_params(model_params, initial_mos=float(train_mos.mean()))
     trainer = CropSetModel(model)
     # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
     steps = int(train_params["epochs"]) * int(np.ceil(len(train_mos) / int(train_params["batch_size"])))
     learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                    loss=LOSSES[train_params["loss"]])
+                    loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"])))
     dataset = training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
                                crops_per_image=int(train_params["crops_per_image"]),
                                batch_size=int(train_params["batch_size"]),

@@ -2,14 +2,12 @@
 
 Reads TID2013's per-level statistics (``../shared/reference/tid2013_levels.csv``) and prints:
 
-1. for each distortion type, the strength per level whose median luma PSNR over the 25 default
+1. for each distortion type, the strength per level whose median RGB PSNR over the 25 default
    references (512x384) matches TID2013's median PSNR for that type and level.  It measures the median
    PSNR on a log-spaced grid of strengths, makes that curve monotone, and interpolates (integers are
    rounded for integer parameters such as JPEG quality).  The result is pasted into
    ``nriqa.distortions.CALIBRATED_STRENGTHS``;
-2. the logistic (MS-SSIM -> MOS) fitted to the CSV's (msssim_median, mos_median) pairs, pasted into
-   ``nriqa.synthetic.MOS_LOGISTIC``;
-3. the per-level mos_std rule's numbers, pasted into ``nriqa.synthetic.MOS_STD_BY_LEVEL``.
+2. the per-level mos_std rule's numbers, pasted into ``nriqa.synthetic.MOS_STD_BY_LEVEL``.
 
 Run:  python scripts/calibrate_synthetic.py [path/to/tid2013_levels.csv [types,to,redo]]
 """
@@ -22,10 +20,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import curve_fit
 
 from nriqa.distortions import DISTORTIONS
-from nriqa.synthetic import MAX_REFERENCES, image_rng, load_reference, luma_psnr
+from nriqa.labels import rgb_psnr
+from nriqa.synthetic import MAX_REFERENCES, image_rng, load_reference
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "tid2013_levels.csv"
 SIZE = (512, 384)
@@ -64,7 +62,7 @@ def median_psnr(distortion_type: int, strength: float, level_for_rng: int = 3) -
         image = load_reference(reference, SIZE)
         rng = image_rng(2013, reference, distortion_type, level_for_rng)
         distorted = DISTORTIONS[distortion_type].apply_strength(image, strength, rng)
-        psnrs.append(luma_psnr(image, distorted))
+        psnrs.append(rgb_psnr(image, distorted))
     return float(np.median(psnrs))
 
 
@@ -115,19 +113,6 @@ def main(csv_path: Path, only_types: set[int]) -> None:
             chosen.append(strength_for(target_psnr, strengths, psnrs, integer))
         print(f"    {distortion_type}: {tuple(chosen)},")
     print("}")
-
-    def logistic(x, low, high, centre, width):
-        return low + (high - low) / (1 + np.exp(-(x - centre) / width))
-
-    msssim = np.array([float(r["msssim_median"]) for r in rows])
-    mos = np.array([float(r["mos_median"]) for r in rows])
-    # Bounded to TID2013's 0..9 scale; unbounded, the fit drifts to a degenerate exponential.
-    params, _ = curve_fit(
-        logistic, msssim, mos, p0=(0.0, 6.0, 0.85, 0.05), bounds=([0.0, 5.0, 0.5, 0.005], [3.0, 9.0, 1.0, 0.5]), maxfev=20000
-    )
-    print("MOS_LOGISTIC =", {k: float(f"{v:.5g}") for k, v in zip(("low", "high", "centre", "width"), params)})
-    residual = mos - logistic(msssim, *params)
-    print(f"  logistic RMSE on the 120 TID2013 medians: {np.sqrt(np.mean(residual**2)):.3f}")
 
     spreads = {level: [] for level in range(1, 6)}
     for r in rows:

@@ -1,4 +1,5 @@
-"""DVC stage `evaluate`: test-split metrics, the baseline beside them, tables and plots.
+"""DVC stage `evaluate`: test-split metrics, the baseline beside them, tables and plots, and the
+same model measured on each labelled folder of `evaluate.external` (see nriqa/external.py).
 
 Results are also added to the training's MLflow run, named by models/mlflow_run.json.
 """
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nriqa import plots, tracking
+from nriqa import external, plots, tracking
 from nriqa.evaluation import (add_baseline, add_categories, per_distortion_table,
                               per_level_table, score_test_split, summarize)
 from nriqa.metrics import CATEGORY_NAMES
@@ -25,12 +26,19 @@ def main():
     params = load_params()
     # Checked first: an unreachable tracking server should not cost a whole evaluation.
     run = tracking.open_pointer(Path("models/mlflow_run.json"))
+    # So are the external folders: a mistyped path must not wait for the test split.
+    # Relative paths are the project's, also under `dvc exp run --temp` (which runs in a copy).
+    folders = external.open_folders(params["evaluate"].get("external"), tracking.project_root())
     thresholds = params["evaluate"]["categories"]
     model, info = load_model("models")
     splits = pd.read_csv(SPLITS)
     test = score_test_split(model, info["preprocessing"], splits, RAW_DIR)
-    test = add_categories(add_baseline(test, splits, RAW_DIR), thresholds)
+    test = add_categories(add_baseline(test, splits), thresholds)
     metrics, confusion = summarize(test, thresholds)
+    results = {folder.name: external.evaluate_folder(model, info["preprocessing"], folder)
+               for folder in folders}
+    if results:
+        metrics["external"] = {name: result.metrics for name, result in results.items()}
 
     REPORTS.mkdir(exist_ok=True)
     write_json(REPORTS / "metrics.json", metrics)
@@ -41,6 +49,9 @@ def main():
     per_distortion = per_distortion_table(test)
     per_distortion.to_csv(REPORTS / "per_distortion.csv", index=False)
     per_level_table(test).to_csv(REPORTS / "per_level.csv", index=False)
+    external.reset_dir(REPORTS / "external")  # a declared output, so it exists even when empty
+    external_files = [path for name, result in results.items()
+                      for path in external.write_reports(name, result, REPORTS / "external")]
 
     figures = REPORTS / "figures"
     figures.mkdir(exist_ok=True)
@@ -59,8 +70,11 @@ def main():
              REPORTS / "per_distortion.csv", REPORTS / "per_level.csv", REPORTS / "predictions.csv"],
         "figures": sorted(figures.glob("*.png")),
         "split": [Path("data/processed/summary.json")],
+        "external": external_files,
     })
     print(f"test SRCC {metrics['test']['srcc']:.4f}  baseline SRCC {metrics['baseline']['srcc']:.4f}")
+    for name, result in results.items():
+        print(f"{name} SRCC {result.metrics['srcc']:.4f} ({result.metrics['images']} images)")
 
 
 if __name__ == "__main__":

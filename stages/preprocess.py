@@ -1,14 +1,23 @@
-"""DVC stage `preprocess`: content-disjoint splits and model-ready TFRecord shards."""
+"""DVC stage `preprocess`: content-disjoint splits and model-ready TFRecord shards.
+
+The generated training set (`trainset` stage) joins the training split when the dataset's
+labels are on its scale (TID2013's 0..9: the synthetic and TID2013-layout sets). With the
+synthetic dataset it replaces that dataset's training share: every synthetic reference goes
+to validation or test, so no validation or test content is ever trained on.
+"""
 
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from nriqa.datasets import dataset_format
 from nriqa.shards import split_by_reference, write_json, write_shards
 from nriqa.stage import load_params, stage_main
+from nriqa.trainset import INDEX_NAME
 
 RAW_DIR = Path("data/raw")
+TRAINSET_DIR = Path("data/trainset")
 INDEX = Path("data/interim/index.csv")
 OUT_DIR = Path("data/processed")
 
@@ -17,14 +26,23 @@ OUT_DIR = Path("data/processed")
 def main():
     params = load_params()
     settings = params["preprocess"]
-    index = split_by_reference(pd.read_csv(INDEX), settings["split"], int(settings["seed"]))
+    with_trainset = uses_trainset(params)
+    ratios = {**settings["split"], "train": 0.0} if params["data"]["source"] == "synthetic" and with_trainset \
+        else settings["split"]
+    index = split_by_reference(pd.read_csv(INDEX), ratios, int(settings["seed"])).assign(root=str(RAW_DIR))
+    if dataset_format(params["data"]) != "tid2013":
+        # The type head speaks TID2013's 24 types; KADID-10k numbers its 25 differently and
+        # KonIQ-10k has none, so their images train the MOS only.
+        index["distortion"] = None
+    if with_trainset:
+        generated = pd.read_csv(TRAINSET_DIR / INDEX_NAME).assign(split="train", root=str(TRAINSET_DIR))
+        index = pd.concat([index, generated], ignore_index=True)
     # Built aside and renamed at the end: a failed run leaves no half-written shards behind.
     staging = OUT_DIR.with_name(".tmp-processed")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        summary = write_shards(index, RAW_DIR, staging, mode=settings["mode"],
-                               resize=settings["resize"],
+        summary = write_shards(index, staging, mode=settings["mode"], resize=settings["resize"],
                                crop_size=int(params["model"]["input_size"]),
                                shards=int(settings["shards"]))
         index.to_csv(staging / "splits.csv", index=False)
@@ -35,6 +53,14 @@ def main():
     shutil.rmtree(OUT_DIR, ignore_errors=True)
     staging.rename(OUT_DIR)
     print({split: info["images"] for split, info in summary.items()})
+
+
+def uses_trainset(params: dict) -> bool:
+    """`trainset.mix: auto` mixes the generated images in when the labels share TID2013's scale."""
+    mix = params["trainset"]["mix"]
+    if mix == "auto":
+        return dataset_format(params["data"]) == "tid2013"
+    return bool(mix)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,27 @@ def test_preprocess_param_reruns_only_what_follows(tiny_project):
     assert "Running stage 'train'" in output
     assert "Running stage 'fetch'" not in output
     assert "Running stage 'normalize'" not in output
+
+
+def test_external_folder_in_the_evaluate_stage(tiny_project):
+    # The clone's own data/raw stands in for an external folder: a check of the plumbing
+    # (params -> metrics.json, reports/external, MLflow), not of the model, which trained on part
+    # of it. Changing `evaluate` params reruns evaluate alone.
+    import mlflow
+
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["evaluate"]["external"] = [{"name": "selfcheck", "path": "data/raw", "format": "tid2013"}]
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = run([DVC, "repro", "evaluate"], cwd=tiny_project, env=project_env(tiny_project)).stdout
+    assert "Running stage 'evaluate'" in output and "Running stage 'train'" not in output
+
+    external = json.loads((tiny_project / "reports/metrics.json").read_text())["external"]["selfcheck"]
+    assert external["images"] == 3 * 4 * 3 and math.isfinite(external["srcc"])
+    assert sorted(external["per_distortion_srcc"]) == ["type_01", "type_08", "type_10", "type_17"]
+    predictions = pd.read_csv(tiny_project / "reports/external/selfcheck.csv")
+    assert list(predictions.columns) == ["image", "distortion", "level", "mos", "pred"]
+    assert (tiny_project / "reports/external/selfcheck_per_distortion.csv").stat().st_size > 0
+
+    pointer = json.loads((tiny_project / "models/mlflow_run.json").read_text())
+    logged = mlflow.MlflowClient(pointer["tracking_uri"]).get_run(pointer["run_id"]).data.metrics
+    assert math.isclose(logged["external.selfcheck.srcc"], external["srcc"], rel_tol=1e-9)

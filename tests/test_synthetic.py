@@ -11,7 +11,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from nriqa.distortions import DISTORTIONS, distort
 from nriqa.errors import NriqaError
-from nriqa.synthetic import generate_tid2013_like, load_reference, ms_ssim, ms_ssim_scales
+from nriqa.synthetic import generate_tid2013_like, load_reference
 
 TINY = dict(num_references=2, image_size=(96, 64), distortion_types=(1, 2, 11, 13, 17), progress=False)
 
@@ -94,13 +94,6 @@ def test_labels_are_on_the_mos_scale_and_fall_with_level(tiny_dataset):
     assert all(0.0 <= m <= 9.0 for m in mos)
     by_level = {level: [m for n, m in zip(names, mos) if n[-5] == str(level)] for level in (1, 5)}
     assert np.mean(by_level[5]) < np.mean(by_level[1])
-
-
-def test_ms_ssim_handles_small_images(small_reference):
-    assert ms_ssim_scales(64, 96) == 3 and ms_ssim_scales(384, 512) == 5 and ms_ssim_scales(32, 32) == 2
-    assert ms_ssim(small_reference, small_reference) == pytest.approx(1.0)
-    blurred = distort(small_reference, 8, 5, np.random.default_rng(0))
-    assert 0.0 < ms_ssim(small_reference, blurred) < 1.0
 
 
 @pytest.mark.parametrize(

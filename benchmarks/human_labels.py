@@ -1,0 +1,76 @@
+"""Agreement with real people: the labeller's and a trained model's SRCC on the human-label dev set.
+
+    .venv/bin/python benchmarks/human_labels.py [--set DIR] [--model-dir models]
+
+The dev set (`../shared/humanlabels`, read its README) is TID2013's own human MOS on 660
+re-made TID2013 images. It is built once into DIR (default `data/humanlabels`, about
+3 minutes) with its `build.py`. Prints, overall and per distortion type:
+
+* the labeller's fidelity: SRCC between `nriqa.labels.pseudo_mos` (which sees the reference)
+  and people's MOS, the ceiling that the training labels set;
+* with `--model-dir`, the no-reference model's SRCC, through `nriqa.evaluation`, the path the
+  evaluate stage and `python -m nriqa evaluate` use.
+
+It measures only: nothing here feeds training, validation, early stopping or calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT.parent / "shared" / "humanlabels" / "build.py"
+
+
+def build(dev_set: Path) -> None:
+    if not (dev_set / "mos_with_names.txt").is_file():
+        subprocess.run([sys.executable, str(BUILD), str(dev_set)], check=True)
+
+
+def labeller_predictions(dev_set: Path) -> pd.DataFrame:
+    from nriqa.datasets import build_index
+    from nriqa.imaging import decode_image
+    from nriqa.labels import pseudo_mos
+
+    index, _ = build_index(dev_set, "tid2013")
+    references = {p.stem.upper(): decode_image(p) for p in (dev_set / "reference_images").iterdir()}
+    index["pred"] = [pseudo_mos(int(t), references[r], decode_image(dev_set / p))
+                     for t, r, p in zip(index["distortion"], index["reference"], index["path"])]
+    return index
+
+
+def report(title: str, frame: pd.DataFrame) -> None:
+    from nriqa.metrics import per_group_srcc, quality_metrics
+
+    overall = quality_metrics(frame["mos"], frame["pred"])
+    per_type = per_group_srcc(frame, "distortion")
+    print(f"{title}: SRCC {overall['srcc']:.4f}  PLCC (logistic) {overall['plcc_logistic']:.4f}  "
+          f"(n={len(frame)})")
+    print("  per type: " + "  ".join(f"{int(t)}: {v:.3f}" for t, v in per_type.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", type=Path, default=ROOT / "data" / "humanlabels")
+    parser.add_argument("--model-dir", type=Path)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    build(args.set)
+    report("labeller (full-reference)", labeller_predictions(args.set))
+    if args.model_dir:
+        from nriqa.datasets import build_index
+        from nriqa.evaluation import score_index
+        from nriqa.predict import load_model
+
+        model, info = load_model(args.model_dir)
+        index, _ = build_index(args.set, "tid2013")
+        report(f"model {args.model_dir}", score_index(model, info["preprocessing"], index, args.set))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Cross-dataset evaluation: how the model scores labelled folders it never trained on.
+
+`evaluate.external` in params.yaml lists such folders (`{name, path, format}`), and
+`python -m nriqa evaluate PATH --format ...` measures one of them. Both go through the same
+three steps the test split does, so the numbers are comparable with `test.*`:
+
+1. the folder is indexed by the dataset readers (`nriqa.datasets.build_index`);
+2. its images are scored by `nriqa.evaluation.score_index`, i.e. `nriqa.predict.predict_mos`
+   on images decoded by `nriqa.imaging.decode_image`;
+3. SRCC, PLCC, ... come from `nriqa.metrics.quality_metrics`, and SRCC per distortion type from
+   `per_group_srcc` where the dataset has types (KonIQ-10k has none, so it gets no such table).
+
+Scoring, metrics and plotting modules are imported inside the functions that use them, so that
+`python -m nriqa runs` and `--help` do not pay for SciPy, scikit-learn and OpenCV.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from nriqa.datasets import FORMATS, build_index
+from nriqa.errors import NriqaError
+
+ENTRY_FIELDS = ("name", "path", "format")
+# The name becomes a file name (reports/external/<name>.csv) and part of metric keys
+# (external.<name>.srcc), so it must be safe in both: no dots, slashes or spaces.
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+PREDICTION_COLUMNS = ["image", "distortion", "level", "mos", "pred"]
+
+
+@dataclass
+class LabelledFolder:
+    """One dataset folder to measure the model on, already indexed."""
+
+    name: str
+    path: Path
+    format: str
+    index: pd.DataFrame = field(repr=False)
+    label: str = ""  # how error messages name it
+
+    def __post_init__(self):
+        self.label = self.label or f"{self.path} ({self.format})"
+
+
+@dataclass
+class ExternalResult:
+    predictions: pd.DataFrame  # PREDICTION_COLUMNS, one row per image
+    metrics: dict  # quality_metrics keys, images, and per_distortion_srcc where there are types
+    per_distortion: pd.DataFrame | None  # distortion, images, srcc; None without types
+
+
+# --- params.yaml `evaluate.external` -----------------------------------------------------------
+
+def parse_entries(entries, where: str = "evaluate.external") -> list[dict]:
+    """Validated `{name, path, format}` entries; any problem is a NriqaError naming the field."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise NriqaError(f"{where} must be a list of {{name, path, format}} entries, "
+                         f"got {type(entries).__name__}")
+    parsed, seen = [], set()
+    for number, entry in enumerate(entries):
+        at = f"{where}[{number}]"
+        if not isinstance(entry, dict):
+            raise NriqaError(f"{at} must be a mapping with the fields name, path and format, "
+                             f"got {entry!r}")
+        unknown = sorted(str(key) for key in entry if key not in ENTRY_FIELDS)
+        if unknown:  # most likely a typo, which would otherwise be silently ignored
+            raise NriqaError(f"{at} has unknown field(s) {', '.join(unknown)}; "
+                             f"an entry has exactly {', '.join(ENTRY_FIELDS)}")
+        missing = [key for key in ENTRY_FIELDS if entry.get(key) in (None, "")]
+        if missing:
+            raise NriqaError(f"{at} lacks the field(s) {', '.join(missing)}")
+        name, path, fmt = entry["name"], entry["path"], entry["format"]
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise NriqaError(f"{at}.name is {name!r}; it must be a simple identifier (a letter, "
+                             "then letters, digits or _): it names report files and metric keys")
+        # Case-insensitively: on a case-insensitive disk A.csv and a.csv are one file.
+        if name.lower() in seen:
+            raise NriqaError(f"{at}.name {name!r} is used by an earlier entry; names must be unique")
+        seen.add(name.lower())
+        if fmt not in FORMATS:
+            raise NriqaError(f"{at}.format is {fmt!r}; expected one of {', '.join(FORMATS)}")
+        if not isinstance(path, str):
+            raise NriqaError(f"{at}.path is {path!r}; expected a folder path")
+        parsed.append({"name": name, "path": Path(path), "format": fmt})
+    return parsed
+
+
+def open_folders(entries, root: Path) -> list[LabelledFolder]:
+    """Validate `evaluate.external` and index every folder, relative paths taken from `root`.
+
+    Meant to run before anything slow, so a mistyped path costs seconds, not an evaluation.
+    """
+    folders = []
+    for number, entry in enumerate(parse_entries(entries)):
+        path = entry["path"] if entry["path"].is_absolute() else root / entry["path"]
+        label = f"evaluate.external[{number}] {entry['name']!r} ({path}, {entry['format']})"
+        folders.append(open_folder(path, entry["format"], name=entry["name"], label=label))
+    return folders
+
+
+def open_folder(path: Path, fmt: str, name: str = "", label: str = "") -> LabelledFolder:
+    """Index one labelled folder; every problem becomes a NriqaError that names it."""
+    label = label or f"{path} ({fmt})"
+    try:
+        index, _ = build_index(Path(path), fmt)
+    except NriqaError as error:
+        raise NriqaError(f"{label}: {error}") from error
+    except OSError as error:  # permissions, a broken link: not a dataset problem build_index knows
+        raise NriqaError(f"{label}: cannot be read ({error})") from error
+    return LabelledFolder(name or Path(path).name, Path(path), fmt, index, label)
+
+
+# --- Scoring and metrics ------------------------------------------------------------------------
+
+def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
+                    progress: bool = True) -> ExternalResult:
+    """Score every image of the folder and measure the scores against its MOS."""
+    from nriqa.evaluation import score_index
+    from nriqa.metrics import per_group_srcc, quality_metrics
+
+    try:
+        scored = score_index(model, preprocessing, folder.index, folder.path,
+                             desc=f"predict {folder.name}", progress=progress)
+        metrics = quality_metrics(scored["mos"], scored["pred"])
+    except NriqaError as error:  # an unreadable image, too few images
+        raise NriqaError(f"{folder.label}: {error}") from error
+    metrics["images"] = int(len(scored))
+
+    per_distortion = None
+    # Only datasets made by distorting references have types; for the others (KonIQ-10k) an
+    # empty table would suggest a measurement that was never possible.
+    if scored["distortion"].notna().any():
+        srcc = per_group_srcc(scored, "distortion")  # groups under 3 images are left out
+        counts = scored.groupby("distortion").size()
+        metrics["per_distortion_srcc"] = {f"type_{int(k):02d}": v for k, v in srcc.items()}
+        per_distortion = pd.DataFrame({"distortion": [f"{int(k):02d}" for k in srcc],
+                                       "images": [int(counts[k]) for k in srcc],
+                                       "srcc": [round(v, 4) for v in srcc.values()]})
+    return ExternalResult(scored[PREDICTION_COLUMNS], metrics, per_distortion)
+
+
+def write_reports(name: str, result: ExternalResult, out_dir: Path) -> list[Path]:
+    """reports/external/<name>.csv and, where there are types, <name>_per_distortion.csv."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{name}.csv"]
+    result.predictions.round(4).to_csv(written[0], index=False)
+    if result.per_distortion is not None:
+        written.append(out_dir / f"{name}_per_distortion.csv")
+        result.per_distortion.to_csv(written[-1], index=False)
+    return written
+
+
+def reset_dir(out_dir: Path) -> None:
+    """An empty folder: reports of a dataset since removed from params.yaml must not linger."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+
+
+# --- `python -m nriqa evaluate PATH --format ...` -----------------------------------------------
+
+def add_evaluate_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="measure the model against one labelled dataset folder",
+        description="SRCC, KRCC, PLCC and RMSE of the model's scores against the human MOS of "
+                    "a dataset folder, and SRCC per distortion type where the dataset has types; "
+                    "the figures the evaluate stage reports for evaluate.external.")
+    parser.add_argument("path", type=Path, metavar="PATH",
+                        help="the dataset folder, laid out as the original distribution")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="the folder's layout")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model-dir", type=Path, default=Path("models"),
+                        help="folder with model.keras and model.json (default: models)")
+    source.add_argument("--model-uri", help="an MLflow model instead, e.g. models:/nriqa@champion")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the MLflow tracking URI is read from here if it exists")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    # The model is loaded exactly as `python -m nriqa score` loads it.
+    from nriqa.scoring import _load, _settings
+
+    try:
+        # Indexed first: a wrong path or format fails before the model is loaded.
+        folder = open_folder(args.path, args.format)
+        _, tracking_uri = _settings(args.params)
+        with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
+            model, info = _load(args, tracking_uri, workdir)
+            result = evaluate_folder(model, info["preprocessing"], folder)
+    except NriqaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"path": str(args.path), "format": args.format, **result.metrics},
+                         indent=2))
+    else:
+        print(format_result(folder, result))
+    return 0
+
+
+def format_result(folder: LabelledFolder, result: ExternalResult) -> str:
+    overall = {key: value for key, value in result.metrics.items() if key != "per_distortion_srcc"}
+    lines = [f"{folder.path} ({folder.format}, {result.metrics['images']} images)", ""]
+    lines += [f"{key:<15} {value:.4f}" if isinstance(value, float) else f"{key:<15} {value}"
+              for key, value in overall.items()]
+    if result.per_distortion is not None:
+        lines += ["", "SRCC per distortion type",
+                  result.per_distortion.to_string(index=False, float_format="%.4f")]
+    return "\n".join(lines)

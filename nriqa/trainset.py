@@ -1,0 +1,157 @@
+"""The training set: many contents, every distortion at continuous strengths, labelled by people's
+rules (`nriqa.labels`).
+
+Fifteen training contents made the network learn its references rather than quality, so the
+training images come from photographs that none of the validation or test references are cut
+from: the nature photos that ship in two Debian packages (`make system-deps` installs them).
+
+* ``mate-backgrounds`` (``/usr/share/backgrounds/mate/nature``), GPL-2+ (Debian's copyright
+  file names each photographer): Aqua, LadyBird, YellowFlower, Garden and TwoWings (Charles
+  Barbin), Blinds (Lennart Poettering, Andrea Cimitan), Dune (Marco Cogoni), FreshFlower
+  (Jens Ansorg), GreenMeadow (Timothy Schellhase), RainDrops ("blackcombwhistler07"), Storm
+  (Sergey Nazarov), Wood (Jean-François Fortin Tam).
+* ``plasma-workspace-wallpapers`` (``/usr/share/wallpapers/<name>/contents/images``), GPL-2+
+  in Debian's copyright, LGPL-3 in each wallpaper's metadata.json except Volna (CC-BY-SA-4.0):
+  BytheWater (Maciej Wiklo), ColdRipple, DarkestHour, Kite, OneStandsOut, Path and
+  summer_1am (Risto Saukonpää), ColorfulCups (Dmitri Popov), EveningGlow (Ian Hex),
+  FallenLeaf (Martin Klapetek), Grey (Sigi Sagi), Volna (Nikita Babin).
+  The wallpapers' illustrations and renders are left out: they are not photographs.
+
+Every image draws from its own generator seeded with (seed, image number): a photo, a scale
+(the photo is shrunk so that its short side is 2-4 times the image's, which also removes its
+own JPEG artefacts), a crop, a flip, a TID2013 type and a strength position uniform over
+[0.5, 5.5] on the level scale (`Distortion.strength_at`). The same seed writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from nriqa.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION, MIN_SIDE
+from nriqa.errors import NriqaError
+from nriqa.labels import pseudo_mos
+
+_MATE = Path("/usr/share/backgrounds/mate/nature")
+_PLASMA = Path("/usr/share/wallpapers")
+TRAINING_PHOTOS: tuple[tuple[str, Path], ...] = (
+    *(("mate-backgrounds", _MATE / f"{name}.jpg") for name in (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
+        "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower")),
+    *(("plasma-workspace-wallpapers", _PLASMA / name / "contents/images" / size) for name, size in (
+        ("BytheWater", "2560x1600.jpg"), ("ColdRipple", "2560x1600.jpg"),
+        ("ColorfulCups", "2560x1600.jpg"), ("DarkestHour", "2560x1600.jpg"),
+        ("EveningGlow", "2560x1600.jpg"), ("FallenLeaf", "2560x1600.jpg"),
+        ("Grey", "2560x1600.jpg"), ("Kite", "2560x1600.jpg"),
+        ("OneStandsOut", "2560x1600.jpg"), ("Path", "2560x1600.jpg"),
+        ("Volna", "5120x2880.jpg"), ("summer_1am", "2560x1600.jpg"))),
+)
+INDEX_NAME = "index.csv"
+
+
+def check_photos(photos=TRAINING_PHOTOS) -> None:
+    """Fail early, naming the Debian package to install, when a photo is missing."""
+    missing = sorted({package for package, path in photos if not path.is_file()})
+    if missing:
+        raise NriqaError(f"training photos are missing; install the Debian package(s) {' '.join(missing)} "
+                         f"(`make system-deps` does it)")
+
+
+@lru_cache(maxsize=None)  # a few hundred MB: every image picks a photo at random
+def _photo(index: int) -> np.ndarray:
+    with Image.open(TRAINING_PHOTOS[index][1]) as photo:
+        return np.asarray(photo.convert("RGB"))
+
+
+def reference_crop(rng: np.random.Generator, image_size: tuple[int, int]) -> tuple[int, np.ndarray]:
+    """(photo number, a pristine crop of ``image_size`` = (width, height)) drawn by ``rng``."""
+    width, height = image_size
+    index = int(rng.integers(len(TRAINING_PHOTOS)))
+    photo = _photo(index)
+    # Shrink so that the short side is 2-4 times the crop's: natural detail at the scale of
+    # TID2013's references, and the source JPEG's own artefacts averaged away.
+    scale = rng.uniform(2.0, 4.0) * min(width, height) / min(photo.shape[:2])
+    size = (max(width, round(photo.shape[1] * scale)), max(height, round(photo.shape[0] * scale)))
+    shrunk = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
+    top = int(rng.integers(shrunk.shape[0] - height + 1))
+    left = int(rng.integers(shrunk.shape[1] - width + 1))
+    crop = shrunk[top:top + height, left:left + width]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return index, np.ascontiguousarray(crop)
+
+
+def make_image(seed: int, number: int, image_size: tuple[int, int], types: Sequence[int]):
+    """Image ``number``: (uint8 RGB image, index row without the path)."""
+    rng = np.random.default_rng([seed, number])
+    photo, reference = reference_crop(rng, image_size)
+    distortion = DISTORTIONS[int(types[int(rng.integers(len(types)))])]
+    position = float(rng.uniform(MIN_POSITION, MAX_POSITION))
+    strength = distortion.strength_at(position, raise_contrast=bool(rng.random() < 0.5))
+    distorted = distortion.apply_strength(reference, strength, rng)
+    return distorted, {
+        "image": f"T{number:05d}.png", "reference": f"P{photo:02d}", "distortion": distortion.number,
+        "level": round(position, 3), "mos": round(pseudo_mos(distortion.number, reference, distorted), 5),
+        "mos_std": 0.0,
+    }
+
+
+def _make_chunk(args) -> list[dict]:
+    out_dir, seed, numbers, image_size, types = args
+    rows = []
+    for number in numbers:
+        image, row = make_image(seed, number, image_size, types)
+        # Fastest PNG compression: the file is read once, by preprocess.
+        Image.fromarray(image).save(out_dir / "images" / row["image"], compress_level=1)
+        rows.append({**row, "path": f"images/{row['image']}"})
+    return rows
+
+
+def generate_training_set(out_dir: Path, *, num_images: int, image_size=(256, 192), seed: int = 0,
+                          distortion_types: Sequence[int] = tuple(DISTORTIONS),
+                          progress: bool = True) -> pd.DataFrame:
+    """Write ``images/T00000.png``... and ``index.csv`` (`nriqa.datasets` columns) into the
+    existing, empty ``out_dir``; returns the index."""
+    if not isinstance(num_images, int) or num_images < 1:
+        raise NriqaError(f"trainset.images must be a positive integer, got {num_images!r}")
+    width, height = (int(side) for side in image_size)
+    if min(width, height) < MIN_SIDE:
+        raise NriqaError(f"trainset.image_size {width}x{height} is too small; both sides must be at least {MIN_SIDE}")
+    types = tuple(sorted(set(int(t) for t in distortion_types)))
+    if not types or any(t not in DISTORTIONS for t in types):
+        raise NriqaError(f"trainset.distortion_types must be TID2013 types 1..24, got {list(distortion_types)!r}")
+    check_photos()
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir()
+    chunk = 50
+    jobs = [(out_dir, seed, range(start, min(start + chunk, num_images)), (width, height), types)
+            for start in range(0, num_images, chunk)]
+    workers = min(2, os.cpu_count() or 1) if len(jobs) > 1 else 1
+    rows = []
+    with tqdm(total=num_images, desc="training set", unit="img", disable=not progress) as bar:
+        if workers == 1:
+            results = map(_make_chunk, jobs)
+            pool = None
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            results = pool.map(_make_chunk, jobs)
+        try:
+            for chunk_rows in results:  # in job order: the index comes out in a fixed order
+                rows.extend(chunk_rows)
+                bar.update(len(chunk_rows))
+        finally:
+            if pool is not None:
+                pool.shutdown()
+    index = pd.DataFrame(rows, columns=["image", "reference", "distortion", "level", "mos", "mos_std", "path"])
+    index.to_csv(out_dir / INDEX_NAME, index=False)
+    return index

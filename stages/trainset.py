@@ -1,0 +1,25 @@
+"""DVC stage `trainset`: generated training images with labels from `nriqa.labels` (written atomically)."""
+
+import os
+from pathlib import Path
+
+from nriqa.sources import staging
+from nriqa.stage import load_params, stage_main
+from nriqa.trainset import generate_training_set
+
+OUT_DIR = Path("data/trainset")
+
+
+@stage_main
+def main():
+    settings = load_params()["trainset"]
+    types = settings["distortion_types"]
+    with staging(OUT_DIR) as tmp:
+        generate_training_set(tmp, num_images=int(settings["images"]),
+                              image_size=tuple(settings["image_size"]), seed=int(settings["seed"]),
+                              **({} if types == "all" else {"distortion_types": types}))
+        os.rename(tmp, OUT_DIR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The generated training set (`nriqa.trainset`) and continuous distortion strengths."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nriqa.distortions import DISTORTIONS, LEVELS
+from nriqa.errors import NriqaError
+from nriqa.synthetic import REFERENCE_SOURCES
+from nriqa.trainset import TRAINING_PHOTOS, check_photos, generate_training_set
+
+TINY = dict(num_images=12, image_size=(64, 48), seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_trainset(tmp_path_factory) -> Path:
+    out_dir = tmp_path_factory.mktemp("trainset")
+    generate_training_set(out_dir, **TINY)
+    return out_dir
+
+
+def digest(out_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(out_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out_dir.rglob("*")) if p.is_file()}
+
+
+def test_index_and_images(tiny_trainset):
+    index = pd.read_csv(tiny_trainset / "index.csv")
+    assert list(index.columns) == ["image", "reference", "distortion", "level", "mos", "mos_std", "path"]
+    assert len(index) == 12 and index["image"].is_unique
+    assert index["mos"].between(0, 9).all() and index["level"].between(0.5, 5.5).all()
+    assert set(index["distortion"]) <= set(DISTORTIONS)
+    from PIL import Image
+
+    for path in index["path"]:
+        with Image.open(tiny_trainset / path) as image:
+            assert image.size == (64, 48) and image.mode == "RGB"
+
+
+def test_same_seed_same_bytes_other_seed_other_images(tiny_trainset, tmp_path):
+    again, other = tmp_path / "again", tmp_path / "other"
+    again.mkdir(), other.mkdir()
+    generate_training_set(again, **TINY)
+    generate_training_set(other, **{**TINY, "seed": 4})
+    assert digest(again) == digest(tiny_trainset)
+    assert digest(other)["index.csv"] != digest(tiny_trainset)["index.csv"]
+
+
+def test_training_photos_are_not_validation_or_test_content():
+    # Validation and test references are cut from images inside Python packages; training
+    # photos come from Debian packages. No file may serve both.
+    references = {Path(str(resources.files(s.package).joinpath(s.path))).resolve() for s in REFERENCE_SOURCES}
+    training = {path.resolve() for _, path in TRAINING_PHOTOS}
+    assert not references & training
+    hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in references}
+    assert not hashes & {hashlib.sha256(p.read_bytes()).hexdigest() for p in training}
+
+
+def test_missing_photos_name_the_debian_package():
+    with pytest.raises(NriqaError, match="mate-backgrounds"):
+        check_photos((("mate-backgrounds", Path("/nonexistent/photo.jpg")),))
+
+
+@pytest.mark.parametrize("arguments", [{"num_images": 0}, {"image_size": (16, 64)},
+                                       {"distortion_types": (25,)}])
+def test_bad_arguments_raise(tmp_path, arguments):
+    with pytest.raises(NriqaError):
+        generate_training_set(tmp_path, **{**TINY, **arguments})
+
+
+def test_continuous_strengths_meet_the_calibrated_levels():
+    for distortion in DISTORTIONS.values():
+        for level in LEVELS:
+            raise_contrast = distortion.number == 17 and level % 2 == 0
+            assert distortion.strength_at(float(level), raise_contrast) == pytest.approx(
+                distortion.strength_for(level))
+        between = distortion.strength_at(2.5)
+        low, high = sorted(distortion.strength_at(p) for p in (2.0, 3.0))
+        assert low <= between <= high
+    with pytest.raises(NriqaError):
+        DISTORTIONS[1].strength_at(6.0)
