@@ -1,12 +1,14 @@
-"""The nriqa BentoML service: upload an image, get its predicted MOS and quality category.
+"""The nriqa BentoML service: upload an image, get its predicted MOS, quality category and
+likeliest distortions.
 
 Two services, one Bento (`bentoml serve service:NRIQA`, or the built Bento):
 
 * `NRIQA` (the entry point, HTTP on port 3000) decodes uploads with `nriqa.imaging`,
   cuts each image's crop grid, answers bad input with a 4xx, and serves the web page at /ui.
-* `QualityModel` holds the Keras model (loaded once per worker) behind ONE batchable API.
-  BentoML's adaptive batching merges the crop sets of concurrent requests into one model
-  call; it only batches calls that arrive through a service's server, which is why the
+* `QualityModel` holds the Keras model (loaded once per worker) behind ONE batchable API
+  that returns each image's MOS and, where the model has the distortion-type head, its type
+  probabilities, from one model pass. BentoML's adaptive batching merges the crop sets of
+  concurrent requests into one model call; it only batches calls that arrive through a service's server, which is why the
   model lives in a service of its own and `NRIQA` reaches it through `bentoml.depends`.
 
 Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). The serving
@@ -33,6 +35,7 @@ from nriqa.errors import NriqaError
 from nriqa.imaging import crops_for_prediction, decode_image
 from nriqa.metrics import categorize
 from nriqa.packaging import SERVE_KEYS
+from nriqa.predict import top_distortions
 
 
 
@@ -87,6 +90,15 @@ def load_settings(model_tag: str) -> dict:
 SETTINGS = load_settings(MODEL_TAG)
 
 
+class ModelOutput(BaseModel):
+    """One image's result from the model service."""
+
+    mos: float = Field(description="mean crop score")
+    probabilities: list[float] | None = Field(
+        default=None, description="TID2013 distortion-type probabilities, types 1..24 in order; "
+                                  "null when the model has no distortion-type head")
+
+
 @bentoml.service(name="nriqa_model", workers=1, traffic={"timeout": 120})
 class QualityModel:
     """The Keras model behind one adaptive-batching API; inputs are already-cut crops."""
@@ -101,16 +113,30 @@ class QualityModel:
     # One batch item is one image's crop stack, so max_batch_size counts images.
     @bentoml.api(batchable=True, max_batch_size=SETTINGS["max_batch_size"],
                  max_latency_ms=SETTINGS["max_latency_ms"])
-    def predict(self, crop_sets: list[np.ndarray]) -> list[float]:
-        """Mean crop score per image: `nriqa.predict.predict_mos` after its cropping step."""
-        from nriqa.predict import score_crop_sets
+    def predict(self, crop_sets: list[np.ndarray]) -> list[ModelOutput]:
+        """MOS (`nriqa.predict.predict_mos` after its cropping step) and distortion-type
+        probabilities per image, from one pass of `nriqa.predict.score_images`."""
+        from nriqa.predict import score_images
 
-        return [float(score) for score in score_crop_sets(self.model, crop_sets)]
+        mos, probabilities = score_images(self.model, crop_sets)
+        return [ModelOutput(mos=float(score),
+                            probabilities=None if probabilities is None else
+                            [float(p) for p in probabilities[i]])
+                for i, score in enumerate(mos)]
+
+
+class Distortion(BaseModel):
+    type: int = Field(description="TID2013 distortion type, 1..24")
+    name: str = Field(description="the distortion type's name (nriqa.distortions.DISTORTIONS)")
+    probability: float = Field(description="the model's probability that this is the distortion")
 
 
 class Score(BaseModel):
     mos: float = Field(description="predicted mean opinion score")
     category: str = Field(description="quality category of the MOS (params.yaml evaluate.categories)")
+    distortions: list[Distortion] | None = Field(
+        description="the three likeliest TID2013 distortion types, likeliest first; null when "
+                    "the model has no distortion-type head")
     model_version: str = Field(description="MLflow registry version of the model")
     mlflow_run_id: str = Field(description="MLflow run that trained the model")
 
@@ -281,18 +307,28 @@ def _ui_app():
             raise gr.Error(str(error)) from error
         if isinstance(result, ImageError):
             raise gr.Error(result.error)
-        return round(result.mos, 3), result.category
+        if result.distortions is None:  # a model without the distortion-type head
+            distortions = gr.Label(value=None, visible=False)
+        else:
+            distortions = gr.Label(value={d.name: d.probability for d in result.distortions},
+                                   visible=True)
+        return round(result.mos, 3), result.category, distortions
 
     with gr.Blocks(title="nriqa: image quality") as demo:
         gr.Markdown("# nriqa: no-reference image quality\n"
                     "Upload a photo (JPEG, PNG, BMP, WebP or TIFF) to get its predicted mean "
-                    "opinion score (MOS) and quality category.")
+                    "opinion score (MOS), its quality category and the likeliest kinds of "
+                    "distortion.")
         upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff", ".webp"],
                          type="filepath", elem_id="image-upload")
         with gr.Row():
             mos = gr.Number(label="Predicted MOS", precision=3, elem_id="mos")
             category = gr.Textbox(label="Category", elem_id="category")
-        upload.upload(score_upload, inputs=upload, outputs=[mos, category], api_name="score")
+        # Hidden until a model with the distortion-type head has scored an image.
+        distortions = gr.Label(label="Likeliest distortions", num_top_classes=3, visible=False,
+                               show_heading=False, elem_id="distortions")
+        upload.upload(score_upload, inputs=upload, outputs=[mos, category, distortions],
+                      api_name="score")
     return gr.mount_gradio_app(FastAPI(), demo, path="/")
 
 
@@ -338,7 +374,7 @@ class NRIQA:
         return [ImageError(error=str(outcome)) if isinstance(outcome, Exception)
                 else self._score(next(scores)) for outcome in crop_sets]
 
-    async def _predict(self, crop_sets: list[np.ndarray]) -> list[float]:
+    async def _predict(self, crop_sets: list[np.ndarray]) -> list[ModelOutput]:
         # BentoML 1.4.40's client for `depends` renews its HTTP session every 100 requests
         # and closes the old one under the requests still in flight on it; they fail with
         # aiohttp's ServerDisconnectedError. The call is idempotent, so send those again.
@@ -350,9 +386,11 @@ class NRIQA:
                     raise
 
     @staticmethod
-    def _score(mos: float) -> Score:
-        return Score(mos=round(mos, 6), category=categorize(mos, SETTINGS["categories"]),
-                     model_version=SETTINGS["model_version"],
+    def _score(output: ModelOutput) -> Score:
+        distortions = (None if output.probabilities is None else
+                       [Distortion(**d) for d in top_distortions(np.asarray(output.probabilities))])
+        return Score(mos=round(output.mos, 6), category=categorize(output.mos, SETTINGS["categories"]),
+                     distortions=distortions, model_version=SETTINGS["model_version"],
                      mlflow_run_id=SETTINGS["mlflow_run_id"])
 
 

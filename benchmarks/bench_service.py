@@ -85,7 +85,8 @@ def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
     crops = [crops_for_prediction(image, pre) for image in decoded]
     model.predict(crops[0].astype(np.float32), verbose=0)  # warm-up
     start = time.perf_counter()
-    single_scores = [float(model.predict(c.astype(np.float32), verbose=0).mean()) for c in crops]
+    single_scores = [float(model.predict(c.astype(np.float32), verbose=0)[:, 0].mean())  # column 0: MOS
+                     for c in crops]
     single = len(crops) / (time.perf_counter() - start)
     return {"raw_batch_images_per_s": raw, "per_image_predict_images_per_s": single,
             "crops_per_image": len(crops[0]), "scores": batch_scores.tolist(),

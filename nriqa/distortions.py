@@ -330,7 +330,8 @@ def _lossy_compression_of_noisy_images(image, noise_std, rng):
 
 def _colour_quantization_with_dither(image, colours, rng):
     picture = Image.fromarray(image)
-    palette = picture.quantize(colors=int(round(colours)), method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    # A palette holds 2..256 colours; strengths extended past level 1 ask for more.
+    palette = picture.quantize(colors=int(np.clip(round(colours), 2, 256)), method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     dithered = picture.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
     return np.asarray(dithered.convert("RGB"))
 

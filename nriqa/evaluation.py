@@ -16,7 +16,7 @@ from tqdm import tqdm
 from nriqa.baseline import BrisqueSVR, features_for_paths
 from nriqa.imaging import decode_image
 from nriqa.metrics import categorize, category_metrics, per_group_srcc, quality_metrics
-from nriqa.predict import predict_mos
+from nriqa.predict import predict_images
 
 
 def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: Path,
@@ -27,21 +27,50 @@ def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: 
 
 def score_index(model, preprocessing: dict, index: pd.DataFrame, raw_dir: Path,
                 batch_images: int = 16, desc: str = "predict", progress: bool = True) -> pd.DataFrame:
-    """A copy of a dataset index (`nriqa.datasets`: image, path, mos, ...) with a `pred` column.
+    """A copy of a dataset index (`nriqa.datasets`: image, path, mos, ...) with a `pred` column,
+    and, for models with a type head, `pred_distortion` (the likeliest TID2013 type) and
+    `pred_top3` (the three likeliest, space-separated).
 
     The test split and every external dataset go through this one loop, so their numbers are
     comparable. The progress bar counts images on stderr.
     """
     scored = index.reset_index(drop=True).copy()
-    preds = []
+    preds, probabilities = [], []
     with tqdm(total=len(scored), desc=desc, unit="image", disable=not progress) as bar:
         for start in range(0, len(scored), batch_images):
             rows = scored.iloc[start:start + batch_images]
             images = [decode_image(raw_dir / p, name=n) for p, n in zip(rows["path"], rows["image"])]
-            preds.append(predict_mos(model, images, preprocessing))
+            mos, types = predict_images(model, images, preprocessing)
+            preds.append(mos)
+            probabilities.append(types)
             bar.update(len(rows))
     scored["pred"] = np.concatenate(preds) if preds else []
+    if preds and probabilities[0] is not None:
+        top3 = np.argsort(-np.concatenate(probabilities), axis=1)[:, :3] + 1
+        scored["pred_distortion"] = top3[:, 0]
+        scored["pred_top3"] = [" ".join(map(str, row)) for row in top3]
     return scored
+
+
+def distortion_metrics(scored: pd.DataFrame) -> dict:
+    """Top-1 and top-3 accuracy of the type head over images with a TID2013 type; {} without."""
+    known = scored["distortion"].between(1, 24) if "pred_distortion" in scored else None
+    if known is None or not known.any():
+        return {}
+    rows = scored[known]
+    truth = rows["distortion"].astype(int)
+    in_top3 = [str(t) in top3.split() for t, top3 in zip(truth, rows["pred_top3"])]
+    return {"distortion_accuracy": float(np.mean(rows["pred_distortion"] == truth)),
+            "distortion_top3_accuracy": float(np.mean(in_top3))}
+
+
+def distortion_confusion(scored: pd.DataFrame) -> tuple[list[int], list[list[int]]]:
+    """(types, counts[true][predicted]) over the types present, for the confusion plot."""
+    rows = scored[scored["distortion"].between(1, 24)]
+    types = sorted(set(rows["distortion"].astype(int)) | set(rows["pred_distortion"].astype(int)))
+    table = pd.crosstab(rows["distortion"].astype(int), rows["pred_distortion"].astype(int))
+    table = table.reindex(index=types, columns=types, fill_value=0)
+    return types, table.to_numpy().tolist()
 
 
 def add_categories(test: pd.DataFrame, thresholds: dict) -> pd.DataFrame:
@@ -71,6 +100,7 @@ def summarize(test: pd.DataFrame, thresholds: dict) -> dict:
         test["mos"], test["baseline_pred"], thresholds)["accuracy"]
     metrics["test"]["images"] = int(len(test))
     metrics["test"]["srcc_gain_over_baseline"] = metrics["test"]["srcc"] - metrics["baseline"]["srcc"]
+    metrics["test"].update(distortion_metrics(test))
     if test["distortion"].notna().any():
         metrics["test_per_distortion_srcc"] = {
             f"type_{int(k):02d}": v for k, v in per_group_srcc(test, "distortion").items()}

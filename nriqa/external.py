@@ -125,7 +125,7 @@ def open_folder(path: Path, fmt: str, name: str = "", label: str = "") -> Labell
 def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
                     progress: bool = True) -> ExternalResult:
     """Score every image of the folder and measure the scores against its MOS."""
-    from nriqa.evaluation import score_index
+    from nriqa.evaluation import distortion_metrics, score_index
     from nriqa.metrics import per_group_srcc, quality_metrics
 
     try:
@@ -135,6 +135,8 @@ def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
     except NriqaError as error:  # an unreadable image, too few images
         raise NriqaError(f"{folder.label}: {error}") from error
     metrics["images"] = int(len(scored))
+    if folder.format == "tid2013":  # the head speaks TID2013's type numbers, not KADID-10k's
+        metrics.update(distortion_metrics(scored))
 
     per_distortion = None
     # Only datasets made by distorting references have types; for the others (KonIQ-10k) an

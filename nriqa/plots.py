@@ -110,14 +110,15 @@ def per_distortion_plot(series: Mapping[str, Mapping], path, title: str = "SRCC 
     return _save(fig, path)
 
 
-def confusion_plot(confusion, labels: Sequence[str], path, title: str = "Quality categories") -> Path:
-    """Confusion matrix heat map (rows: true category from MOS, columns: predicted), counts annotated."""
+def confusion_plot(confusion, labels: Sequence[str], path, title: str = "Quality categories",
+                   truth: str = "true (MOS)") -> Path:
+    """Confusion matrix heat map (rows: true class, columns: predicted), counts annotated."""
     matrix = np.asarray(confusion, dtype=np.int64)
     n = len(labels)
     if matrix.shape != (n, n):
         raise ValueError(f"Confusion matrix shape {matrix.shape} does not match {n} labels.")
 
-    fig = _new_figure(1.1 * n + 2.5, 1.0 * n + 1.8)
+    fig = _new_figure(min(1.1 * n + 2.5, 16), min(1.0 * n + 1.8, 15))  # 24 types stay legible
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues", vmin=0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -130,7 +131,7 @@ def confusion_plot(confusion, labels: Sequence[str], path, title: str = "Quality
     ax.set_xticks(range(n), labels, rotation=30, ha="right")
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
-    ax.set_ylabel("true (MOS)")
+    ax.set_ylabel(truth)
     ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)

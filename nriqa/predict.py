@@ -19,8 +19,13 @@ from nriqa.imaging import crops_for_prediction
 def predict_mos(model, images: list[np.ndarray], preprocessing: dict,
                 batch_size: int = 256) -> np.ndarray:
     """Predicted MOS for each decoded image (uint8 HxWx3), in order."""
-    return score_crop_sets(model, [crops_for_prediction(image, preprocessing) for image in images],
-                           batch_size)
+    return predict_images(model, images, preprocessing, batch_size)[0]
+
+
+def predict_images(model, images: list[np.ndarray], preprocessing: dict, batch_size: int = 256):
+    """(MOS, distortion-type probabilities or None) for decoded images; see `score_images`."""
+    return score_images(model, [crops_for_prediction(image, preprocessing) for image in images],
+                        batch_size)
 
 
 def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256) -> np.ndarray:

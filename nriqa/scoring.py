@@ -1,8 +1,9 @@
 """`python -m nriqa score PATH...`: score image files or folders with the local champion model.
 
 Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). Scores come
-from `nriqa.predict.predict_mos`, the function evaluation uses, so the CLI, the reports and
-the service agree. A file that cannot be read is named on stderr and skipped; the exit
+from `nriqa.predict.score_images`, the function behind `predict_mos` (which evaluation uses)
+and the service, so the CLI, the reports and the service agree. Beside each MOS come the three
+likeliest TID2013 distortion types (empty for a model without the distortion-type head). A file that cannot be read is named on stderr and skipped; the exit
 status is non-zero only when nothing could be scored.
 """
 
@@ -22,6 +23,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # Images decoded and scored per model call: enough to batch crops well, few enough that
 # large photos do not pile up in memory.
 CHUNK = 32
+# How many of the likeliest distortion types each row names.
+TOP_DISTORTIONS = 3
+CSV_FIELDS = ["path", "mos", "category"] + [
+    f"{column}_{rank}" for rank in range(1, TOP_DISTORTIONS + 1)
+    for column in ("distortion", "p")]
 
 
 def add_score_command(subparsers) -> None:
@@ -58,12 +64,16 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
                 progress: bool = True) -> tuple[list[dict], list[str]]:
-    """Score files in chunks; returns (rows in file order, error messages of skipped files)."""
+    """Score files in chunks; returns (rows in file order, error messages of skipped files).
+
+    A row is `{"path", "mos", "category", "distortions"}`; `distortions` is the
+    `nriqa.predict.top_distortions` list, or None when the model has no distortion-type head.
+    """
     from tqdm import tqdm
 
-    from nriqa.imaging import decode_image
+    from nriqa.imaging import crops_for_prediction, decode_image
     from nriqa.metrics import categorize
-    from nriqa.predict import predict_mos
+    from nriqa.predict import score_images, top_distortions
 
     rows, errors = [], []
     with tqdm(total=len(files), unit="image", disable=not progress or len(files) < 2,
@@ -77,21 +87,37 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
                 except NriqaError as error:
                     errors.append(str(error))
                     bar.write(f"skipped {error}", file=sys.stderr)
-            for path, mos in zip(names, predict_mos(model, images, preprocessing)):
-                rows.append({"path": str(path), "mos": round(float(mos), 6),
-                             "category": categorize(float(mos), thresholds)})
+            # One model pass per chunk gives both the MOS and the type probabilities.
+            mos, probabilities = score_images(
+                model, [crops_for_prediction(image, preprocessing) for image in images])
+            for i, path in enumerate(names):
+                rows.append({"path": str(path), "mos": round(float(mos[i]), 6),
+                             "category": categorize(float(mos[i]), thresholds),
+                             "distortions": None if probabilities is None else
+                             top_distortions(probabilities[i], TOP_DISTORTIONS)})
             bar.update(len(files[start:start + CHUNK]))
     return rows, errors
 
 
 def write_rows(rows: list[dict], fmt: str, stream) -> None:
+    """JSON: the rows as they are (`distortions` a list or null). CSV: one column pair per
+    likely distortion, `distortion_k` (its name) and `p_k` (its probability), empty when the
+    model has no distortion-type head."""
     if fmt == "json":
         json.dump(rows, stream, indent=2)
         stream.write("\n")
     else:
-        writer = csv.DictWriter(stream, fieldnames=["path", "mos", "category"])
+        writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_csv_row(row) for row in rows)
+
+
+def _csv_row(row: dict) -> dict:
+    flat = {key: row[key] for key in ("path", "mos", "category")}
+    for rank, distortion in enumerate(row["distortions"] or [], start=1):
+        flat[f"distortion_{rank}"] = distortion["name"]
+        flat[f"p_{rank}"] = distortion["probability"]
+    return flat  # DictWriter leaves the missing columns empty
 
 
 def _settings(params_path: Path) -> tuple[dict, str | None]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from nriqa import external, plots, tracking
-from nriqa.evaluation import (add_baseline, add_categories, per_distortion_table,
-                              per_level_table, score_test_split, summarize)
+from nriqa.evaluation import (add_baseline, add_categories, distortion_confusion,
+                              per_distortion_table, per_level_table, score_test_split, summarize)
 from nriqa.metrics import CATEGORY_NAMES
 from nriqa.predict import load_model
 from nriqa.shards import write_json
@@ -44,8 +44,8 @@ def main():
     write_json(REPORTS / "metrics.json", metrics)
     write_json(REPORTS / "confusion.json", {"labels": CATEGORY_NAMES, "matrix": confusion})
     columns = ["image", "reference", "distortion", "level", "mos", "pred", "baseline_pred",
-               "category", "predicted_category"]
-    test[columns].round(4).to_csv(REPORTS / "predictions.csv", index=False)
+               "category", "predicted_category", "pred_distortion", "pred_top3"]
+    test.reindex(columns=columns).round(4).to_csv(REPORTS / "predictions.csv", index=False)
     per_distortion = per_distortion_table(test)
     per_distortion.to_csv(REPORTS / "per_distortion.csv", index=False)
     per_level_table(test).to_csv(REPORTS / "per_level.csv", index=False)
@@ -62,6 +62,11 @@ def main():
          "baseline": dict(zip(per_distortion["distortion"], per_distortion["baseline_srcc"]))},
         figures / "per_distortion.png", "SRCC per distortion type (test)")
     plots.confusion_plot(confusion, CATEGORY_NAMES, figures / "confusion.png")
+    if "distortion_accuracy" in metrics["test"]:
+        types, counts = distortion_confusion(test)
+        plots.confusion_plot(counts, [str(t) for t in types], figures / "distortion_confusion.png",
+                             f"Distortion type, true vs predicted (test; accuracy "
+                             f"{metrics['test']['distortion_accuracy']:.2f})", truth="true type")
     history = pd.read_csv(REPORTS / "train_history.csv")
     plots.training_curves_plot({c: history[c].tolist() for c in ("loss", "val_srcc")},
                                figures / "training_curves.png")

@@ -16,10 +16,11 @@ PROJECT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 # Seconds-not-minutes settings for the whole pipeline: 3 references, 4 types, 3 levels,
-# a 2-block network on 32-pixel crops, 2 epochs.
+# 24 generated training images, a 2-block network on 32-pixel crops, 2 epochs.
 TINY_PARAMS = {
     "data": {"num_references": 3, "image_size": [96, 64], "distortion_types": [1, 8, 10, 17],
              "levels": [1, 3, 5]},
+    "trainset": {"images": 24, "image_size": [64, 48], "distortion_types": [1, 8, 10, 17]},
     "preprocess": {"shards": 1},
     "model": {"input_size": 32, "width": 0.25, "depth": 2, "head_units": [8]},
     "train": {"epochs": 2, "patience": 2, "crops_per_image": 4, "batch_size": 4},

@@ -1,4 +1,5 @@
-"""`python -m nriqa score`: folders searched recursively, CSV and JSON, unreadable files skipped."""
+"""`python -m nriqa score`: folders searched recursively, CSV and JSON, unreadable files skipped,
+the three likeliest distortions beside each MOS (none for a model without the type head)."""
 
 from __future__ import annotations
 
@@ -18,22 +19,26 @@ TINY_PREPROCESSING = {"mode": "native", "resize": [224, 224], "crop_size": 32, "
                       "max_crops": 4}
 
 
-def make_tiny_model(folder: Path) -> Path:
+def make_tiny_model(folder: Path, distortion_types: int = 24) -> Path:
     """A small untrained model whose scores still depend on the image.
 
     Fresh weights give every image almost exactly the initial MOS, which would make score
-    comparisons pass for any image; a large random output layer spreads them out.
+    comparisons pass for any image; a large random output layer spreads them out. The same
+    for the distortion-type logits (with `distortion_types` > 0), so the type probabilities
+    are far from uniform and their order is clear.
     """
     import keras
 
     from nriqa.model import make_model
 
     keras.utils.set_random_seed(3)
-    model = make_model(input_size=32, width=0.25, depth=2, head_units=(8,))
-    head = model.get_layer("mos")
-    kernel, bias = head.get_weights()
-    head.set_weights([np.random.default_rng(3).normal(0, 3000.0, kernel.shape).astype("float32"),
-                      bias])
+    model = make_model(input_size=32, width=0.25, depth=2, head_units=(8,),
+                       distortion_types=distortion_types)
+    for seed, name in enumerate(["mos", "distortion_logits"][:1 + bool(distortion_types)], 3):
+        head = model.get_layer(name)
+        kernel, bias = head.get_weights()
+        head.set_weights([np.random.default_rng(seed).normal(0, 3000.0, kernel.shape)
+                          .astype("float32"), bias])
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
     (folder / "model.json").write_text(json.dumps({"preprocessing": TINY_PREPROCESSING}))
@@ -50,9 +55,50 @@ def textured(seed: int, size=(96, 64)) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
 
 
+def check_distortions(distortions, probabilities=None, atol: float = 1e-3) -> None:
+    """Three `{type, name, probability}`, likeliest first, named as nriqa.distortions names
+    them; with `probabilities` (the image's 24 type probabilities from `score_images`), each
+    probability is the model's for that type and no type left out is likelier."""
+    from nriqa.distortions import DISTORTIONS
+
+    assert isinstance(distortions, list) and len(distortions) == 3, distortions
+    for entry in distortions:
+        assert set(entry) == {"type", "name", "probability"}
+        assert entry["type"] in DISTORTIONS and entry["name"] == DISTORTIONS[entry["type"]].name
+        assert 0.0 <= entry["probability"] <= 1.0
+    shown = [entry["probability"] for entry in distortions]
+    assert shown == sorted(shown, reverse=True)
+    assert len({entry["type"] for entry in distortions}) == 3
+    if probabilities is not None:
+        for entry in distortions:
+            assert entry["probability"] == pytest.approx(probabilities[entry["type"] - 1],
+                                                         abs=atol)
+        left_out = np.delete(probabilities, [entry["type"] - 1 for entry in distortions])
+        assert left_out.max() <= shown[-1] + atol
+
+
+def local_scores(model_dir: Path, files: list[Path]):
+    """(MOS, type probabilities or None) computed in this process, the reference values."""
+    from nriqa.imaging import crops_for_prediction, decode_image
+    from nriqa.predict import load_model, predict_mos, score_images
+
+    model, info = load_model(model_dir)
+    images = [decode_image(f) for f in files]
+    mos = predict_mos(model, images, info["preprocessing"])
+    _, probabilities = score_images(
+        model, [crops_for_prediction(image, info["preprocessing"]) for image in images])
+    return mos, probabilities
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory) -> Path:
+    """A tiny model without the distortion-type head (trained on data without types)."""
+    return make_tiny_model(tmp_path_factory.mktemp("plain_model"), distortion_types=0)
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +131,51 @@ def test_folder_json_output_skips_and_names_broken_file(tiny_model, image_tree, 
     assert "scored 4 of 5 images" in result.stderr
     assert all(isinstance(row["mos"], float) and row["category"] for row in rows)
     assert len({row["mos"] for row in rows}) == 4  # the scores depend on the image
+    mos, probabilities = local_scores(tiny_model, [Path(row["path"]) for row in rows])
+    np.testing.assert_allclose([row["mos"] for row in rows], mos, atol=1e-5)
+    for row, image_probabilities in zip(rows, probabilities):
+        assert set(row) == {"path", "mos", "category", "distortions"}
+        check_distortions(row["distortions"], image_probabilities)
+
+
+CSV_HEADER = ["path", "mos", "category", "distortion_1", "p_1", "distortion_2", "p_2",
+              "distortion_3", "p_3"]
 
 
 def test_csv_to_stdout_matches_predict_mos(tiny_model, image_tree):
-    from nriqa.imaging import decode_image
-    from nriqa.predict import load_model, predict_mos
+    from nriqa.distortions import DISTORTIONS
 
     files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"]
     result = score_cli([*map(str, files), "--model-dir", str(tiny_model)])
-    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    reader = csv.DictReader(io.StringIO(result.stdout))
+    rows = list(reader)
+    assert reader.fieldnames == CSV_HEADER
     assert [row["path"] for row in rows] == [str(f) for f in files]
-    model, info = load_model(tiny_model)
-    expected = predict_mos(model, [decode_image(f) for f in files], info["preprocessing"])
+    expected, probabilities = local_scores(tiny_model, files)
+    np.testing.assert_allclose([float(row["mos"]) for row in rows], expected, atol=1e-5)
+    names = {d.name: number for number, d in DISTORTIONS.items()}
+    for row, image_probabilities in zip(rows, probabilities):
+        check_distortions([{"type": names[row[f"distortion_{k}"]], "name": row[f"distortion_{k}"],
+                            "probability": float(row[f"p_{k}"])} for k in (1, 2, 3)],
+                          image_probabilities)
+
+
+def test_model_without_type_head_gives_no_distortions(plain_model, image_tree, tmp_path):
+    files = [image_tree / "a.png", image_tree / "nested" / "d.webp"]
+    expected, probabilities = local_scores(plain_model, files)
+    assert probabilities is None
+    out = tmp_path / "scores.json"
+    score_cli([*map(str, files), "--model-dir", str(plain_model), "--format", "json",
+               "--output", str(out)])
+    rows = json.loads(out.read_text())
+    assert [row["distortions"] for row in rows] == [None, None]
+    np.testing.assert_allclose([row["mos"] for row in rows], expected, atol=1e-5)
+
+    result = score_cli([*map(str, files), "--model-dir", str(plain_model)])
+    reader = csv.DictReader(io.StringIO(result.stdout))
+    rows = list(reader)
+    assert reader.fieldnames == CSV_HEADER
+    assert all(row[column] == "" for row in rows for column in CSV_HEADER[3:])
     np.testing.assert_allclose([float(row["mos"]) for row in rows], expected, atol=1e-5)
 
 

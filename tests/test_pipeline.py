@@ -36,6 +36,27 @@ def test_splits_share_no_reference(tiny_project):
     assert not by_split["train"] & by_split["val"]
 
 
+def test_training_uses_only_generated_images(tiny_project):
+    # With the synthetic dataset, every one of its references is validation or test content;
+    # training sees only the generated set, cut from other photos (tests/test_trainset.py).
+    splits = pd.read_csv(tiny_project / "data/processed/splits.csv")
+    train = splits[splits["split"] == "train"]
+    assert len(train) == 24 and set(train["root"]) == {"data/trainset"}
+    assert set(splits.loc[splits["split"] != "train", "root"]) == {"data/raw"}
+    raw = pd.read_csv(tiny_project / "data/interim/index.csv")
+    assert set(raw["reference"]) == set(splits.loc[splits["split"] != "train", "reference"])
+    summary = json.loads((tiny_project / "data/processed/summary.json").read_text())
+    assert summary["train"]["images"] == 24
+
+
+def test_type_head_is_trained_and_measured(tiny_project):
+    metrics = json.loads((tiny_project / "reports/metrics.json").read_text())["test"]
+    assert 0.0 <= metrics["distortion_accuracy"] <= metrics["distortion_top3_accuracy"] <= 1.0
+    predictions = pd.read_csv(tiny_project / "reports/predictions.csv")
+    assert predictions["pred_distortion"].between(1, 24).all()
+    assert (tiny_project / "reports/figures/distortion_confusion.png").stat().st_size > 0
+
+
 def test_metrics_are_finite(tiny_project):
     metrics = json.loads((tiny_project / "reports/metrics.json").read_text())
     for section in ("test", "baseline"):
@@ -52,7 +73,7 @@ def test_second_repro_runs_nothing(tiny_project):
 
 
 def test_data_stages_rebuild_identical_outputs(tiny_project):
-    for stage in ("fetch", "normalize", "preprocess"):
+    for stage in ("fetch", "trainset", "normalize", "preprocess"):
         run([DVC, "repro", "--force", "--single-item", stage], cwd=tiny_project,
             env=project_env(tiny_project))
     # Byte-identical outputs leave everything downstream up to date.
