@@ -8,8 +8,9 @@ Two services, one Bento (`bentoml serve service:NRIQA`, or the built Bento):
 * `QualityModel` holds the Keras model (loaded once per worker) behind ONE batchable API
   that returns each image's MOS and, where the model has the distortion-type head, its type
   probabilities, from one model pass. BentoML's adaptive batching merges the crop sets of
-  concurrent requests into one model call; it only batches calls that arrive through a service's server, which is why the
-  model lives in a service of its own and `NRIQA` reaches it through `bentoml.depends`.
+  concurrent requests into one model call; it only batches calls that arrive through a
+  service's server, which is why the model lives in a service of its own and `NRIQA` reaches
+  it through `bentoml.depends`.
 
 Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). The serving
 limits and category thresholds were baked into that model's metadata at package time
@@ -387,9 +388,12 @@ class NRIQA:
 
     @staticmethod
     def _score(output: ModelOutput) -> Score:
-        distortions = (None if output.probabilities is None else
-                       [Distortion(**d) for d in top_distortions(np.asarray(output.probabilities))])
-        return Score(mos=round(output.mos, 6), category=categorize(output.mos, SETTINGS["categories"]),
+        distortions = None  # a model without the distortion-type head: nothing to say
+        if output.probabilities is not None:
+            distortions = [Distortion(**entry)
+                           for entry in top_distortions(np.asarray(output.probabilities))]
+        return Score(mos=round(output.mos, 6),
+                     category=categorize(output.mos, SETTINGS["categories"]),
                      distortions=distortions, model_version=SETTINGS["model_version"],
                      mlflow_run_id=SETTINGS["mlflow_run_id"])
 

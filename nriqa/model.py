@@ -98,7 +98,7 @@ def _applications_backbone(x, backbone: str, input_size: int, width: float, weig
 def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width: float = 1.0,
                depth: int = 4, dropout: float = 0.25, head_units=(128, 64),
                input_norm: str = "lcn", weights=None, initial_mos: float = 4.5,
-               distortion_types: int = 24) -> keras.Model:
+               distortion_types: int = 0) -> keras.Model:
     """Build the crop-level model; arguments mirror params.yaml's `model` section.
 
     Its output is one row per crop: the MOS in column 0, then (with `distortion_types` > 0)

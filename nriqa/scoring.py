@@ -3,8 +3,9 @@
 Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). Scores come
 from `nriqa.predict.score_images`, the function behind `predict_mos` (which evaluation uses)
 and the service, so the CLI, the reports and the service agree. Beside each MOS come the three
-likeliest TID2013 distortion types (empty for a model without the distortion-type head). A file that cannot be read is named on stderr and skipped; the exit
-status is non-zero only when nothing could be scored.
+likeliest TID2013 distortion types (empty for a model without the distortion-type head).
+A file that cannot be read is named on stderr and skipped; the exit status is non-zero only
+when nothing could be scored.
 """
 
 from __future__ import annotations

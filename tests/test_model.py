@@ -26,6 +26,11 @@ def test_factory_shapes(depth, width):
     assert model(np.zeros((2, 48, 48, 3), np.float32)).shape == (2, 1)
 
 
+def test_type_head_adds_one_logit_per_type():
+    model = make_model(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24)
+    assert model.output_shape == (None, 25)
+
+
 def test_applications_backbone_shapes():
     model = make_model(backbone="mobilenet_v2", input_size=32, width=0.35, head_units=(8,))
     assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 1)

@@ -3,6 +3,8 @@
 One server for this module and test_webpage.py (start-up costs tens of seconds): a tiny model
 is packaged with `python -m stages.package --model-dir` into a temporary BentoML home, and the built
 Bento is served on a free port with small limits (env overrides) so the limit cases are cheap.
+Its model has the distortion-type head; a second, started only for the tests that need it,
+serves a model without one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import yaml
 from PIL import Image
 
 from conftest import PROJECT, VENV_BIN, free_port, run, tool_env
-from test_cli import make_tiny_model, score_cli, textured
+from test_cli import check_distortions, local_scores, make_tiny_model, score_cli, textured
 
 MAX_PIXELS = 100_000          # NRIQA_MAX_PIXELS for the test server
 MAX_UPLOAD_BYTES = 2_000_000  # NRIQA_MAX_UPLOAD_BYTES for the test server
@@ -73,9 +75,9 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 class Server:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, distortion_types: int = 24):
         self.root = root
-        self.model_dir = make_tiny_model(root / "model")
+        self.model_dir = make_tiny_model(root / "model", distortion_types=distortion_types)
         self.env = tool_env(BENTOML_HOME=str(root / "bentoml_home"), TF_CPP_MIN_LOG_LEVEL="2",
                             NRIQA_MAX_PIXELS=str(MAX_PIXELS),
                             NRIQA_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
@@ -140,6 +142,17 @@ def served(tmp_path_factory):
         _shared.pop("server").stop()
 
 
+@pytest.fixture(scope="session")
+def served_plain(tmp_path_factory):
+    """A server whose model has no distortion-type head; shared with test_webpage.py."""
+    owner = "plain" not in _shared
+    if owner:
+        _shared["plain"] = Server(tmp_path_factory.mktemp("served_plain"), distortion_types=0)
+    yield _shared["plain"]
+    if owner:
+        _shared.pop("plain").stop()
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")
@@ -181,9 +194,36 @@ def test_score_every_supported_format(served, corpus):
         response = served.score(path.name, path.read_bytes())
         assert response.status_code == 200, (path.name, response.text)
         body = response.json()
-        assert set(body) == {"mos", "category", "model_version", "mlflow_run_id"}
+        assert set(body) == {"mos", "category", "distortions", "model_version", "mlflow_run_id"}
         assert body["model_version"] == "3" and body["mlflow_run_id"] == "run-abc123"
         assert body["category"] in {"Excellent", "Good", "Average", "Poor", "Very Poor"}
+        check_distortions(body["distortions"])
+
+
+def test_score_matches_predict_mos_and_type_probabilities(served, corpus):
+    """The served MOS is `predict_mos`'s and the distortions are the model's likeliest types."""
+    paths = [corpus / name for name in ("photo.jpg", "photo.png", "gray.png", "rotated.jpg")]
+    mos, probabilities = local_scores(served.model_dir, paths)
+    for path, expected, image_probabilities in zip(paths, mos, probabilities):
+        body = served.score(path.name, path.read_bytes()).json()
+        assert body["mos"] == pytest.approx(float(expected), abs=1e-4), path.name
+        check_distortions(body["distortions"], image_probabilities)
+
+
+def test_model_without_type_head_gives_null_distortions(served_plain, corpus):
+    names = ["photo.jpg", "photo.png"]
+    mos, probabilities = local_scores(served_plain.model_dir, [corpus / n for n in names])
+    assert probabilities is None
+    single = served_plain.score(names[0], (corpus / names[0]).read_bytes())
+    assert single.status_code == 200, single.text
+    assert "distortions" in single.json() and single.json()["distortions"] is None
+    batch = requests.post(f"{served_plain.url}/score_batch", timeout=60,
+                          files=[("images", (n, (corpus / n).read_bytes())) for n in names])
+    assert batch.status_code == 200, batch.text
+    results = batch.json()
+    assert [r["distortions"] for r in results] == [None, None]
+    assert [single.json()["mos"]] + [r["mos"] for r in results] == pytest.approx(
+        [float(mos[0]), *map(float, mos)], abs=1e-4)
 
 
 def test_score_batch_keeps_order_and_reports_bad_images(served, corpus):
@@ -196,9 +236,15 @@ def test_score_batch_keeps_order_and_reports_bad_images(served, corpus):
     assert len(results) == 4
     assert results[1] == {"error": "notes.txt: not an image in a format we read "
                                    "(JPEG, PNG, BMP, WebP, TIFF)"}
-    singles = [served.score(name, (corpus / name).read_bytes()).json()["mos"] for name in names]
-    assert [results[0]["mos"], results[2]["mos"], results[3]["mos"]] == pytest.approx(
-        singles, abs=1e-4)
+    singles = [served.score(name, (corpus / name).read_bytes()).json() for name in names]
+    scored = [results[0], results[2], results[3]]
+    assert [r["mos"] for r in scored] == pytest.approx([s["mos"] for s in singles], abs=1e-4)
+    for result, single in zip(scored, singles):
+        check_distortions(result["distortions"])
+        assert [d["type"] for d in result["distortions"]] == [
+            d["type"] for d in single["distortions"]]
+        assert [d["probability"] for d in result["distortions"]] == pytest.approx(
+            [d["probability"] for d in single["distortions"]], abs=1e-3)
 
 
 BAD_INPUTS = [
@@ -263,24 +309,30 @@ def test_concurrent_clients_match_the_cli(served, corpus, tmp_path):
     out = tmp_path / "cli.json"
     score_cli([str(corpus), "--model-dir", str(served.model_dir), "--format", "json",
                "--output", str(out)])
-    expected = {Path(row["path"]).name: row["mos"] for row in json.loads(out.read_text())}
+    cli_rows = json.loads(out.read_text())
+    expected = {Path(row["path"]).name: row["mos"] for row in cli_rows}
+    cli_types = {Path(row["path"]).name: [d["type"] for d in row["distortions"]]
+                 for row in cli_rows}
     assert len(expected) == len(paths)
 
-    def client(index: int) -> list[tuple[str, int, float | None]]:
+    def client(index: int) -> list[tuple[str, int, float | None, list[int]]]:
         with requests.Session() as session:
             results = []
             for request in range(20):
                 path = paths[(index + request) % len(paths)]
                 response = session.post(f"{served.url}/score", timeout=120,
                                         files={"image": (path.name, path.read_bytes())})
-                mos = response.json().get("mos") if response.ok else None
-                results.append((path.name, response.status_code, mos))
+                body = response.json() if response.ok else {}
+                results.append((path.name, response.status_code, body.get("mos"),
+                                [d["type"] for d in body.get("distortions") or []]))
             return results
 
     with ThreadPoolExecutor(16) as pool:
         results = [r for rs in pool.map(client, range(16)) for r in rs]
     assert len(results) == 320
-    failures = [status for _, status, _ in results if status != 200]
+    failures = [status for _, status, _, _ in results if status != 200]
     assert not failures, (failures, re.findall(r"(?m)^\w*Error.*$", served.logs())[-20:])
-    for name, _, mos in results:
+    for name, _, mos, types in results:
         assert mos == pytest.approx(expected[name], abs=1e-4), name
+        # Batched with other requests or not, the same likeliest types as the CLI.
+        assert types == cli_types[name], name

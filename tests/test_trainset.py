@@ -85,3 +85,13 @@ def test_continuous_strengths_meet_the_calibrated_levels():
         assert low <= between <= high
     with pytest.raises(NriqaError):
         DISTORTIONS[1].strength_at(6.0)
+
+
+def test_every_type_accepts_the_whole_strength_range():
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3)).astype(np.uint8)
+    for distortion in DISTORTIONS.values():
+        for position in (0.5, 1.7, 5.5):
+            for raise_contrast in (False, True):
+                out = distortion.apply_strength(image, distortion.strength_at(position, raise_contrast),
+                                                np.random.default_rng(1))
+                assert out.shape == image.shape and out.dtype == np.uint8
