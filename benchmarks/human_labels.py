@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/human_labels.py [--set DIR] [--model-dir models]
 
 The dev set (`../shared/humanlabels`, read its README) is TID2013's own human MOS on 660
-re-made TID2013 images. It is built once into DIR (default `data/humanlabels`, about
+re-made TID2013 images. It is built once into DIR (default `data/external/humanlabels`, about
 3 minutes) with its `build.py`. Prints, overall and per distortion type:
 
 * the labeller's fidelity: SRCC between `nriqa.labels.pseudo_mos` (which sees the reference)
@@ -56,7 +56,7 @@ def report(title: str, frame: pd.DataFrame) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", type=Path, default=ROOT / "data" / "humanlabels")
+    parser.add_argument("--set", type=Path, default=ROOT / "data" / "external" / "humanlabels")
     parser.add_argument("--model-dir", type=Path)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
