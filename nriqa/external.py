@@ -214,7 +214,7 @@ def run_evaluate(args) -> int:
 def format_result(folder: LabelledFolder, result: ExternalResult) -> str:
     overall = {key: value for key, value in result.metrics.items() if key != "per_distortion_srcc"}
     lines = [f"{folder.path} ({folder.format}, {result.metrics['images']} images)", ""]
-    lines += [f"{key:<15} {value:.4f}" if isinstance(value, float) else f"{key:<15} {value}"
+    lines += [f"{key:<25} {value:.4f}" if isinstance(value, float) else f"{key:<25} {value}"
               for key, value in overall.items()]
     if result.per_distortion is not None:
         lines += ["", "SRCC per distortion type",
