@@ -34,8 +34,10 @@ def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, b
                      seed: int) -> tf.data.Dataset:
     """Batches of `batch_size` images, each as a stack of `crops_per_image` random crops; the
     target is (MOS, distortion type or 0)."""
-    images = read_split(shard_dir, "train").map(
-        lambda image, mos, name, distortion: (image, tf.stack([mos, tf.cast(distortion, tf.float32)]))).cache()
+    def with_target(image, mos, name, distortion):
+        return image, tf.stack([mos, tf.cast(distortion, tf.float32)])
+
+    images = read_split(shard_dir, "train").map(with_target).cache()
     # Stateless crops and flips seeded per element keep the stream identical run to run.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
@@ -127,11 +129,11 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     keep = np.sort(np.random.default_rng(int(train_params["seed"])).permutation(len(val_mos))
                    [:int(train_params["val_images"])])
     val_images, val_mos = [val_images[i] for i in keep], val_mos[keep]
-    train_targets = [(m, t) for _, m, _, t in read_split(shard_dir, "train").as_numpy_iterator()]
-    train_mos = np.array([m for m, _ in train_targets])
-    has_types = any(t > 0 for _, t in train_targets)
-
-    model_params = {**params["model"], "distortion_types": params["model"]["distortion_types"] if has_types else 0}
+    train_mos, train_types = (np.array(column) for column in zip(
+        *((m, t) for _, m, _, t in read_split(shard_dir, "train").as_numpy_iterator())))
+    # No type head where the training data has no types: it would be trained on nothing.
+    model_params = {**params["model"],
+                    "distortion_types": params["model"]["distortion_types"] if train_types.any() else 0}
     model = model_from_params(model_params, initial_mos=float(train_mos.mean()))
     trainer = CropSetModel(model)
     # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
