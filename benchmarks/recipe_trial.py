@@ -1,0 +1,79 @@
+"""Train one recipe on already-built shards and measure it on people and on the test split.
+
+    .venv/bin/python benchmarks/recipe_trial.py NAME -S train.seed=7 -S model.width=0.5 \\
+        [--shards data/processed] [--set data/external/humanlabels]
+
+For comparing recipes quickly on the same data, without the rest of the pipeline: trains with
+`nriqa.training.train` (params.yaml plus the `-S section.key=value` overrides, values in YAML),
+saves the model to `benchmarks/trials/NAME/`, then prints the validation curve, SRCC against the
+human-label dev set (built there by `benchmarks/human_labels.py` if missing) and SRCC on the
+test split. One JSON line per trial is appended to `benchmarks/trials/results.jsonl`. The
+human-label set is only measured, never trained or early-stopped on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def main() -> None:
+    from human_labels import build
+
+    from nriqa.datasets import build_index
+    from nriqa.evaluation import score_index
+    from nriqa.imaging import preprocessing_config
+    from nriqa.metrics import per_group_srcc, quality_metrics
+    from nriqa.model import save_model
+    from nriqa.training import train
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--shards", type=Path, default=ROOT / "data" / "processed")
+    parser.add_argument("--set", type=Path, default=ROOT / "data" / "external" / "humanlabels")
+    args = parser.parse_args()
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for override in args.overrides:
+        key, value = override.split("=", 1)
+        section, field = key.split(".")
+        params[section][field] = yaml.safe_load(value)
+    preprocessing = preprocessing_config(params)
+    start = time.perf_counter()
+    model, result = train(args.shards, params, preprocessing)
+    out = ROOT / "benchmarks" / "trials" / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, out / "model.keras")
+    (out / "model.json").write_text(json.dumps({"preprocessing": preprocessing}))
+
+    build(args.set)
+    people, _ = build_index(args.set, "tid2013")
+    people = score_index(model, preprocessing, people, args.set, progress=False)
+    splits = pd.read_csv(args.shards / "splits.csv")
+    test = splits[splits["split"] == "test"]
+    test = score_index(model, preprocessing, test, args.shards.parent / "raw", progress=False)
+    line = {"name": args.name, "overrides": args.overrides,
+            "seconds": round(time.perf_counter() - start), "best_epoch": result["best_epoch"],
+            "val_srcc": [round(v, 3) for v in result["history"]["val_srcc"]],
+            "human_label_srcc": round(quality_metrics(people["mos"], people["pred"])["srcc"], 4),
+            "human_label_per_type": {int(k): round(v, 3)
+                                     for k, v in per_group_srcc(people, "distortion").items()},
+            "test_srcc": round(quality_metrics(test["mos"], test["pred"])["srcc"], 4)}
+    print(json.dumps(line))
+    with (ROOT / "benchmarks" / "trials" / "results.jsonl").open("a") as results:
+        results.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
