@@ -54,9 +54,9 @@ def score_index(model, preprocessing: dict, index: pd.DataFrame, raw_dir: Path,
 
 def distortion_metrics(scored: pd.DataFrame) -> dict:
     """Top-1 and top-3 accuracy of the type head over images with a TID2013 type; {} without."""
-    known = scored["distortion"].between(1, 24) if "pred_distortion" in scored else None
-    if known is None or not known.any():
+    if "pred_distortion" not in scored or not scored["distortion"].between(1, 24).any():
         return {}
+    known = scored["distortion"].between(1, 24)
     rows = scored[known]
     truth = rows["distortion"].astype(int)
     in_top3 = [str(t) in top3.split() for t, top3 in zip(truth, rows["pred_top3"])]

@@ -28,11 +28,6 @@ def predict_images(model, images: list[np.ndarray], preprocessing: dict, batch_s
                         batch_size)
 
 
-def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
-    """The mean crop score of each image's crop stack; all crops go through the model together."""
-    return score_images(model, crop_sets, batch_size)[0]
-
-
 def score_images(model, crop_sets: list[np.ndarray], batch_size: int = 256):
     """(MOS per image, distortion-type probabilities per image or None) from one model pass.
 

@@ -1,7 +1,7 @@
 """`python -m nriqa score PATH...`: score image files or folders with the local champion model.
 
 Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). Scores come
-from `nriqa.predict.score_images`, the function behind `predict_mos` (which evaluation uses)
+from `nriqa.predict.predict_images`, the function behind `predict_mos` (which evaluation uses)
 and the service, so the CLI, the reports and the service agree. Beside each MOS come the three
 likeliest TID2013 distortion types (empty for a model without the distortion-type head).
 A file that cannot be read is named on stderr and skipped; the exit status is non-zero only
@@ -72,9 +72,9 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
     """
     from tqdm import tqdm
 
-    from nriqa.imaging import crops_for_prediction, decode_image
+    from nriqa.imaging import decode_image
     from nriqa.metrics import categorize
-    from nriqa.predict import score_images, top_distortions
+    from nriqa.predict import predict_images, top_distortions
 
     rows, errors = [], []
     with tqdm(total=len(files), unit="image", disable=not progress or len(files) < 2,
@@ -89,8 +89,7 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
                     errors.append(str(error))
                     bar.write(f"skipped {error}", file=sys.stderr)
             # One model pass per chunk gives both the MOS and the type probabilities.
-            mos, probabilities = score_images(
-                model, [crops_for_prediction(image, preprocessing) for image in images])
+            mos, probabilities = predict_images(model, images, preprocessing)
             for i, path in enumerate(names):
                 rows.append({"path": str(path), "mos": round(float(mos[i]), 6),
                              "category": categorize(float(mos[i]), thresholds),

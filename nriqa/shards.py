@@ -50,7 +50,7 @@ def split_by_reference(index: pd.DataFrame, ratios: dict, seed: int) -> pd.DataF
 def write_shards(index: pd.DataFrame, out_dir: Path, *, mode: str, resize, crop_size: int,
                  shards: int) -> dict:
     """Decode every image once (from its `root` folder and `path`) and write
-    `{split}-{k}-of-{n}.tfrecord`; returns a summary."""
+    `{split}-{k}-of-{n}.tfrecord` with its `mos` and `type_label`; returns a summary."""
     import tensorflow as tf
 
     summary = {}
@@ -85,8 +85,8 @@ def _example(image: np.ndarray, row):
         "width": _int(image.shape[1]),
         "mos": tf.train.Feature(float_list=tf.train.FloatList(value=[float(row["mos"])])),
         "image": _bytes(str(row["image"]).encode()),
-        # 0 where the dataset has no distortion types (KonIQ): the type head skips those.
-        "distortion": _int(0 if pd.isna(row["distortion"]) else row["distortion"]),
+        # The TID2013 type the type head learns; 0 where there is none (KADID-10k, KonIQ-10k).
+        "distortion": _int(0 if pd.isna(row["type_label"]) else row["type_label"]),
     }))
 
 

@@ -304,7 +304,8 @@ def log_trained_model(model, model_dir: Path, example) -> str:
     # Pinned requirements: otherwise MLflow infers them by loading the model in a subprocess,
     # which costs a TensorFlow import and cannot see the custom layer anyway.
     requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "numpy")]
-    info = mlflow.keras.log_model(model, name="model", signature=model_signature(example.shape[1], model.output_shape[-1]),
+    signature = model_signature(example.shape[1], model.output_shape[-1])
+    info = mlflow.keras.log_model(model, name="model", signature=signature,
                                   pip_requirements=requirements)
     with tempfile.TemporaryDirectory() as tmp:
         extra = Path(tmp)

@@ -18,7 +18,7 @@ from scipy import stats
 
 from nriqa.imaging import crops_for_prediction
 from nriqa.model import model_from_params
-from nriqa.predict import score_crop_sets
+from nriqa.predict import score_images
 from nriqa.shards import load_split_arrays, read_split
 
 LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
@@ -106,7 +106,7 @@ class ValidationSRCC(keras.callbacks.Callback):
         self.mos = mos
 
     def on_epoch_end(self, epoch, logs=None):
-        pred = score_crop_sets(self.crop_model, self.crop_sets)
+        pred = score_images(self.crop_model, self.crop_sets)[0]
         srcc = stats.spearmanr(self.mos, pred).statistic if np.ptp(pred) > 0 else 0.0
         logs["val_srcc"] = float(np.nan_to_num(srcc))
         logs["val_rmse"] = float(np.sqrt(np.mean((self.mos - pred) ** 2)))

@@ -29,6 +29,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from nriqa.datasets import INDEX_COLUMNS
 from nriqa.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION, MIN_SIDE
 from nriqa.errors import NriqaError
 from nriqa.labels import pseudo_mos
@@ -136,22 +138,17 @@ def generate_training_set(out_dir: Path, *, num_images: int, image_size=(256, 19
     chunk = 50
     jobs = [(out_dir, seed, range(start, min(start + chunk, num_images)), (width, height), types)
             for start in range(0, num_images, chunk)]
-    workers = min(2, os.cpu_count() or 1) if len(jobs) > 1 else 1
+    # Processes ("spawn": fresh interpreters) pay off only for more than one chunk.
+    pool = (ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1),
+                                mp_context=multiprocessing.get_context("spawn"))
+            if len(jobs) > 1 else None)
     rows = []
-    with tqdm(total=num_images, desc="training set", unit="img", disable=not progress) as bar:
-        if workers == 1:
-            results = map(_make_chunk, jobs)
-            pool = None
-        else:
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-            results = pool.map(_make_chunk, jobs)
-        try:
-            for chunk_rows in results:  # in job order: the index comes out in a fixed order
-                rows.extend(chunk_rows)
-                bar.update(len(chunk_rows))
-        finally:
-            if pool is not None:
-                pool.shutdown()
-    index = pd.DataFrame(rows, columns=["image", "reference", "distortion", "level", "mos", "mos_std", "path"])
+    with pool or nullcontext(), tqdm(total=num_images, desc="training set", unit="img",
+                                     disable=not progress) as bar:
+        # map() keeps job order, so the index comes out in a fixed order.
+        for chunk_rows in (pool.map if pool else map)(_make_chunk, jobs):
+            rows.extend(chunk_rows)
+            bar.update(len(chunk_rows))
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     index.to_csv(out_dir / INDEX_NAME, index=False)
     return index

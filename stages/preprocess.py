@@ -27,15 +27,18 @@ def main():
     params = load_params()
     settings = params["preprocess"]
     with_trainset = uses_trainset(params)
-    ratios = {**settings["split"], "train": 0.0} if params["data"]["source"] == "synthetic" and with_trainset \
-        else settings["split"]
-    index = split_by_reference(pd.read_csv(INDEX), ratios, int(settings["seed"])).assign(root=str(RAW_DIR))
-    if dataset_format(params["data"]) != "tid2013":
-        # The type head speaks TID2013's 24 types; KADID-10k numbers its 25 differently and
-        # KonIQ-10k has none, so their images train the MOS only.
-        index["distortion"] = None
+    ratios = dict(settings["split"])
+    if with_trainset and params["data"]["source"] == "synthetic":
+        ratios["train"] = 0.0
+    index = split_by_reference(pd.read_csv(INDEX), ratios, int(settings["seed"]))
+    # The type head speaks TID2013's 24 types; KADID-10k numbers its 25 differently and
+    # KonIQ-10k has none, so their images train the MOS only (their `distortion` stays for
+    # the per-type tables).
+    tid2013_types = dataset_format(params["data"]) == "tid2013"
+    index = index.assign(root=str(RAW_DIR), type_label=index["distortion"] if tid2013_types else None)
     if with_trainset:
-        generated = pd.read_csv(TRAINSET_DIR / INDEX_NAME).assign(split="train", root=str(TRAINSET_DIR))
+        generated = pd.read_csv(TRAINSET_DIR / INDEX_NAME)
+        generated = generated.assign(split="train", root=str(TRAINSET_DIR), type_label=generated["distortion"])
         index = pd.concat([index, generated], ignore_index=True)
     # Built aside and renamed at the end: a failed run leaves no half-written shards behind.
     staging = OUT_DIR.with_name(".tmp-processed")
