@@ -107,6 +107,15 @@ def summarize(test: pd.DataFrame, thresholds: dict) -> dict:
     return metrics, categories["confusion"]
 
 
+def rounded(metrics, digits: int = 4):
+    """metrics.json's figures to `digits` decimals, as reported and logged: the logistic fit's
+    PLCC and RMSE move in the sixth decimal between runs of the same model, and the same
+    params must give the same metrics.json."""
+    if isinstance(metrics, dict):
+        return {key: rounded(value, digits) for key, value in metrics.items()}
+    return round(metrics, digits) if isinstance(metrics, float) else metrics
+
+
 def per_distortion_table(test: pd.DataFrame) -> pd.DataFrame:
     cnn = per_group_srcc(test, "distortion")
     baseline = per_group_srcc(test, "distortion", pred_col="baseline_pred")

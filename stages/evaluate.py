@@ -10,7 +10,8 @@ import pandas as pd
 
 from nriqa import external, plots, tracking
 from nriqa.evaluation import (add_baseline, add_categories, distortion_confusion,
-                              per_distortion_table, per_level_table, score_test_split, summarize)
+                              per_distortion_table, per_level_table, rounded, score_test_split,
+                              summarize)
 from nriqa.metrics import CATEGORY_NAMES
 from nriqa.predict import load_model
 from nriqa.shards import write_json
@@ -39,6 +40,7 @@ def main():
                for folder in folders}
     if results:
         metrics["external"] = {name: result.metrics for name, result in results.items()}
+    metrics = rounded(metrics)
 
     REPORTS.mkdir(exist_ok=True)
     write_json(REPORTS / "metrics.json", metrics)
