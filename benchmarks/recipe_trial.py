@@ -42,7 +42,18 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--shards", type=Path, default=ROOT / "data" / "processed")
     parser.add_argument("--set", type=Path, default=ROOT / "data" / "external" / "humanlabels")
+    parser.add_argument("--final-epoch", action="store_true",
+                        help="keep the last epoch's weights instead of the best validation epoch's, "
+                             "so that short screening runs compare recipes without selection noise")
     args = parser.parse_args()
+    if args.final_epoch:
+        import keras
+
+        import nriqa.training
+
+        nriqa.training.keras.callbacks.EarlyStopping = type(
+            "KeepLastEpoch", (keras.callbacks.EarlyStopping,),
+            {"on_train_end": keras.callbacks.Callback.on_train_end})
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for override in args.overrides:
@@ -63,7 +74,7 @@ def main() -> None:
     splits = pd.read_csv(args.shards / "splits.csv")
     test = splits[splits["split"] == "test"]
     test = score_index(model, preprocessing, test, args.shards.parent / "raw", progress=False)
-    line = {"name": args.name, "overrides": args.overrides,
+    line = {"name": args.name, "overrides": args.overrides, "final_epoch": args.final_epoch,
             "seconds": round(time.perf_counter() - start), "best_epoch": result["best_epoch"],
             "val_srcc": [round(v, 3) for v in result["history"]["val_srcc"]],
             "human_label_srcc": round(quality_metrics(people["mos"], people["pred"])["srcc"], 4),

@@ -56,6 +56,36 @@ class LocalContrastNormalization(layers.Layer):
                 "epsilon": self.epsilon}
 
 
+# RGB -> luma (BT.601) and two colour-opponent axes (blue-yellow, red-green), unit-free.
+_OPPONENT = ((0.299, 0.587, 0.114), (-0.169, -0.331, 0.5), (0.5, -0.419, -0.081))
+
+
+@keras.saving.register_keras_serializable(package="nriqa")
+class OpponentContrastNormalization(LocalContrastNormalization):
+    """Local contrast normalization in an opponent colour space, all channels divided by the
+    *luma's* local contrast.
+
+    Per-channel LCN scales every RGB channel to unit contrast, which erases how strong colour
+    noise is against luminance noise. Dividing the chroma deviations by the luma's contrast
+    keeps that ratio: chroma noise on a flat area stands out, as it does to people.
+    """
+
+    def build(self, input_shape):
+        super().build((*input_shape[:-1], 3))
+        self.opponent = ops.transpose(ops.convert_to_tensor(_OPPONENT, dtype="float32"))
+
+    def call(self, inputs):
+        opponent = ops.matmul(inputs, self.opponent)
+        mean = self._blur(opponent)
+        variance = ops.maximum(self._blur(opponent * opponent) - mean * mean, 0.0)
+        luma_contrast = ops.sqrt(variance[..., :1])
+        return (opponent - mean) / (luma_contrast + self.epsilon)
+
+
+INPUT_NORMS = {"lcn": LocalContrastNormalization, "lcn_opponent": OpponentContrastNormalization,
+               "none": None}
+
+
 def _conv_bn(x, filters, kernel, stride, name):
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
@@ -97,7 +127,8 @@ def _applications_backbone(x, backbone: str, input_size: int, width: float, weig
 
 def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width: float = 1.0,
                depth: int = 4, dropout: float = 0.25, head_units=(128, 64),
-               input_norm: str = "lcn", weights=None, initial_mos: float = 4.5,
+               input_norm: str = "lcn", lcn_epsilon: float = 1e-2, mos_head: str = "direct",
+               weights=None, initial_mos: float = 4.5,
                distortion_types: int = 0) -> keras.Model:
     """Build the crop-level model; arguments mirror params.yaml's `model` section.
 
@@ -112,14 +143,16 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
     if weights and backbone == "mobilenet_style":
         raise NriqaError("model.weights: imagenet weights exist only for the keras.applications "
                          "backbones (mobilenet_v2, mobilenet_v3_small)")
-    if input_norm not in ("lcn", "none"):
-        raise NriqaError(f"model.input_norm: {input_norm!r} must be lcn or none")
+    if mos_head not in ("direct", "per_type"):
+        raise NriqaError(f"model.mos_head: {mos_head!r} must be direct or per_type")
+    if input_norm not in INPUT_NORMS:
+        raise NriqaError(f"model.input_norm: {input_norm!r} must be one of {', '.join(INPUT_NORMS)}")
 
     inputs = keras.Input((input_size, input_size, 3), name="crop")
     if backbone == "mobilenet_style":
         x = layers.Rescaling(1 / 255, name="to_unit")(inputs)
-        if input_norm == "lcn":
-            x = LocalContrastNormalization(name="lcn")(x)
+        if input_norm != "none":
+            x = INPUT_NORMS[input_norm](epsilon=lcn_epsilon, name=input_norm)(x)
         x = _mobilenet_style(x, width, depth)
     else:
         x = _applications_backbone(inputs, backbone, input_size, width, weights)
@@ -130,13 +163,21 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
         x = layers.Dense(units, activation="relu", name=f"head{i + 1}")(x)
         x = layers.Dropout(dropout, name=f"head{i + 1}_dropout")(x)
     # Starting at the mean MOS spares the first epochs from learning the offset.
-    outputs = layers.Dense(1, name="mos",
-                           bias_initializer=keras.initializers.Constant(initial_mos))(x)
-    if distortion_types:
-        # Which distortion it is: people's opinion depends on the kind as much as the strength,
-        # and it tells users why an image scored low.
-        logits = layers.Dense(distortion_types, name="distortion_logits")(x)
-        outputs = layers.Concatenate(name="scores")([outputs, logits])
+    start = keras.initializers.Constant(initial_mos)
+    if not distortion_types:
+        return keras.Model(inputs, layers.Dense(1, name="mos", bias_initializer=start)(x),
+                           name=f"nriqa_{backbone}")
+    # Which distortion it is: people's opinion depends on the kind as much as the strength,
+    # and it tells users why an image scored low.
+    logits = layers.Dense(distortion_types, name="distortion_logits")(x)
+    if mos_head == "per_type":
+        # One severity scale per kind of distortion, weighted by how likely each kind is.
+        per_type = layers.Dense(distortion_types, name="mos_per_type", bias_initializer=start)(x)
+        weights = layers.Softmax(name="type_weights")(logits)
+        mos = layers.Dot(axes=1, name="mos")([weights, per_type])
+    else:
+        mos = layers.Dense(1, name="mos", bias_initializer=start)(x)
+    outputs = layers.Concatenate(name="scores")([mos, logits])
     return keras.Model(inputs, outputs, name=f"nriqa_{backbone}")
 
 
@@ -145,8 +186,10 @@ def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Mod
         backbone=model_params["backbone"], input_size=int(model_params["input_size"]),
         width=float(model_params["width"]), depth=int(model_params["depth"]),
         dropout=float(model_params["dropout"]), head_units=tuple(model_params["head_units"]),
-        input_norm=model_params["input_norm"], weights=model_params.get("weights"),
-        initial_mos=initial_mos, distortion_types=int(model_params.get("distortion_types", 0)))
+        input_norm=model_params["input_norm"],
+        lcn_epsilon=float(model_params.get("lcn_epsilon", 1e-2)), weights=model_params.get("weights"),
+        initial_mos=initial_mos, distortion_types=int(model_params.get("distortion_types", 0)),
+        mos_head=model_params.get("mos_head", "direct"))
 
 
 def save_model(model: keras.Model, path) -> None:

@@ -31,6 +31,35 @@ def test_type_head_adds_one_logit_per_type():
     assert model.output_shape == (None, 25)
 
 
+def test_per_type_head_weighs_one_mos_per_type_by_the_type_probabilities():
+    import keras
+
+    model = make_model(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24,
+                       mos_head="per_type", initial_mos=4.0)
+    crops = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3)).astype(np.float32)
+    inside = keras.Model(model.input, [model.get_layer("type_weights").output,
+                                       model.get_layer("mos_per_type").output, model.output])
+    weights, per_type, output = (np.asarray(t) for t in inside(crops))
+    assert np.allclose(weights, np.exp(output[:, 1:]) / np.exp(output[:, 1:]).sum(1, keepdims=True),
+                       atol=1e-5)
+    assert np.allclose(output[:, 0], (weights * per_type).sum(axis=1), atol=1e-4)
+
+
+def test_opponent_normalization_keeps_colour_noise_apart_from_luma_noise():
+    from nriqa.model import LocalContrastNormalization, OpponentContrastNormalization
+
+    rng = np.random.default_rng(4)
+    noise = rng.standard_normal((1, 32, 32, 1)).astype(np.float32) * 0.02
+    grey_noise = 0.5 + np.repeat(noise, 3, axis=-1)                        # luma only
+    colour_noise = 0.5 + np.concatenate([noise, -noise, noise], axis=-1)   # mostly chroma
+    opponent, per_channel = OpponentContrastNormalization(), LocalContrastNormalization()
+    chroma = lambda x: float(np.abs(np.asarray(opponent(x))[..., 1:]).mean())
+    # Per-channel LCN gives both the same unit contrast in every channel; the opponent form
+    # shows chroma only where there is colour noise.
+    assert np.allclose(np.abs(per_channel(grey_noise)), np.abs(per_channel(colour_noise)), atol=1e-3)
+    assert chroma(grey_noise) < 0.01 < 0.3 < chroma(colour_noise)
+
+
 def test_applications_backbone_shapes():
     model = make_model(backbone="mobilenet_v2", input_size=32, width=0.35, head_units=(8,))
     assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 1)
@@ -40,6 +69,7 @@ def test_applications_backbone_shapes():
     ({"backbone": "resnet"}, "model.backbone"),
     ({"weights": "imagenet"}, "model.weights"),
     ({"input_norm": "zscore"}, "model.input_norm"),
+    ({"mos_head": "mixture", "distortion_types": 24}, "model.mos_head"),
 ])
 def test_bad_params_name_the_field(kwargs, field):
     with pytest.raises(NriqaError, match=field):
