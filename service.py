@@ -14,8 +14,8 @@ Two services, one Bento (`bentoml serve service:NRIQA`, or the built Bento):
 
 Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). The serving
 limits and category thresholds were baked into that model's metadata at package time
-(params.yaml `serve` and `evaluate.categories`); NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS,
-NRIQA_MAX_BATCH_SIZE and NRIQA_MAX_LATENCY_MS override them.
+(params.yaml `serve` and `evaluate.categories`); NRIQA_<KEY> overrides serve.<key>
+(NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS, NRIQA_MAX_BATCH_IMAGES, ...).
 """
 
 import asyncio
@@ -25,10 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 
-import aiohttp
 import bentoml
 import numpy as np
 import yaml
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
@@ -100,7 +100,12 @@ class ModelOutput(BaseModel):
                                   "null when the model has no distortion-type head")
 
 
-@bentoml.service(name="nriqa_model", workers=1, traffic={"timeout": 120})
+# runner_connection: BentoML 1.4.40's `depends` client renews its HTTP session after
+# max_requests calls or max_age seconds (defaults 100 and 300) and closes the old one under
+# the calls still in flight on it; they fail with ServerDisconnectedError. The calls come
+# only from NRIQA in this Bento, so keep one session for the server's life.
+@bentoml.service(name="nriqa_model", workers=1, traffic={"timeout": 120},
+                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e12})
 class QualityModel:
     """The Keras model behind one adaptive-batching API; inputs are already-cut crops."""
 
@@ -171,8 +176,8 @@ class UploadGuard:
 
     FILE_FIELDS = {"/score": "image", "/score_batch": "images"}
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, max_files: int) -> None:
+        self.app, self.max_bytes, self.max_files = app, max_bytes, max_files
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -183,7 +188,7 @@ class UploadGuard:
             field = self.FILE_FIELDS.get(scope["path"].rstrip("/"))
             if field is not None:
                 body = await self._read_body(receive)
-                await self._check_form(scope, body, field)
+                await self._check_form(scope, body, field, self.max_files)
                 receive = _replay(body, receive)
         except InputError as error:
             await error.response()(scope, receive, send)
@@ -216,7 +221,7 @@ class UploadGuard:
         return b"".join(chunks)
 
     @staticmethod
-    async def _check_form(scope, body: bytes, field: str) -> None:
+    async def _check_form(scope, body: bytes, field: str, max_files: int) -> None:
         from starlette.datastructures import Headers, UploadFile
         from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -230,8 +235,12 @@ class UploadGuard:
             yield body
 
         try:
-            form = await MultiPartParser(headers, stream()).parse()
+            form = await MultiPartParser(headers, stream(), max_files=max_files).parse()
         except MultiPartException as error:
+            if error.message.startswith("Too many files"):
+                raise InputError(f"more than {max_files} images in one request, the limit "
+                                 "(serve.max_batch_images); send them in several requests",
+                                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
             raise InputError(f"malformed multipart upload: {error.message}") from error
         try:
             if not form.multi_items():
@@ -274,12 +283,25 @@ def _crops(path: Path, name: str) -> np.ndarray:
     """The crop grid of one uploaded file; every failure is the client's bad input."""
     try:
         image = decode_image(path, name=name, max_pixels=SETTINGS["max_pixels"])
+        return crops_for_prediction(image, SETTINGS["preprocessing"])
     except NriqaError as error:
         raise InputError(str(error)) from error
+    except MemoryError as error:
+        raise InputError(f"{name}: too large to score with the memory free now; send a "
+                         "smaller image", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
     except Exception as error:  # a decoder bug on hostile bytes is still a bad image
         raise InputError(f"{name}: cannot decode this image ({type(error).__name__}: {error})"
                          ) from error
-    return crops_for_prediction(image, SETTINGS["preprocessing"])
+
+
+def _header_pixels(path: Path) -> int:
+    """Width x height as the file's header states it; 0 for what is not an image (its own
+    error comes when it is decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    except Exception:
+        return 0
 
 
 def _upload_name(path: Path) -> str:
@@ -360,6 +382,15 @@ class NRIQA:
         """
         if not images:
             return InputError("no images in the request (send them as `images` fields)").response()
+        # UploadGuard has capped the number of files; this caps the decoding work. Images over
+        # the per-image limit are refused unread, so they cost nothing.
+        pixels = sum(n for n in map(_header_pixels, images) if n <= SETTINGS["max_pixels"])
+        if pixels > SETTINGS["max_batch_pixels"]:
+            return InputError(
+                f"the images of this request have {pixels} pixels in all, more than the limit "
+                f"of {SETTINGS['max_batch_pixels']} per request (serve.max_batch_pixels); send "
+                "fewer or smaller images per request", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            ).response()
         return await self.score_paths([(path, _upload_name(path)) for path in images])
 
     async def score_paths(self, uploads: list[tuple[Path, str]]) -> list[Score | ImageError]:
@@ -371,20 +402,9 @@ class NRIQA:
             if isinstance(outcome, Exception) and not isinstance(outcome, InputError):
                 raise outcome
         good = [crops for crops in crop_sets if not isinstance(crops, Exception)]
-        scores = iter(await self._predict(good) if good else [])
+        scores = iter(await self.quality_model.to_async.predict(good) if good else [])
         return [ImageError(error=str(outcome)) if isinstance(outcome, Exception)
                 else self._score(next(scores)) for outcome in crop_sets]
-
-    async def _predict(self, crop_sets: list[np.ndarray]) -> list[ModelOutput]:
-        # BentoML 1.4.40's client for `depends` renews its HTTP session every 100 requests
-        # and closes the old one under the requests still in flight on it; they fail with
-        # aiohttp's ServerDisconnectedError. The call is idempotent, so send those again.
-        for attempt in range(3):
-            try:
-                return await self.quality_model.to_async.predict(crop_sets)
-            except aiohttp.ClientConnectionError:
-                if attempt == 2:
-                    raise
 
     @staticmethod
     def _score(output: ModelOutput) -> Score:
@@ -398,4 +418,5 @@ class NRIQA:
                      mlflow_run_id=SETTINGS["mlflow_run_id"])
 
 
-NRIQA.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS["max_upload_bytes"])
+NRIQA.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS["max_upload_bytes"],
+                          max_files=SETTINGS["max_batch_images"])

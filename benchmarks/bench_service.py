@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,33 +94,45 @@ def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
             "max_abs_diff_batch_vs_single": float(np.max(np.abs(batch_scores - single_scores)))}
 
 
-def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int,
-                  total: int, max_latency_ms: int) -> dict:
-    env = {**os.environ, "BENTOML_HOME": str(workdir / "bentoml_home"),
-           "NRIQA_MAX_LATENCY_MS": str(max_latency_ms)}
+@contextmanager
+def serving(folder: Path, workdir: Path, **env_overrides: str):
+    """Package `folder` into a Bento under `workdir` and run `bentoml serve` on it; yields
+    the URL once a real /score has answered, and the path of the server's log."""
+    env = {**os.environ, "BENTOML_HOME": str(workdir / "bentoml_home"), **env_overrides}
     subprocess.run([sys.executable, "-m", "stages.package", "--model-dir",
                     str(folder), "--report", str(workdir / "bento.json")],
                    cwd=PROJECT, env=env, check=True, capture_output=True)
     bento = json.loads((workdir / "bento.json").read_text())["bento_tag"]
     url = f"http://127.0.0.1:{free_port()}"
-    log = (workdir / "serve.log").open("w")
+    log_path = workdir / "serve.log"
+    log = log_path.open("w")
     server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", bento,
                                "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]],
                               cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
+        image = make_images(1, (128, 96))[0]
         deadline = time.monotonic() + 300
         while True:
             try:
-                if requests.post(f"{url}/score", files={"image": ("w.jpg", images[0])},
+                if requests.post(f"{url}/score", files={"image": ("w.jpg", image)},
                                  timeout=60).ok:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"the service did not start; see {workdir / 'serve.log'}")
+                raise SystemExit(f"the service did not start; see {log_path}")
             time.sleep(1)
+        yield url, log_path
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
 
+
+def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int,
+                  total: int, max_latency_ms: int) -> dict:
+    with serving(folder, workdir, NRIQA_MAX_LATENCY_MS=str(max_latency_ms)) as (url, _):
         def client(index: int, count: int) -> list[tuple[int, float, int]]:
             out = []
             with requests.Session() as session:
@@ -141,10 +154,6 @@ def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int
             results = [r for rs in pool.map(client, range(clients), [per_client] * clients)
                        for r in rs]
         elapsed = time.perf_counter() - start
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-        log.close()
     ok = [r for r in results if r[0] == 200]
     latencies = np.array([r[1] for r in ok]) * 1000
     return {"service_requests_per_s": len(ok) / elapsed, "requests": len(results),

@@ -26,7 +26,8 @@ from nriqa.errors import NriqaError
 MODEL_FILES = ("model.keras", "model.json")
 # The keys of params.yaml `serve` that the service reads; each has an environment override
 # NRIQA_<KEY upper-cased>, e.g. NRIQA_MAX_PIXELS.
-SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_size", "max_latency_ms")
+SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_images", "max_batch_pixels",
+              "max_batch_size", "max_latency_ms")
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
