@@ -1,16 +1,13 @@
 """The nriqa BentoML service: upload an image, get its predicted MOS, quality category and
 likeliest distortions.
 
-Two services, one Bento (`bentoml serve service:NRIQA`, or the built Bento):
-
-* `NRIQA` (the entry point, HTTP on port 3000) decodes uploads with `nriqa.imaging`,
-  cuts each image's crop grid, answers bad input with a 4xx, and serves the web page at /ui.
-* `QualityModel` holds the Keras model (loaded once per worker) behind ONE batchable API
-  that returns each image's MOS and, where the model has the distortion-type head, its type
-  probabilities, from one model pass. BentoML's adaptive batching merges the crop sets of
-  concurrent requests into one model call; it only batches calls that arrive through a
-  service's server, which is why the model lives in a service of its own and `NRIQA` reaches
-  it through `bentoml.depends`.
+One service (`bentoml serve service:NRIQA`, or the built Bento): it decodes uploads with
+`nriqa.imaging`, cuts each image's crop grid, answers bad input with a 4xx, serves the web page
+at /ui, and scores with the Keras model loaded in the same worker. `ModelBatcher` merges the
+images of concurrent requests into one model call. (A second, batchable BentoML service behind
+`bentoml.depends` did this before; its HTTP client dropped calls in flight each time it renewed
+its session and once stalled a request for 120 s, and moving crops between processes cost
+throughput: issue 13, BENCHMARKS.md.)
 
 Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). The serving
 limits and category thresholds were baked into that model's metadata at package time
@@ -91,44 +88,48 @@ def load_settings(model_tag: str) -> dict:
 SETTINGS = load_settings(MODEL_TAG)
 
 
-class ModelOutput(BaseModel):
-    """One image's result from the model service."""
+class ModelBatcher:
+    """Scores the crop sets of concurrent requests together, one model call at a time.
 
-    mos: float = Field(description="mean crop score")
-    probabilities: list[float] | None = Field(
-        default=None, description="TID2013 distortion-type probabilities, types 1..24 in order; "
-                                  "null when the model has no distortion-type head")
+    While a call runs on the model thread, the images of the requests that arrive queue up;
+    the next call takes them all (up to `max_images`). So the batch grows with the load and
+    no request waits for a timer. It runs in the HTTP worker's own process: no second
+    service, no copy of the crops over a socket.
+    """
 
+    def __init__(self, model, max_images: int) -> None:
+        self.model, self.max_images = model, max_images
+        self.queue: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.draining: asyncio.Task | None = None
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
-# runner_connection: BentoML 1.4.40's `depends` client renews its HTTP session after
-# max_requests calls or max_age seconds (defaults 100 and 300) and closes the old one under
-# the calls still in flight on it; they fail with ServerDisconnectedError. The calls come
-# only from NRIQA in this Bento, so keep one session for the server's life.
-@bentoml.service(name="nriqa_model", workers=1, traffic={"timeout": 120},
-                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e12})
-class QualityModel:
-    """The Keras model behind one adaptive-batching API; inputs are already-cut crops."""
+    async def score(self, crop_sets: list[np.ndarray]) -> list[tuple[float, np.ndarray | None]]:
+        """(MOS, distortion-type probabilities or None) per image, as `score_images` gives."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in crop_sets]
+        self.queue.extend(zip(crop_sets, futures))
+        if self.draining is None or self.draining.done():
+            self.draining = loop.create_task(self._drain())
+        return await asyncio.gather(*futures)
 
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
-
-    def __init__(self) -> None:
-        from nriqa.predict import load_model
-
-        self.model, _ = load_model(self.bento_model.path)
-
-    # One batch item is one image's crop stack, so max_batch_size counts images.
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS["max_batch_size"],
-                 max_latency_ms=SETTINGS["max_latency_ms"])
-    def predict(self, crop_sets: list[np.ndarray]) -> list[ModelOutput]:
-        """MOS (`nriqa.predict.predict_mos` after its cropping step) and distortion-type
-        probabilities per image, from one pass of `nriqa.predict.score_images`."""
+    async def _drain(self) -> None:
         from nriqa.predict import score_images
 
-        mos, probabilities = score_images(self.model, crop_sets)
-        return [ModelOutput(mos=float(score),
-                            probabilities=None if probabilities is None else
-                            [float(p) for p in probabilities[i]])
-                for i, score in enumerate(mos)]
+        loop = asyncio.get_running_loop()
+        while self.queue:
+            batch, self.queue = self.queue[:self.max_images], self.queue[self.max_images:]
+            try:
+                mos, probabilities = await loop.run_in_executor(
+                    self.thread, score_images, self.model, [crops for crops, _ in batch])
+            except Exception as error:  # each waiting request answers with it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for i, (_, future) in enumerate(batch):
+                if not future.done():  # a client that went away cancelled its future
+                    future.set_result((float(mos[i]),
+                                       None if probabilities is None else probabilities[i]))
 
 
 class Distortion(BaseModel):
@@ -360,7 +361,13 @@ def _ui_app():
 class NRIQA:
     """Image quality scoring: `score` one image, `score_batch` many, or use the page at /ui."""
 
-    quality_model = bentoml.depends(QualityModel)
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        from nriqa.predict import load_model
+
+        model, _ = load_model(self.bento_model.path)
+        self.batcher = ModelBatcher(model, SETTINGS["max_batch_size"])
 
     @bentoml.api
     async def score(self, image: Path) -> Score:
@@ -394,7 +401,7 @@ class NRIQA:
         return await self.score_paths([(path, _upload_name(path)) for path in images])
 
     async def score_paths(self, uploads: list[tuple[Path, str]]) -> list[Score | ImageError]:
-        """Decode and crop in threads, then one call to the batching model service."""
+        """Decode and crop in threads, then score with the other requests' images."""
         loop = asyncio.get_running_loop()
         jobs = [loop.run_in_executor(_decoder, _crops, path, name) for path, name in uploads]
         crop_sets = await asyncio.gather(*jobs, return_exceptions=True)
@@ -402,18 +409,17 @@ class NRIQA:
             if isinstance(outcome, Exception) and not isinstance(outcome, InputError):
                 raise outcome
         good = [crops for crops in crop_sets if not isinstance(crops, Exception)]
-        scores = iter(await self.quality_model.to_async.predict(good) if good else [])
+        scores = iter(await self.batcher.score(good) if good else [])
         return [ImageError(error=str(outcome)) if isinstance(outcome, Exception)
                 else self._score(next(scores)) for outcome in crop_sets]
 
     @staticmethod
-    def _score(output: ModelOutput) -> Score:
+    def _score(output: tuple[float, np.ndarray | None]) -> Score:
+        mos, probabilities = output
         distortions = None  # a model without the distortion-type head: nothing to say
-        if output.probabilities is not None:
-            distortions = [Distortion(**entry)
-                           for entry in top_distortions(np.asarray(output.probabilities))]
-        return Score(mos=round(output.mos, 6),
-                     category=categorize(output.mos, SETTINGS["categories"]),
+        if probabilities is not None:
+            distortions = [Distortion(**entry) for entry in top_distortions(probabilities)]
+        return Score(mos=round(mos, 6), category=categorize(mos, SETTINGS["categories"]),
                      distortions=distortions, model_version=SETTINGS["model_version"],
                      mlflow_run_id=SETTINGS["mlflow_run_id"])
 

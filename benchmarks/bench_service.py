@@ -2,10 +2,10 @@
 
 Three ways to score the same images (512x384 JPEGs by default), measured in one run:
 
-* raw batch   `nriqa.predict.predict_mos` over all decoded images at once: the ceiling.
+* raw batch   `nriqa.predict.predict_mos` over all decoded images at once, one thread.
 * per image   one `model.predict` call per image (the seed's way of scoring).
 * service     the packaged Bento under `bentoml serve`, N concurrent clients each POSTing
-              one image at a time to /score (upload, decode, crops, adaptive batching).
+              one image at a time to /score (upload, decode, crops, batching).
 
 The model is `models/` (model.keras + model.json) if it exists, else a freshly built
 default-size `make_model()` with params.yaml's preprocessing (scores are meaningless then;
@@ -131,8 +131,8 @@ def serving(folder: Path, workdir: Path, **env_overrides: str):
 
 
 def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int,
-                  total: int, max_latency_ms: int) -> dict:
-    with serving(folder, workdir, NRIQA_MAX_LATENCY_MS=str(max_latency_ms)) as (url, _):
+                  total: int) -> dict:
+    with serving(folder, workdir) as (url, _):
         def client(index: int, count: int) -> list[tuple[int, float, int]]:
             out = []
             with requests.Session() as session:
@@ -145,7 +145,7 @@ def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int
                                 response.json().get("mos") if response.ok else None))
             return out
 
-        # Warm-up round: lets BentoML's batching optimizer learn the model's timing.
+        # Warm-up round: traces the model's graph and fills the decoders' threads.
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(client, range(clients), [4] * clients))
         per_client = max(1, total // clients)
@@ -171,8 +171,6 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=256, help="timed requests in all")
     parser.add_argument("--repeats", type=int, default=2, help="raw-batch passes over the images")
-    parser.add_argument("--max-latency-ms", type=int, default=10_000,
-                        help="NRIQA_MAX_LATENCY_MS for the served Bento")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -181,13 +179,11 @@ def main() -> None:
         workdir = Path(tmp)
         folder, model_note = model_folder(workdir)
         local = bench_in_process(folder, images, args.repeats)
-        served = bench_service(folder, images, workdir, args.clients, args.requests,
-                               args.max_latency_ms)
+        served = bench_service(folder, images, workdir, args.clients, args.requests)
     diffs = [abs(mos - local["scores"][i]) for i, mos in served.pop("service_scores").items()]
     results = {
         "model": model_note, "images": f"{args.images} JPEGs of {args.size[0]}x{args.size[1]}",
         "crops_per_image": local["crops_per_image"], "clients": args.clients,
-        "max_latency_ms": args.max_latency_ms,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "raw_batch_images_per_s": local["raw_batch_images_per_s"],
         "per_image_predict_images_per_s": local["per_image_predict_images_per_s"],

@@ -154,9 +154,7 @@ def main() -> None:
         for run in range(args.runs):
             workdir = Path(tmp) / f"run{run}"
             workdir.mkdir()
-            # The same generous deadline as bench_service.py: a stall, not load shedding, is
-            # what this looks for.
-            with serving(folder, workdir, NRIQA_MAX_LATENCY_MS="10000") as (url, log_path):
+            with serving(folder, workdir) as (url, log_path):
                 result = soak_once(url, log_path, images, expected, bad, args.requests,
                                    args.clients, seed=run)
             results.append(result)

@@ -33,7 +33,6 @@ from test_cli import check_distortions, local_scores, make_tiny_model, score_cli
 
 MAX_PIXELS = 100_000          # NRIQA_MAX_PIXELS for the test server
 MAX_UPLOAD_BYTES = 2_000_000  # NRIQA_MAX_UPLOAD_BYTES for the test server
-MAX_LATENCY_MS = 10_000       # NRIQA_MAX_LATENCY_MS for the test server
 MAX_BATCH_IMAGES = 4          # NRIQA_MAX_BATCH_IMAGES for the test server
 MAX_BATCH_PIXELS = 200_000    # NRIQA_MAX_BATCH_PIXELS for the test server
 _shared: dict = {}
@@ -91,9 +90,6 @@ class Server:
         self.env = tool_env(BENTOML_HOME=str(root / "bentoml_home"), TF_CPP_MIN_LOG_LEVEL="2",
                             NRIQA_MAX_PIXELS=str(MAX_PIXELS),
                             NRIQA_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
-                            # BentoML sheds (503) requests it expects to miss this deadline;
-                            # 16 clients on a busy 2-core CI box need more than params' 200 ms.
-                            NRIQA_MAX_LATENCY_MS=str(MAX_LATENCY_MS),
                             NRIQA_MAX_BATCH_IMAGES=str(MAX_BATCH_IMAGES),
                             NRIQA_MAX_BATCH_PIXELS=str(MAX_BATCH_PIXELS))
         run([sys.executable, "-m", "stages.package", "--model-dir", str(self.model_dir),
@@ -352,9 +348,10 @@ def test_still_serving_after_bad_input(served):
 
 
 def test_concurrent_clients_match_the_cli(served, corpus, tmp_path):
-    """384 requests from 16 clients, every one answered right. They pass the model service's
-    HTTP client (`bentoml.depends`) well past the 100 calls after which BentoML renews its
-    session by default, dropping the calls in flight (issue 13)."""
+    """384 requests from 16 clients, every one answered right.
+
+    More than 300, because the model service that `bentoml.depends` reached dropped the calls in
+    flight each time its client renewed its session, every 100 calls (issue 13)."""
     paths = sorted(corpus.iterdir())
     out = tmp_path / "cli.json"
     score_cli([str(corpus), "--model-dir", str(served.model_dir), "--format", "json",
