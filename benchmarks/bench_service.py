@@ -2,7 +2,7 @@
 
 Three ways to score the same images (512x384 JPEGs by default), measured in one run:
 
-* raw batch   `nriqa.predict.predict_mos` over all decoded images at once, one thread.
+* raw batch   `nriqa.predict.predict_mos` over all decoded images at once, in-process.
 * per image   one `model.predict` call per image (the seed's way of scoring).
 * service     the packaged Bento under `bentoml serve`, N concurrent clients each POSTing
               one image at a time to /score (upload, decode, crops, batching).
@@ -11,7 +11,7 @@ The model is `models/` (model.keras + model.json) if it exists, else a freshly b
 default-size `make_model()` with params.yaml's preprocessing (scores are meaningless then;
 the work per image is the same).
 
-    python benchmarks/bench_service.py [--images 64] [--clients 16] [--requests 256]
+    python benchmarks/bench_service.py [--images 64] [--clients 16] [--requests 256] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -78,10 +78,12 @@ def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
     pre = info["preprocessing"]
     decoded = [decode_image(data) for data in images]
     predict_mos(model, decoded[:4], pre)  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        batch_scores = predict_mos(model, decoded, pre)
-    raw = repeats * len(decoded) / (time.perf_counter() - start)
+
+    def raw_batch() -> float:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            predict_mos(model, decoded, pre)
+        return repeats * len(decoded) / (time.perf_counter() - start)
 
     crops = [crops_for_prediction(image, pre) for image in decoded]
     model.predict(crops[0].astype(np.float32), verbose=0)  # warm-up
@@ -89,7 +91,8 @@ def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
     single_scores = [float(model.predict(c.astype(np.float32), verbose=0)[:, 0].mean())  # column 0: MOS
                      for c in crops]
     single = len(crops) / (time.perf_counter() - start)
-    return {"raw_batch_images_per_s": raw, "per_image_predict_images_per_s": single,
+    batch_scores = predict_mos(model, decoded, pre)
+    return {"raw_batch": raw_batch, "per_image_predict_images_per_s": single,
             "crops_per_image": len(crops[0]), "scores": batch_scores.tolist(),
             "max_abs_diff_batch_vs_single": float(np.max(np.abs(batch_scores - single_scores)))}
 
@@ -131,7 +134,9 @@ def serving(folder: Path, workdir: Path, **env_overrides: str):
 
 
 def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int,
-                  total: int) -> dict:
+                  total: int, rounds: int, raw_batch) -> dict:
+    """`rounds` alternations of a raw-batch pass and `total` service requests, so that both
+    see the same machine load (this machine is shared)."""
     with serving(folder, workdir) as (url, _):
         def client(index: int, count: int) -> list[tuple[int, float, int]]:
             out = []
@@ -149,15 +154,23 @@ def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(client, range(clients), [4] * clients))
         per_client = max(1, total // clients)
-        start = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            results = [r for rs in pool.map(client, range(clients), [per_client] * clients)
-                       for r in rs]
-        elapsed = time.perf_counter() - start
+        raw_rates, service_rates, results = [], [], []
+        for _ in range(rounds):
+            raw_rates.append(raw_batch())
+            start = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                round_results = [r for rs in pool.map(client, range(clients),
+                                                      [per_client] * clients) for r in rs]
+            elapsed = time.perf_counter() - start
+            service_rates.append(sum(r[0] == 200 for r in round_results) / elapsed)
+            results += round_results
     ok = [r for r in results if r[0] == 200]
     latencies = np.array([r[1] for r in ok]) * 1000
-    return {"service_requests_per_s": len(ok) / elapsed, "requests": len(results),
-            "failed": len(results) - len(ok),
+    return {"raw_batch_images_per_s_by_round": raw_rates,
+            "service_requests_per_s_by_round": service_rates,
+            "raw_batch_images_per_s": float(np.median(raw_rates)),
+            "service_requests_per_s": float(np.median(service_rates)),
+            "requests": len(results), "failed": len(results) - len(ok),
             "status_codes": sorted({r[0] for r in results}),
             "latency_ms_p50": float(np.percentile(latencies, 50)),
             "latency_ms_p99": float(np.percentile(latencies, 99)),
@@ -169,7 +182,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, nargs=2, default=(512, 384), metavar=("W", "H"))
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=256, help="timed requests in all")
+    parser.add_argument("--requests", type=int, default=256, help="timed requests per round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternations of raw batch and service; medians are reported")
     parser.add_argument("--repeats", type=int, default=2, help="raw-batch passes over the images")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
@@ -179,16 +194,17 @@ def main() -> None:
         workdir = Path(tmp)
         folder, model_note = model_folder(workdir)
         local = bench_in_process(folder, images, args.repeats)
-        served = bench_service(folder, images, workdir, args.clients, args.requests)
+        served = bench_service(folder, images, workdir, args.clients, args.requests,
+                               args.rounds, local["raw_batch"])
     diffs = [abs(mos - local["scores"][i]) for i, mos in served.pop("service_scores").items()]
     results = {
         "model": model_note, "images": f"{args.images} JPEGs of {args.size[0]}x{args.size[1]}",
         "crops_per_image": local["crops_per_image"], "clients": args.clients,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "raw_batch_images_per_s": local["raw_batch_images_per_s"],
         "per_image_predict_images_per_s": local["per_image_predict_images_per_s"],
         **served,
-        "service_vs_raw_batch": served["service_requests_per_s"] / local["raw_batch_images_per_s"],
+        "service_vs_raw_batch": served["service_requests_per_s"] / served["raw_batch_images_per_s"],
+        "load_average_after": os.getloadavg(),
         "max_abs_diff_service_vs_in_process": max(diffs) if diffs else None,
         "max_abs_diff_batch_vs_per_image": local["max_abs_diff_batch_vs_single"],
     }
