@@ -60,8 +60,8 @@ MODEL_TAG = _model_tag()
 def load_settings(model_tag: str) -> dict:
     """What the service needs besides the weights: lineage, limits, preprocessing, thresholds.
 
-    Read when this module is imported, because batching limits are arguments of the
-    `@bentoml.api` decorator below.
+    Read when this module is imported, because the upload limits configure the middleware
+    that is added then.
     """
     try:
         stored = bentoml.models.get(model_tag)
@@ -74,6 +74,9 @@ def load_settings(model_tag: str) -> dict:
     for key in SERVE_KEYS:
         if (value := os.environ.get(f"NRIQA_{key.upper()}")) is not None:
             limits[key] = int(value)
+        elif key not in limits:  # packaged before the limit existed
+            raise NriqaError(f"model {stored.tag} was packaged without serve.{key}; package it "
+                             f"again (`dvc repro package`) or set NRIQA_{key.upper()}")
     model_json = json.loads(Path(stored.path_of("model.json")).read_text())
     return {
         "model_tag": str(stored.tag),
