@@ -1,21 +1,18 @@
 """The nriqa BentoML service: upload an image, get its predicted MOS, quality category and
 likeliest distortions.
 
-Two services, one Bento (`bentoml serve service:NRIQA`, or the built Bento):
-
-* `NRIQA` (the entry point, HTTP on port 3000) decodes uploads with `nriqa.imaging`,
-  cuts each image's crop grid, answers bad input with a 4xx, and serves the web page at /ui.
-* `QualityModel` holds the Keras model (loaded once per worker) behind ONE batchable API
-  that returns each image's MOS and, where the model has the distortion-type head, its type
-  probabilities, from one model pass. BentoML's adaptive batching merges the crop sets of
-  concurrent requests into one model call; it only batches calls that arrive through a
-  service's server, which is why the model lives in a service of its own and `NRIQA` reaches
-  it through `bentoml.depends`.
+One service (`bentoml serve service:NRIQA`, or the built Bento): it decodes uploads with
+`nriqa.imaging`, cuts each image's crop grid, answers bad input with a 4xx, serves the web page
+at /ui, and scores with the Keras model loaded in the same worker. `ModelBatcher` merges the
+images of concurrent requests into one model call. (A second, batchable BentoML service behind
+`bentoml.depends` did this before; its HTTP client dropped calls in flight each time it renewed
+its session and once stalled a request for 120 s, and moving crops between processes cost
+throughput: issue 13, BENCHMARKS.md.)
 
 Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). The serving
 limits and category thresholds were baked into that model's metadata at package time
-(params.yaml `serve` and `evaluate.categories`); NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS,
-NRIQA_MAX_BATCH_SIZE and NRIQA_MAX_LATENCY_MS override them.
+(params.yaml `serve` and `evaluate.categories`); NRIQA_<KEY> overrides serve.<key>
+(NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS, NRIQA_MAX_BATCH_IMAGES, ...).
 """
 
 import asyncio
@@ -25,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 
-import aiohttp
 import bentoml
 import numpy as np
 import yaml
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
@@ -63,8 +60,8 @@ MODEL_TAG = _model_tag()
 def load_settings(model_tag: str) -> dict:
     """What the service needs besides the weights: lineage, limits, preprocessing, thresholds.
 
-    Read when this module is imported, because batching limits are arguments of the
-    `@bentoml.api` decorator below.
+    Read when this module is imported, because the upload limits configure the middleware
+    that is added then.
     """
     try:
         stored = bentoml.models.get(model_tag)
@@ -77,6 +74,9 @@ def load_settings(model_tag: str) -> dict:
     for key in SERVE_KEYS:
         if (value := os.environ.get(f"NRIQA_{key.upper()}")) is not None:
             limits[key] = int(value)
+        elif key not in limits:  # packaged before the limit existed
+            raise NriqaError(f"model {stored.tag} was packaged without serve.{key}; package it "
+                             f"again (`dvc repro package`) or set NRIQA_{key.upper()}")
     model_json = json.loads(Path(stored.path_of("model.json")).read_text())
     return {
         "model_tag": str(stored.tag),
@@ -91,39 +91,48 @@ def load_settings(model_tag: str) -> dict:
 SETTINGS = load_settings(MODEL_TAG)
 
 
-class ModelOutput(BaseModel):
-    """One image's result from the model service."""
+class ModelBatcher:
+    """Scores the crop sets of concurrent requests together, one model call at a time.
 
-    mos: float = Field(description="mean crop score")
-    probabilities: list[float] | None = Field(
-        default=None, description="TID2013 distortion-type probabilities, types 1..24 in order; "
-                                  "null when the model has no distortion-type head")
+    While a call runs on the model thread, the images of the requests that arrive queue up;
+    the next call takes them all (up to `max_images`). So the batch grows with the load and
+    no request waits for a timer. It runs in the HTTP worker's own process: no second
+    service, no copy of the crops over a socket.
+    """
 
+    def __init__(self, model, max_images: int) -> None:
+        self.model, self.max_images = model, max_images
+        self.queue: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.draining: asyncio.Task | None = None
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
-@bentoml.service(name="nriqa_model", workers=1, traffic={"timeout": 120})
-class QualityModel:
-    """The Keras model behind one adaptive-batching API; inputs are already-cut crops."""
+    async def score(self, crop_sets: list[np.ndarray]) -> list[tuple[float, np.ndarray | None]]:
+        """(MOS, distortion-type probabilities or None) per image, as `score_images` gives."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in crop_sets]
+        self.queue.extend(zip(crop_sets, futures))
+        if self.draining is None or self.draining.done():
+            self.draining = loop.create_task(self._drain())
+        return await asyncio.gather(*futures)
 
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
-
-    def __init__(self) -> None:
-        from nriqa.predict import load_model
-
-        self.model, _ = load_model(self.bento_model.path)
-
-    # One batch item is one image's crop stack, so max_batch_size counts images.
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS["max_batch_size"],
-                 max_latency_ms=SETTINGS["max_latency_ms"])
-    def predict(self, crop_sets: list[np.ndarray]) -> list[ModelOutput]:
-        """MOS (`nriqa.predict.predict_mos` after its cropping step) and distortion-type
-        probabilities per image, from one pass of `nriqa.predict.score_images`."""
+    async def _drain(self) -> None:
         from nriqa.predict import score_images
 
-        mos, probabilities = score_images(self.model, crop_sets)
-        return [ModelOutput(mos=float(score),
-                            probabilities=None if probabilities is None else
-                            [float(p) for p in probabilities[i]])
-                for i, score in enumerate(mos)]
+        loop = asyncio.get_running_loop()
+        while self.queue:
+            batch, self.queue = self.queue[:self.max_images], self.queue[self.max_images:]
+            try:
+                mos, probabilities = await loop.run_in_executor(
+                    self.thread, score_images, self.model, [crops for crops, _ in batch])
+            except Exception as error:  # each waiting request answers with it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for i, (_, future) in enumerate(batch):
+                if not future.done():  # a client that went away cancelled its future
+                    future.set_result((float(mos[i]),
+                                       None if probabilities is None else probabilities[i]))
 
 
 class Distortion(BaseModel):
@@ -171,8 +180,8 @@ class UploadGuard:
 
     FILE_FIELDS = {"/score": "image", "/score_batch": "images"}
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, max_files: int) -> None:
+        self.app, self.max_bytes, self.max_files = app, max_bytes, max_files
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -183,7 +192,7 @@ class UploadGuard:
             field = self.FILE_FIELDS.get(scope["path"].rstrip("/"))
             if field is not None:
                 body = await self._read_body(receive)
-                await self._check_form(scope, body, field)
+                await self._check_form(scope, body, field, self.max_files)
                 receive = _replay(body, receive)
         except InputError as error:
             await error.response()(scope, receive, send)
@@ -216,7 +225,7 @@ class UploadGuard:
         return b"".join(chunks)
 
     @staticmethod
-    async def _check_form(scope, body: bytes, field: str) -> None:
+    async def _check_form(scope, body: bytes, field: str, max_files: int) -> None:
         from starlette.datastructures import Headers, UploadFile
         from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -230,8 +239,12 @@ class UploadGuard:
             yield body
 
         try:
-            form = await MultiPartParser(headers, stream()).parse()
+            form = await MultiPartParser(headers, stream(), max_files=max_files).parse()
         except MultiPartException as error:
+            if error.message.startswith("Too many files"):
+                raise InputError(f"more than {max_files} images in one request, the limit "
+                                 "(serve.max_batch_images); send them in several requests",
+                                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
             raise InputError(f"malformed multipart upload: {error.message}") from error
         try:
             if not form.multi_items():
@@ -274,12 +287,25 @@ def _crops(path: Path, name: str) -> np.ndarray:
     """The crop grid of one uploaded file; every failure is the client's bad input."""
     try:
         image = decode_image(path, name=name, max_pixels=SETTINGS["max_pixels"])
+        return crops_for_prediction(image, SETTINGS["preprocessing"])
     except NriqaError as error:
         raise InputError(str(error)) from error
+    except MemoryError as error:
+        raise InputError(f"{name}: too large to score with the memory free now; send a "
+                         "smaller image", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
     except Exception as error:  # a decoder bug on hostile bytes is still a bad image
         raise InputError(f"{name}: cannot decode this image ({type(error).__name__}: {error})"
                          ) from error
-    return crops_for_prediction(image, SETTINGS["preprocessing"])
+
+
+def _header_pixels(path: Path) -> int:
+    """Width x height as the file's header states it; 0 for what is not an image (its own
+    error comes when it is decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    except Exception:
+        return 0
 
 
 def _upload_name(path: Path) -> str:
@@ -338,7 +364,13 @@ def _ui_app():
 class NRIQA:
     """Image quality scoring: `score` one image, `score_batch` many, or use the page at /ui."""
 
-    quality_model = bentoml.depends(QualityModel)
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        from nriqa.predict import load_model
+
+        model, _ = load_model(self.bento_model.path)
+        self.batcher = ModelBatcher(model, SETTINGS["max_batch_size"])
 
     @bentoml.api
     async def score(self, image: Path) -> Score:
@@ -360,10 +392,19 @@ class NRIQA:
         """
         if not images:
             return InputError("no images in the request (send them as `images` fields)").response()
+        # UploadGuard has capped the number of files; this caps the decoding work. Images over
+        # the per-image limit are refused unread, so they cost nothing.
+        pixels = sum(n for n in map(_header_pixels, images) if n <= SETTINGS["max_pixels"])
+        if pixels > SETTINGS["max_batch_pixels"]:
+            return InputError(
+                f"the images of this request have {pixels} pixels in all, more than the limit "
+                f"of {SETTINGS['max_batch_pixels']} per request (serve.max_batch_pixels); send "
+                "fewer or smaller images per request", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            ).response()
         return await self.score_paths([(path, _upload_name(path)) for path in images])
 
     async def score_paths(self, uploads: list[tuple[Path, str]]) -> list[Score | ImageError]:
-        """Decode and crop in threads, then one call to the batching model service."""
+        """Decode and crop in threads, then score with the other requests' images."""
         loop = asyncio.get_running_loop()
         jobs = [loop.run_in_executor(_decoder, _crops, path, name) for path, name in uploads]
         crop_sets = await asyncio.gather(*jobs, return_exceptions=True)
@@ -371,31 +412,20 @@ class NRIQA:
             if isinstance(outcome, Exception) and not isinstance(outcome, InputError):
                 raise outcome
         good = [crops for crops in crop_sets if not isinstance(crops, Exception)]
-        scores = iter(await self._predict(good) if good else [])
+        scores = iter(await self.batcher.score(good) if good else [])
         return [ImageError(error=str(outcome)) if isinstance(outcome, Exception)
                 else self._score(next(scores)) for outcome in crop_sets]
 
-    async def _predict(self, crop_sets: list[np.ndarray]) -> list[ModelOutput]:
-        # BentoML 1.4.40's client for `depends` renews its HTTP session every 100 requests
-        # and closes the old one under the requests still in flight on it; they fail with
-        # aiohttp's ServerDisconnectedError. The call is idempotent, so send those again.
-        for attempt in range(3):
-            try:
-                return await self.quality_model.to_async.predict(crop_sets)
-            except aiohttp.ClientConnectionError:
-                if attempt == 2:
-                    raise
-
     @staticmethod
-    def _score(output: ModelOutput) -> Score:
+    def _score(output: tuple[float, np.ndarray | None]) -> Score:
+        mos, probabilities = output
         distortions = None  # a model without the distortion-type head: nothing to say
-        if output.probabilities is not None:
-            distortions = [Distortion(**entry)
-                           for entry in top_distortions(np.asarray(output.probabilities))]
-        return Score(mos=round(output.mos, 6),
-                     category=categorize(output.mos, SETTINGS["categories"]),
+        if probabilities is not None:
+            distortions = [Distortion(**entry) for entry in top_distortions(probabilities)]
+        return Score(mos=round(mos, 6), category=categorize(mos, SETTINGS["categories"]),
                      distortions=distortions, model_version=SETTINGS["model_version"],
                      mlflow_run_id=SETTINGS["mlflow_run_id"])
 
 
-NRIQA.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS["max_upload_bytes"])
+NRIQA.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS["max_upload_bytes"],
+                          max_files=SETTINGS["max_batch_images"])

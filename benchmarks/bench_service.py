@@ -2,16 +2,16 @@
 
 Three ways to score the same images (512x384 JPEGs by default), measured in one run:
 
-* raw batch   `nriqa.predict.predict_mos` over all decoded images at once: the ceiling.
+* raw batch   `nriqa.predict.predict_mos` over all decoded images at once, in-process.
 * per image   one `model.predict` call per image (the seed's way of scoring).
 * service     the packaged Bento under `bentoml serve`, N concurrent clients each POSTing
-              one image at a time to /score (upload, decode, crops, adaptive batching).
+              one image at a time to /score (upload, decode, crops, batching).
 
 The model is `models/` (model.keras + model.json) if it exists, else a freshly built
 default-size `make_model()` with params.yaml's preprocessing (scores are meaningless then;
 the work per image is the same).
 
-    python benchmarks/bench_service.py [--images 64] [--clients 16] [--requests 256]
+    python benchmarks/bench_service.py [--images 64] [--clients 16] [--requests 256] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +78,12 @@ def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
     pre = info["preprocessing"]
     decoded = [decode_image(data) for data in images]
     predict_mos(model, decoded[:4], pre)  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        batch_scores = predict_mos(model, decoded, pre)
-    raw = repeats * len(decoded) / (time.perf_counter() - start)
+
+    def raw_batch() -> float:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            predict_mos(model, decoded, pre)
+        return repeats * len(decoded) / (time.perf_counter() - start)
 
     crops = [crops_for_prediction(image, pre) for image in decoded]
     model.predict(crops[0].astype(np.float32), verbose=0)  # warm-up
@@ -88,38 +91,53 @@ def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
     single_scores = [float(model.predict(c.astype(np.float32), verbose=0)[:, 0].mean())  # column 0: MOS
                      for c in crops]
     single = len(crops) / (time.perf_counter() - start)
-    return {"raw_batch_images_per_s": raw, "per_image_predict_images_per_s": single,
+    batch_scores = predict_mos(model, decoded, pre)
+    return {"raw_batch": raw_batch, "per_image_predict_images_per_s": single,
             "crops_per_image": len(crops[0]), "scores": batch_scores.tolist(),
             "max_abs_diff_batch_vs_single": float(np.max(np.abs(batch_scores - single_scores)))}
 
 
-def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int,
-                  total: int, max_latency_ms: int) -> dict:
-    env = {**os.environ, "BENTOML_HOME": str(workdir / "bentoml_home"),
-           "NRIQA_MAX_LATENCY_MS": str(max_latency_ms)}
+@contextmanager
+def serving(folder: Path, workdir: Path, **env_overrides: str):
+    """Package `folder` into a Bento under `workdir` and run `bentoml serve` on it; yields
+    the URL once a real /score has answered, and the path of the server's log."""
+    env = {**os.environ, "BENTOML_HOME": str(workdir / "bentoml_home"), **env_overrides}
     subprocess.run([sys.executable, "-m", "stages.package", "--model-dir",
                     str(folder), "--report", str(workdir / "bento.json")],
                    cwd=PROJECT, env=env, check=True, capture_output=True)
     bento = json.loads((workdir / "bento.json").read_text())["bento_tag"]
     url = f"http://127.0.0.1:{free_port()}"
-    log = (workdir / "serve.log").open("w")
+    log_path = workdir / "serve.log"
+    log = log_path.open("w")
     server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", bento,
                                "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]],
                               cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
+        image = make_images(1, (128, 96))[0]
         deadline = time.monotonic() + 300
         while True:
             try:
-                if requests.post(f"{url}/score", files={"image": ("w.jpg", images[0])},
+                if requests.post(f"{url}/score", files={"image": ("w.jpg", image)},
                                  timeout=60).ok:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"the service did not start; see {workdir / 'serve.log'}")
+                raise SystemExit(f"the service did not start; see {log_path}")
             time.sleep(1)
+        yield url, log_path
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
 
+
+def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int,
+                  total: int, rounds: int, raw_batch) -> dict:
+    """`rounds` alternations of a raw-batch pass and `total` service requests, so that both
+    see the same machine load (this machine is shared)."""
+    with serving(folder, workdir) as (url, _):
         def client(index: int, count: int) -> list[tuple[int, float, int]]:
             out = []
             with requests.Session() as session:
@@ -132,23 +150,27 @@ def bench_service(folder: Path, images: list[bytes], workdir: Path, clients: int
                                 response.json().get("mos") if response.ok else None))
             return out
 
-        # Warm-up round: lets BentoML's batching optimizer learn the model's timing.
+        # Warm-up round: traces the model's graph and fills the decoders' threads.
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(client, range(clients), [4] * clients))
         per_client = max(1, total // clients)
-        start = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            results = [r for rs in pool.map(client, range(clients), [per_client] * clients)
-                       for r in rs]
-        elapsed = time.perf_counter() - start
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-        log.close()
+        raw_rates, service_rates, results = [], [], []
+        for _ in range(rounds):
+            raw_rates.append(raw_batch())
+            start = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                round_results = [r for rs in pool.map(client, range(clients),
+                                                      [per_client] * clients) for r in rs]
+            elapsed = time.perf_counter() - start
+            service_rates.append(sum(r[0] == 200 for r in round_results) / elapsed)
+            results += round_results
     ok = [r for r in results if r[0] == 200]
     latencies = np.array([r[1] for r in ok]) * 1000
-    return {"service_requests_per_s": len(ok) / elapsed, "requests": len(results),
-            "failed": len(results) - len(ok),
+    return {"raw_batch_images_per_s_by_round": raw_rates,
+            "service_requests_per_s_by_round": service_rates,
+            "raw_batch_images_per_s": float(np.median(raw_rates)),
+            "service_requests_per_s": float(np.median(service_rates)),
+            "requests": len(results), "failed": len(results) - len(ok),
             "status_codes": sorted({r[0] for r in results}),
             "latency_ms_p50": float(np.percentile(latencies, 50)),
             "latency_ms_p99": float(np.percentile(latencies, 99)),
@@ -160,10 +182,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, nargs=2, default=(512, 384), metavar=("W", "H"))
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=256, help="timed requests in all")
+    parser.add_argument("--requests", type=int, default=256, help="timed requests per round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternations of raw batch and service; medians are reported")
     parser.add_argument("--repeats", type=int, default=2, help="raw-batch passes over the images")
-    parser.add_argument("--max-latency-ms", type=int, default=10_000,
-                        help="NRIQA_MAX_LATENCY_MS for the served Bento")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -173,17 +195,16 @@ def main() -> None:
         folder, model_note = model_folder(workdir)
         local = bench_in_process(folder, images, args.repeats)
         served = bench_service(folder, images, workdir, args.clients, args.requests,
-                               args.max_latency_ms)
+                               args.rounds, local["raw_batch"])
     diffs = [abs(mos - local["scores"][i]) for i, mos in served.pop("service_scores").items()]
     results = {
         "model": model_note, "images": f"{args.images} JPEGs of {args.size[0]}x{args.size[1]}",
         "crops_per_image": local["crops_per_image"], "clients": args.clients,
-        "max_latency_ms": args.max_latency_ms,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "raw_batch_images_per_s": local["raw_batch_images_per_s"],
         "per_image_predict_images_per_s": local["per_image_predict_images_per_s"],
         **served,
-        "service_vs_raw_batch": served["service_requests_per_s"] / local["raw_batch_images_per_s"],
+        "service_vs_raw_batch": served["service_requests_per_s"] / served["raw_batch_images_per_s"],
+        "load_average_after": os.getloadavg(),
         "max_abs_diff_service_vs_in_process": max(diffs) if diffs else None,
         "max_abs_diff_batch_vs_per_image": local["max_abs_diff_batch_vs_single"],
     }

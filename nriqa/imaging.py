@@ -11,7 +11,9 @@ the Keras model, so nothing here depends on the network.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +24,16 @@ from nriqa.errors import NriqaError
 # Guards against decompression bombs; the service passes its own configured limit.
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 8
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def decode_image(source: str | Path | bytes, *, name: str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a file or bytes to an HxWx3 uint8 RGB array, upright as its EXIF says.
 
-    Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted.
-    Every problem raises NriqaError naming the image: empty, not an image, truncated,
-    too many pixels, too small.
+    Grayscale, palette, RGBA and colour-keyed transparency (composited on white), CMYK and
+    16-bit images are converted. Every problem raises NriqaError naming the image: empty,
+    not an image, damaged (a PNG checksum), truncated, too many pixels, too small.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "upload")
     if isinstance(source, bytes):
@@ -45,6 +48,7 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None,
             raise NriqaError(f"{label}: the file is empty (0 bytes)")
         stream = path.open("rb")
     try:
+        _check_png_checksums(stream, label)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(stream) as image:
@@ -72,6 +76,26 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None,
     return array
 
 
+def _check_png_checksums(stream, label: str) -> None:
+    """Refuse a PNG whose chunk checksums do not match: Pillow checks the chunks before the
+    image data but not the image data (IDAT) itself, so damaged pixels would be scored."""
+    if stream.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE:
+        while len(header := stream.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            crc = zlib.crc32(kind)
+            while length and (block := stream.read(min(length, 1 << 20))):
+                crc, length = zlib.crc32(block, crc), length - len(block)
+            stored = stream.read(4)
+            if length or len(stored) < 4:
+                break  # truncated: the decoder says so
+            if crc != int.from_bytes(stored, "big"):
+                raise NriqaError(f"{label}: the file is damaged (the checksum of its PNG "
+                                 f"{kind.decode('latin-1')!r} chunk does not match)")
+            if kind == b"IEND":
+                break
+    stream.seek(0)
+
+
 def _to_rgb8(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and float grayscale: scale the used range to 8 bits instead of clipping it.
@@ -79,7 +103,8 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
         peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
         gray = np.clip(np.round(values / peak * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    # "transparency" in info: a palette entry or (L, RGB) a colour key that PNG's tRNS marks clear.
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
@@ -94,12 +119,22 @@ def apply_policy(image: np.ndarray, *, mode: str, resize: tuple[int, int] | list
     `resize` scales the whole image to `resize` (width, height). Padding rather than
     upscaling keeps the texture of small images intact.
     """
+    return pad_to_crop(scale_policy(image, mode=mode, resize=resize), crop_size)
+
+
+def scale_policy(image: np.ndarray, *, mode: str, resize: tuple[int, int] | list[int]) -> np.ndarray:
+    """The preprocess policy without the padding: `native` as is, `resize` to (width, height)."""
     if mode == "resize":
         width, height = resize
-        image = np.asarray(Image.fromarray(image).resize((int(width), int(height)),
-                                                          Image.Resampling.BICUBIC))
-    elif mode != "native":
+        return np.asarray(Image.fromarray(image).resize((int(width), int(height)),
+                                                        Image.Resampling.BICUBIC))
+    if mode != "native":
         raise NriqaError(f"preprocess.mode: unknown policy {mode!r} (expected native or resize)")
+    return image
+
+
+def pad_to_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
+    """Reflect-pad each side shorter than `crop_size` up to it, evenly on both ends."""
     pad_h = max(0, crop_size - image.shape[0])
     pad_w = max(0, crop_size - image.shape[1])
     if pad_h or pad_w:
@@ -109,7 +144,11 @@ def apply_policy(image: np.ndarray, *, mode: str, resize: tuple[int, int] | list
 
 
 def grid_crops(image: np.ndarray, *, crop_size: int, stride: int, max_crops: int) -> np.ndarray:
-    """A deterministic grid of crops covering the image, evenly thinned to at most `max_crops`."""
+    """A deterministic grid of crops covering the image, evenly thinned to at most `max_crops`.
+
+    A side shorter than a crop is padded crop by crop, after thinning: the crops equal those
+    of the whole padded image, but a long thin image (8x5,000,000) is never copied padded.
+    """
     height, width = image.shape[:2]
     tops = _positions(height, crop_size, stride)
     lefts = _positions(width, crop_size, stride)
@@ -117,11 +156,12 @@ def grid_crops(image: np.ndarray, *, crop_size: int, stride: int, max_crops: int
     if len(corners) > max_crops:
         keep = np.linspace(0, len(corners) - 1, max_crops).round().astype(int)
         corners = [corners[i] for i in keep]
-    return np.stack([image[t:t + crop_size, l:l + crop_size] for t, l in corners])
+    return np.stack([pad_to_crop(image[t:t + crop_size, l:l + crop_size], crop_size)
+                     for t, l in corners])
 
 
 def _positions(length: int, crop: int, stride: int) -> list[int]:
-    last = length - crop
+    last = max(0, length - crop)
     positions = list(range(0, last + 1, stride))
     if positions[-1] != last:
         positions.append(last)  # cover the far edge too
@@ -130,9 +170,8 @@ def _positions(length: int, crop: int, stride: int) -> list[int]:
 
 def crops_for_prediction(image: np.ndarray, preprocessing: dict) -> np.ndarray:
     """The crops a trained model scores for one decoded image (see `preprocessing_config`)."""
-    prepared = apply_policy(image, mode=preprocessing["mode"], resize=preprocessing["resize"],
-                            crop_size=preprocessing["crop_size"])
-    return grid_crops(prepared, crop_size=preprocessing["crop_size"],
+    scaled = scale_policy(image, mode=preprocessing["mode"], resize=preprocessing["resize"])
+    return grid_crops(scaled, crop_size=preprocessing["crop_size"],
                       stride=preprocessing["stride"], max_crops=preprocessing["max_crops"])
 
 

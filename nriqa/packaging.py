@@ -26,7 +26,8 @@ from nriqa.errors import NriqaError
 MODEL_FILES = ("model.keras", "model.json")
 # The keys of params.yaml `serve` that the service reads; each has an environment override
 # NRIQA_<KEY upper-cased>, e.g. NRIQA_MAX_PIXELS.
-SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_size", "max_latency_ms")
+SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_images", "max_batch_pixels",
+              "max_batch_size")
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
@@ -50,9 +51,6 @@ def serve_settings(serve_params: dict) -> dict:
     for key, value in settings.items():
         if value < 1:
             raise NriqaError(f"params.yaml serve.{key}: must be a positive number, got {value}")
-    if settings["max_batch_size"] < 2:
-        raise NriqaError("params.yaml serve.max_batch_size: must be at least 2 "
-                         "(BentoML's adaptive batching needs room for two requests)")
     return settings
 
 

@@ -101,3 +101,53 @@ def test_prediction_crops_for_odd_sizes(shape):
                      "max_crops": 8}
     crops = crops_for_prediction(np.zeros(shape, np.uint8), preprocessing)
     assert crops.shape[1:] == (32, 32, 3) and 1 <= len(crops) <= 8
+
+
+def test_thin_image_is_cropped_without_a_padded_copy():
+    """An 8-pixel-high strip gives the crops of its padded grid, but padding is per crop: the
+    whole strip padded to the crop height would take 4x its memory (issue 9, item 6)."""
+    import tracemalloc
+
+    strip = RNG.integers(0, 256, (8, 200_000, 3), dtype=np.uint8)
+    preprocessing = {"mode": "native", "resize": [64, 64], "crop_size": 32, "stride": 32,
+                     "max_crops": 4}
+    tracemalloc.start()
+    crops = crops_for_prediction(strip, preprocessing)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < strip.nbytes / 4, f"cropping took {peak} bytes for a {strip.nbytes}-byte strip"
+    padded = apply_policy(strip, mode="native", resize=(0, 0), crop_size=32)
+    np.testing.assert_array_equal(crops, grid_crops(padded, crop_size=32, stride=32, max_crops=4))
+
+
+def _png_chunk_offset(data: bytes, kind: bytes) -> int:
+    """Where the length field of the first `kind` chunk starts."""
+    return data.index(kind) - 4
+
+
+@pytest.mark.parametrize("where", ["checksum", "pixels"])
+def test_png_with_a_broken_checksum_is_damaged(where):
+    data = bytearray(encode(Image.fromarray(RGB), "PNG"))
+    start = _png_chunk_offset(bytes(data), b"IDAT")
+    length = int.from_bytes(data[start:start + 4], "big")
+    # The IDAT's stored CRC, or a byte of its compressed pixels, which Pillow leaves unchecked.
+    position = start + 8 + length if where == "checksum" else start + 8 + length // 2
+    data[position] ^= 0xFF
+    with pytest.raises(NriqaError, match="cracked.png: the file is damaged .*'IDAT'"):
+        decode_image(bytes(data), name="cracked.png")
+
+
+@pytest.mark.parametrize("mode, key", [("L", 7), ("RGB", (7, 8, 9))])
+def test_colour_key_transparency_composites_on_white(mode, key):
+    """A tRNS colour key makes those pixels clear, as alpha 0 does in RGBA (issue 9, item 9)."""
+    pixels = RGB.copy()
+    pixels[:10] = (7, 8, 9)
+    image = Image.fromarray(pixels).convert(mode) if mode == "L" else Image.fromarray(pixels)
+    if mode == "L":
+        image.putpixel((0, 0), 7)
+        pixels = np.asarray(image)
+    decoded = decode_image(encode(image, "PNG", transparency=key))
+    clear = pixels == key if mode == "L" else (pixels == key).all(axis=2)
+    assert clear.any() and (decoded[clear] == 255).all()
+    kept = np.asarray(image.convert("RGB"))[~clear]
+    np.testing.assert_array_equal(decoded[~clear], kept)
