@@ -362,12 +362,15 @@ def evaluation_metrics(metrics: dict) -> dict:
             if isinstance(value, (int, float)) and math.isfinite(value)}
 
 
-def log_evaluation(pointer: dict, metrics: dict, artifacts: dict[str, list[Path]]) -> None:
-    """Add the test metrics and report files to the training run; `artifacts` maps a folder in
-    the run's artifacts ("" for the top) to the local files to put there."""
+def log_evaluation(pointer: dict, metrics: dict, artifacts: dict[str, list[Path]],
+                   test_set: str) -> None:
+    """Add the test metrics, the identity of the test set they were measured on (tag
+    `test_set.digest`, which the promotion gate compares) and report files to the training run;
+    `artifacts` maps a folder in the run's artifacts ("" for the top) to the local files."""
     import mlflow
 
     with mlflow.start_run(run_id=pointer["run_id"]):
+        mlflow.set_tag("test_set.digest", test_set)
         mlflow.log_metrics(evaluation_metrics(metrics))
         for folder, paths in artifacts.items():
             for path in paths:
