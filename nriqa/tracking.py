@@ -239,9 +239,10 @@ class TrainingRun:
 
     def write_pointer(self, path: Path) -> None:
         """models/mlflow_run.json: how evaluate and promote find this run and its model."""
-        path.write_text(json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id,
-                                    "tracking_uri": self.tracking_uri,
-                                    "model_uri": self.model_uri}, indent=2) + "\n")
+        from nriqa.shards import write_json
+
+        write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id,
+                          "tracking_uri": self.tracking_uri, "model_uri": self.model_uri})
 
 
 def epoch_metrics_callback():

@@ -279,7 +279,10 @@ def test_crash_mid_training_leaves_the_run_failed_and_unregistered(pipeline, cli
     """SIGTERM (DVC or CI stopping the stage) during the first epochs: the run is FAILED."""
     workspace = tmp_path / "crash"
     shutil.copytree(pipeline["clone"], workspace, ignore=shutil.ignore_patterns("bentoml_home"))
-    (workspace / "models/mlflow_run.json").unlink()
+    # The previous training's outputs, pointer included, are there when the new one starts.
+    previous = ["models/mlflow_run.json", "models/model.keras", "models/model.json",
+                "reports/train_history.csv"]
+    assert all((workspace / name).exists() for name in previous)
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["train"].update(epochs=500, patience=500)
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -307,7 +310,23 @@ def test_crash_mid_training_leaves_the_run_failed_and_unregistered(pipeline, cli
     run_info = client.get_run(run_id).info
     assert run_info.status == "FAILED"
     assert client.search_model_versions(f"run_id = '{run_id}'") == []
-    assert not (workspace / "models/mlflow_run.json").exists()
+    # No old run pointer (or model) is left to pass for the crashed run's, and nothing half-written.
+    left = [name for name in previous if (workspace / name).exists()]
+    assert left == [], left
+    assert not list((workspace / "models").glob(".*.tmp"))
+
+
+def test_written_aside_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
+    from nriqa.stage import written_aside
+
+    target = tmp_path / "out" / "pointer.json"
+    with written_aside(target) as aside:
+        aside.write_text("old")
+    with pytest.raises(RuntimeError), written_aside(target) as aside:
+        aside.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["pointer.json"]
 
 
 # --- The default: sqlite inside the project -----------------------------------------------------
