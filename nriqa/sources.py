@@ -26,6 +26,7 @@ links and device files are refused, naming the member.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -342,6 +343,14 @@ def _content_range_total(response) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def cache_name(url: str) -> str:
+    """The download's file name in the cache: its own name plus a hash of the whole URL, so two
+    URLs that end alike (KonIQ's two archives from one mirror folder) never overwrite each other."""
+    path = PurePosixPath(urlsplit(url).path)
+    stem, suffix = (path.stem, path.suffix) if path.name else ("download", "")
+    return f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:8]}{suffix}"
+
+
 def download(url: str, md5: str, cache_dir: Path, *, progressbar: bool = True) -> Path:
     """Download ``url`` into ``cache_dir`` (or reuse it there) and verify its md5.
 
@@ -352,7 +361,10 @@ def download(url: str, md5: str, cache_dir: Path, *, progressbar: bool = True) -
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    name = PurePosixPath(urlsplit(url).path).name or "download"
+    name = cache_name(url)
+    legacy = cache_dir / (PurePosixPath(urlsplit(url).path).name or "download")
+    if legacy.is_file() and not (cache_dir / name).exists():
+        legacy.rename(cache_dir / name)  # cached under its bare name by earlier versions; md5 still checked
     part = cache_dir / (name + ".part")
     downloader = ResumableDownloader(part, progressbar=progressbar)
     try:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from nriqa.errors import NriqaError
-from nriqa.sources import download, extract_archive, fetch_dataset
+from nriqa.sources import cache_name, download, extract_archive, fetch_dataset
 
 # --------------------------------------------------------------------------
 # A local HTTP server with Range support and simulated interruptions
@@ -202,7 +202,7 @@ def test_download_checks_md5_extracts_and_reuses_the_cache(server, tmp_path):
 
     assert (out / "dmos.csv").read_text().startswith("dist_img,ref_img,dmos,var")
     assert (out / "images" / "I01_01_01.png").exists()
-    assert (tmp_path / "downloads" / "kadid10k.zip").read_bytes() == data
+    assert (tmp_path / "downloads" / cache_name(params["url"])).read_bytes() == data
     assert not (tmp_path / "data" / ".tmp-raw").exists()
 
     # A second run finds the verified file in the cache and replaces the output.
@@ -237,12 +237,12 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
 
     with pytest.raises(NriqaError, match="run again to resume"):
         download(server.url("/big.zip"), md5(data), cache, progressbar=False)
-    part = cache / "big.zip.part"
+    part = cache / (cache_name(server.url("/big.zip")) + ".part")
     kept = part.stat().st_size
     # Whole chunks are kept; the one being read when the connection broke is not.
     assert 0 < kept <= 150_000
     assert part.read_bytes() == data[:kept]
-    assert not (cache / "big.zip").exists()
+    assert not (cache / cache_name(server.url("/big.zip"))).exists()
 
     del server.cut_after["/big.zip"]
     path = download(server.url("/big.zip"), md5(data), cache, progressbar=False)
@@ -256,7 +256,7 @@ def test_a_server_ignoring_range_restarts_the_download(server, tmp_path):
     data = bytes(range(256)) * 100
     server.files["/f.zip"] = data
     server.honour_range = False
-    (tmp_path / "f.zip.part").write_bytes(data[:1000])
+    (tmp_path / (cache_name(server.url("/f.zip")) + ".part")).write_bytes(data[:1000])
 
     path = download(server.url("/f.zip"), md5(data), tmp_path, progressbar=False)
 
@@ -267,7 +267,7 @@ def test_a_complete_part_file_is_finished_without_a_body(server, tmp_path):
     # The connection dropped after the last byte but before pooch took over.
     data = b"x" * 1000
     server.files["/f.zip"] = data
-    (tmp_path / "f.zip.part").write_bytes(data)
+    (tmp_path / (cache_name(server.url("/f.zip")) + ".part")).write_bytes(data)
 
     path = download(server.url("/f.zip"), md5(data), tmp_path, progressbar=False)
 
@@ -314,6 +314,36 @@ def test_koniq_gathers_scores_and_images_from_two_archives(server, tmp_path):
 
     assert sorted(p.name for p in out.iterdir()) == ["1024x768", "koniq10k_scores_and_distributions.csv"]
     assert (out / "1024x768" / "826373.jpg").read_bytes() == b"jpeg"
+
+
+def test_koniq_archives_with_the_same_file_name_do_not_collide_in_the_cache(server, tmp_path):
+    """A mirror serving both archives under one name from two folders: each keeps its own
+    cache entry, so the scores archive does not overwrite the images archive."""
+    images = make_zip({"1024x768/826373.jpg": b"jpeg"})
+    scores = make_zip({"koniq10k_scores_and_distributions.csv": b"image_name,MOS,SD\n826373.jpg,3.9,0.6\n"})
+    server.files["/images/data.zip"], server.files["/scores/data.zip"] = images, scores
+    params = {
+        "source": "koniq10k", "cache_dir": str(tmp_path / "dl"),
+        "url": {"images": server.url("/images/data.zip"), "scores": server.url("/scores/data.zip")},
+        "md5": {"images": md5(images), "scores": md5(scores)},
+    }
+
+    fetch_dataset(params, tmp_path / "raw")
+    fetch_dataset(params, tmp_path / "raw")  # both stay cached: no download the second time
+
+    assert (tmp_path / "raw" / "1024x768" / "826373.jpg").read_bytes() == b"jpeg"
+    assert len(server.requests) == 2
+    assert sorted(p.read_bytes() for p in (tmp_path / "dl").iterdir()) == sorted([images, scores])
+
+
+def test_a_download_cached_under_its_bare_name_is_reused(server, tmp_path):
+    data = kadid_zip()
+    server.files["/kadid10k.zip"] = data
+    (tmp_path / "kadid10k.zip").write_bytes(data)  # as earlier versions named it
+
+    path = download(server.url("/kadid10k.zip"), md5(data), tmp_path, progressbar=False)
+
+    assert path.read_bytes() == data and server.requests == []
 
 
 def test_an_archive_without_the_dataset_is_refused(server, tmp_path):
