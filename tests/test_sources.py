@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import stat
 import struct
@@ -141,20 +142,21 @@ def _rar_block(head_type: int, flags: int, body: bytes) -> bytes:
     return struct.pack("<H", zlib.crc32(raw) & 0xFFFF) + raw
 
 
-def rar4(entries: list[tuple[str, bytes, int]], solid: bool = False) -> bytes:
-    """A RAR 4 archive of stored entries ``(name, data, unix mode)``.
+def rar4(entries: list[tuple], solid: bool = False) -> bytes:
+    """A RAR 4 archive of stored entries ``(name, data, unix mode[, host OS])``; the host OS is
+    3 (Unix) unless given (4 is MAC_OS, 5 BEOS).
 
     Marker block, main header, one file header (+ data) per entry, end block;
     each header carries the low 16 bits of its CRC32 as the format requires.
     """
     out = b"Rar!\x1a\x07\x00" + _rar_block(0x73, 0x0008 if solid else 0, b"\x00" * 6)
-    for name, data, mode in entries:
+    for name, data, mode, *host in entries:
         encoded = name.encode()
         flags = 0x8000 | (0x00E0 if stat.S_ISDIR(mode) else 0)  # long block; 0xE0 = directory
         body = struct.pack(
             "<IIBIIBBHI",
             len(data), len(data),  # packed and unpacked size (stored)
-            3,  # host OS: Unix, so the mode is a Unix mode
+            host[0] if host else 3,  # host OS: Unix (3), so the mode is a Unix mode
             zlib.crc32(data),
             0x42210000,  # DOS timestamp, 2013-01-01
             20, 0x30,  # version needed, method "store"
@@ -470,6 +472,63 @@ def test_unsafe_rar_members_are_refused(tmp_path, entry, reason):
         extract_archive(archive, tmp_path / "dest")
     assert repr(entry[0]) in str(err.value) and reason in str(err.value)
     assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.skipif(shutil.which("bsdtar") is None, reason="bsdtar (libarchive-tools) not installed")
+@pytest.mark.parametrize("host_os", [4, 5], ids=["mac_os", "beos"])
+def test_a_link_from_a_mac_os_or_beos_entry_is_refused(tmp_path, host_os):
+    """bsdtar applies a Unix mode from these hosts too: a symlink the listing did not show."""
+    archive = tmp_path / "crafted.rar"
+    archive.write_bytes(rar4([("tid2013/ok.txt", b"fine", REG),
+                              ("tid2013/link", b"/etc/passwd", LNK, host_os)], solid=True))
+    with pytest.raises(NriqaError, match="'tid2013/link'.*refusing"):
+        extract_archive(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_links_and_special_files_in_the_extracted_tree_are_refused(tmp_path):
+    from nriqa.sources import LIMITS, check_extracted_tree
+
+    archive = tmp_path / "a.rar"
+    for name, make, reason in [
+        ("symlink", lambda p: p.symlink_to("/etc/passwd"), "a link, tid/symlink"),
+        ("hardlink", lambda p: os.link(tmp_path / "outside", p), "a hard link, tid/hardlink"),
+        ("fifo", os.mkfifo, "tid/fifo, which is not a regular file"),
+    ]:
+        dest = tmp_path / name
+        (dest / "tid").mkdir(parents=True)
+        (dest / "tid" / "ok.txt").write_text("fine")
+        (tmp_path / "outside").write_text("secret")
+        make(dest / "tid" / name)
+        with pytest.raises(NriqaError, match=reason):
+            check_extracted_tree(dest, archive, LIMITS)
+
+
+def test_oversized_and_bomb_archives_are_refused_before_extraction(tmp_path):
+    from nriqa.sources import ExtractLimits
+
+    bomb = tmp_path / "bomb.zip"
+    bomb.write_bytes(make_zip({"kadid10k/zeros.bin": bytes(20_000_000)}))
+    with pytest.raises(NriqaError, match=r"unpacks to \d+x its size .*decompression bomb"):
+        extract_archive(bomb, tmp_path / "dest")  # the default limits
+    assert not (tmp_path / "dest").exists()
+
+    archive = tmp_path / "big.rar"
+    archive.write_bytes(tid_rar())
+    with pytest.raises(NriqaError, match="over the limit of 10"):
+        extract_archive(archive, tmp_path / "dest", ExtractLimits(max_bytes=10))
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.skipif(shutil.which("bsdtar") is None, reason="bsdtar (libarchive-tools) not installed")
+def test_a_hanging_bsdtar_is_stopped(tmp_path):
+    from nriqa.sources import ExtractLimits, run_bsdtar
+
+    stuck = tmp_path / "stuck.rar"
+    os.mkfifo(stuck)  # bsdtar waits for a writer that never comes
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(NriqaError, match="bsdtar took over 0 s"):
+        run_bsdtar(stuck, tmp_path / "dest", ExtractLimits(timeout_s=0.2))
 
 
 def test_truncated_rar_is_refused_naming_the_file(tmp_path):
