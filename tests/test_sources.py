@@ -481,7 +481,7 @@ def test_a_link_from_a_mac_os_or_beos_entry_is_refused(tmp_path, host_os):
     archive = tmp_path / "crafted.rar"
     archive.write_bytes(rar4([("tid2013/ok.txt", b"fine", REG),
                               ("tid2013/link", b"/etc/passwd", LNK, host_os)], solid=True))
-    with pytest.raises(NriqaError, match="'tid2013/link'.*refusing"):
+    with pytest.raises(NriqaError, match="tid2013/link.*refusing"):
         extract_archive(archive, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
 
