@@ -117,7 +117,7 @@ def image_tree(tmp_path_factory) -> Path:
 
 def score_cli(args: list[str], check: bool = True):
     return run([sys.executable, "-m", "nriqa", "score", *args], cwd=PROJECT,
-               env=tool_env(TF_CPP_MIN_LOG_LEVEL="2"), check=check, timeout=300)
+               env=tool_env(), check=check, timeout=300)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -249,3 +249,34 @@ def test_any_error_on_one_file_is_named_and_the_rest_scored(tiny_model, image_tr
     assert f"skipped {bad}: KeyError: 274" in err and "scored 2 of 3 images; skipped 1" in err
     rows = list(csv.DictReader(out.open()))
     assert [Path(row["path"]).name for row in rows] == ["a.png", "d.webp"]
+
+
+TF_BANNERS = ("oneDNN custom operations", "cuInit", "absl::InitializeLog", "cuda drivers",
+              "rebuild TensorFlow", "cpu_feature_guard")
+
+
+def test_tensorflow_start_up_banners_are_not_shown(tiny_model, image_tree):
+    result = score_cli([str(image_tree / "a.png"), str(image_tree / "nested" / "broken.png"),
+                        "--model-dir", str(tiny_model)], check=False)
+    assert result.returncode == 1
+    assert not [banner for banner in TF_BANNERS if banner in result.stderr], result.stderr
+    # What the user should see still shows.
+    assert "broken.png" in result.stderr and "scored 1 of 2 images" in result.stderr
+
+
+def test_only_the_known_banners_are_filtered(capfd):
+    import os
+
+    from nriqa.tf_startup import banner_pattern, filtered_stderr
+
+    with filtered_stderr(banner_pattern(gpu_expected=False)):
+        os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see ...\n"
+                    b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+                    b"W0000 something.cc:1] a real warning\n")
+        print("a Python warning", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert sorted(err.splitlines()) == ["W0000 something.cc:1] a real warning", "a Python warning"]
+    # With an NVIDIA driver installed a GPU is expected, so a cuInit failure is news.
+    with filtered_stderr(banner_pattern(gpu_expected=True)):
+        os.write(2, b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n")
+    assert "cuInit" in capfd.readouterr().err
