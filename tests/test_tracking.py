@@ -381,6 +381,10 @@ def hand_made_candidate(uri: str, srcc: float, test_set: str = "set-a",
             return model_input
 
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
+        # Beside the database, not in ./mlruns of whatever directory pytest runs in.
+        store = Path(uri.removeprefix("sqlite:///")).parent
+        mlflow.create_experiment(experiment, artifact_location=(store / "artifacts").as_uri())
     mlflow.set_experiment(experiment)
     with mlflow.start_run() as active:
         info = mlflow.pyfunc.log_model(name="model", python_model=IdentityModel(),
