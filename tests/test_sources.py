@@ -300,16 +300,22 @@ def test_unknown_source_is_refused(tmp_path):
         fetch_dataset({"source": "imagenet"}, tmp_path / "raw")
 
 
+KONIQ_SCORES = make_zip({"koniq10k_scores_and_distributions.csv":
+                         b"image_name,MOS,SD\n826373.jpg,3.9,0.6\n"})
+
+
+def koniq_params(server, tmp_path, images: bytes, images_path: str, scores_path: str) -> dict:
+    """KonIQ's two archives served at these paths, and the params that fetch them."""
+    server.files[images_path], server.files[scores_path] = images, KONIQ_SCORES
+    return {"source": "koniq10k", "cache_dir": str(tmp_path / "dl"),
+            "url": {"images": server.url(images_path), "scores": server.url(scores_path)},
+            "md5": {"images": md5(images), "scores": md5(KONIQ_SCORES)}}
+
+
 def test_koniq_gathers_scores_and_images_from_two_archives(server, tmp_path):
     images = make_zip({"koniq10k_1024x768/1024x768/826373.jpg": b"jpeg",
                        "__MACOSX/1024x768/._826373.jpg": b"resource fork"})
-    scores = make_zip({"koniq10k_scores_and_distributions.csv": b"image_name,MOS,SD\n826373.jpg,3.9,0.6\n"})
-    server.files["/i.zip"], server.files["/s.zip"] = images, scores
-    params = {
-        "source": "koniq10k", "cache_dir": str(tmp_path / "dl"),
-        "url": {"images": server.url("/i.zip"), "scores": server.url("/s.zip")},
-        "md5": {"images": md5(images), "scores": md5(scores)},
-    }
+    params = koniq_params(server, tmp_path, images, "/i.zip", "/s.zip")
     out = tmp_path / "raw"
 
     fetch_dataset(params, out)
@@ -322,20 +328,14 @@ def test_koniq_archives_with_the_same_file_name_do_not_collide_in_the_cache(serv
     """A mirror serving both archives under one name from two folders: each keeps its own
     cache entry, so the scores archive does not overwrite the images archive."""
     images = make_zip({"1024x768/826373.jpg": b"jpeg"})
-    scores = make_zip({"koniq10k_scores_and_distributions.csv": b"image_name,MOS,SD\n826373.jpg,3.9,0.6\n"})
-    server.files["/images/data.zip"], server.files["/scores/data.zip"] = images, scores
-    params = {
-        "source": "koniq10k", "cache_dir": str(tmp_path / "dl"),
-        "url": {"images": server.url("/images/data.zip"), "scores": server.url("/scores/data.zip")},
-        "md5": {"images": md5(images), "scores": md5(scores)},
-    }
+    params = koniq_params(server, tmp_path, images, "/images/data.zip", "/scores/data.zip")
 
     fetch_dataset(params, tmp_path / "raw")
     fetch_dataset(params, tmp_path / "raw")  # both stay cached: no download the second time
 
     assert (tmp_path / "raw" / "1024x768" / "826373.jpg").read_bytes() == b"jpeg"
     assert len(server.requests) == 2
-    assert sorted(p.read_bytes() for p in (tmp_path / "dl").iterdir()) == sorted([images, scores])
+    assert sorted(p.read_bytes() for p in (tmp_path / "dl").iterdir()) == sorted([images, KONIQ_SCORES])
 
 
 def test_a_download_cached_under_its_bare_name_is_reused(server, tmp_path):
