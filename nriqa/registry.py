@@ -36,7 +36,8 @@ ALIAS = "champion"
 METRIC = "test_srcc"
 TEST_SET_TAG = "test_set.digest"
 LOCK_SUFFIX = "-promotion-lock"
-# A promotion takes seconds; a lock older than this belongs to a crashed one.
+# How long a promotion waits for another's lock. Promotions take seconds, so a lock held this
+# long was left by a crashed one.
 LOCK_WAIT_S = 300.0
 
 
