@@ -75,7 +75,9 @@ class _QuietLoader:
     def exec_module(self, module):
         with filtered_stderr(self.noise):
             self.loader.exec_module(module)
-            module.config.list_physical_devices()
+            # Device discovery would happen at the first op anyway; a failure surfaces there.
+            with contextlib.suppress(Exception):
+                module.config.list_physical_devices()
 
 
 class _QuietFinder(importlib.abc.MetaPathFinder):
