@@ -1,9 +1,10 @@
 """`python -m nriqa score PATH...`: score image files or folders with the local champion model.
 
 Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). Scores come
-from `nriqa.predict.predict_images`, the function behind `predict_mos` (which evaluation uses)
-and the service, so the CLI, the reports and the service agree. Beside each MOS come the three
-likeliest TID2013 distortion types (empty for a model without the distortion-type head).
+from `nriqa.predict.score_images` on `nriqa.imaging.crops_for_prediction`, the two steps of
+`predict_images` (behind `predict_mos`, which evaluation uses) and of the service, so the CLI,
+the reports and the service agree. Beside each MOS come the three likeliest TID2013 distortion
+types (empty for a model without the distortion-type head).
 Rows are written as they are scored (CSV, or JSON lines with `--format jsonl`), so a crash
 keeps what was done. A file that fails for any reason is named on stderr and skipped; the exit
 status is 1 if any file failed, 2 if nothing could start (no files, no model).
