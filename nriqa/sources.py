@@ -41,7 +41,7 @@ import subprocess
 import time
 import zipfile
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -480,9 +480,12 @@ def check_extracted_tree(dest: Path, archive: Path, limits: ExtractLimits) -> No
 
 
 def _tree_size(dest: Path) -> int:
-    return sum(entry.stat(follow_symlinks=False).st_size
-               for folder, _, files in os.walk(dest)
-               for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False))
+    total = 0
+    for folder, _, files in os.walk(dest):
+        for name in files:
+            with suppress(OSError):  # renamed or removed by bsdtar meanwhile
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
 
 
 def run_bsdtar(archive: Path, dest: Path, limits: ExtractLimits) -> None:
