@@ -1,3 +1,8 @@
 """nriqa: no-reference image quality assessment, from data to a served model."""
 
+from nriqa.tf_startup import quiet_tensorflow_start
+
+# Before any stage, the CLI or the service imports TensorFlow (through Keras or directly).
+quiet_tensorflow_start()
+
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ training split and scored on the same test images, so every run shows what the C
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,17 @@ def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: 
                      batch_images: int = 16) -> pd.DataFrame:
     test = splits[splits["split"] == "test"].reset_index(drop=True)
     return score_index(model, preprocessing, test, raw_dir, batch_images, desc="predict test")
+
+
+def test_set_digest(splits: pd.DataFrame, raw_dir: Path) -> str:
+    """What the test split's scores were measured on: each test image's name, MOS and file
+    bytes. Equal digests mean the same data and the same split, so SRCCs compare."""
+    test = splits[splits["split"] == "test"].sort_values("image")
+    digest = hashlib.sha256()
+    for image, mos, path in zip(test["image"], test["mos"], test["path"]):
+        content = hashlib.md5((raw_dir / path).read_bytes()).hexdigest()
+        digest.update(f"{image}\t{float(mos)!r}\t{content}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def score_index(model, preprocessing: dict, index: pd.DataFrame, raw_dir: Path,

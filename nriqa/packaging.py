@@ -1,6 +1,6 @@
 """Packaging the champion model for serving: MLflow registry -> BentoML model store -> Bento.
 
-`fetch_mlflow_model` downloads a registered model (`models:/nriqa@champion`) into a plain
+`fetch_mlflow_model` downloads a registered model (`models:/nriqa/3`) into a plain
 folder (`model.keras` + `model.json`), the same layout the train stage writes to `models/`.
 `save_to_store` copies such a folder into the BentoML model store, labelled with the MLflow
 run id and registry version, with the serving limits (params.yaml `serve`) and the quality
@@ -52,6 +52,26 @@ def serve_settings(serve_params: dict) -> dict:
         if value < 1:
             raise NriqaError(f"params.yaml serve.{key}: must be a positive number, got {value}")
     return settings
+
+
+def promoted_version(promotion_path: Path) -> tuple[str, str, str]:
+    """(model URI, MLflow run id, registry version) of the champion that promote recorded.
+
+    The URI names the exact version (`models:/<name>/<version>`), never the alias: the alias may
+    have moved since, and the Bento is labelled with this version and run.
+    """
+    from nriqa.registry import version_uri
+
+    if not promotion_path.is_file():
+        raise NriqaError(f"{promotion_path}: missing; run the promote stage first")
+    promotion = json.loads(promotion_path.read_text())
+    missing = [key for key in ("registered_model", "champion_version", "champion_run_id")
+               if key not in promotion]
+    if missing:
+        raise NriqaError(f"{promotion_path}: missing {', '.join(missing)}")
+    version = str(promotion["champion_version"])
+    return (version_uri(promotion["registered_model"], version), promotion["champion_run_id"],
+            version)
 
 
 def fetch_mlflow_model(model_uri: str, destination: str | Path, *,

@@ -5,22 +5,40 @@ too: the registry then lists every candidate with its score, and a version is wh
 compare, serve or promote by hand later. What serving follows is the alias `champion`, and the
 gate moves it only when the candidate's test SRCC is strictly higher than the champion's (read
 from the champion version's own run); a tie keeps the incumbent, so a re-run of the same model
-changes nothing. The alias is set only after the new version exists and is READY, so it never
-points at a missing version.
+changes nothing.
 
-Caveat: the comparison is only meaningful between models evaluated on the same test split;
-the candidate's `data.md5` tag and the champion's are both recorded in the report for that
-reason.
+The gate fails closed:
+* Scores are compared only between models measured on the same test set: the evaluate stage
+  tags each run with `test_set.digest` (`nriqa.evaluation.test_set_digest`). A candidate
+  measured on another test set is registered but not promoted, unless `mlflow.force_promote`
+  is true (recorded on the run and in the report).
+* An error while reading the champion (an unreachable server, a locked database, a deleted
+  run) stops the stage before anything is registered; only "no such registered model" and
+  "no champion alias" mean there is no champion.
+* Read, compare and set run under a lock held in the registry itself, so two promotions at
+  once (queued experiments, or machines sharing a server) cannot both read the old champion
+  and let the last writer win: the lock is a registered model `<name>-promotion-lock`, which
+  only one process can create. It exists only while a promotion runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import socket
+import sys
+import time
 
 from nriqa.errors import NriqaError
 
 ALIAS = "champion"
 METRIC = "test_srcc"
+TEST_SET_TAG = "test_set.digest"
+LOCK_SUFFIX = "-promotion-lock"
+# How long a promotion waits for another's lock. Promotions take seconds, so a lock held this
+# long was left by a crashed one.
+LOCK_WAIT_S = 300.0
 
 
 def should_promote(candidate_srcc: float, champion_srcc: float | None) -> bool:
@@ -32,33 +50,100 @@ def should_promote(candidate_srcc: float, champion_srcc: float | None) -> bool:
     return candidate_srcc > champion_srcc
 
 
-def _run_data(client, run_id: str):
-    from mlflow.exceptions import MlflowException
+def decide(candidate: dict, champion: dict | None, force: bool = False) -> tuple[bool, str]:
+    """(promote?, why) for `{"srcc", "test_set"}` of the candidate and of the champion."""
+    srcc = candidate["srcc"]
+    if srcc is None or not math.isfinite(srcc):
+        return False, f"the candidate's {METRIC} is not a number"
+    if force:
+        return True, "forced by mlflow.force_promote"
+    if champion is None:
+        return True, "there was no champion"
+    if champion["test_set"] != candidate["test_set"]:
+        return False, (f"measured on another test set than the champion (test_set.digest "
+                       f"{candidate['test_set']} vs {champion['test_set']}), so the scores are not "
+                       "comparable; set mlflow.force_promote: true to promote it anyway")
+    if should_promote(srcc, champion["srcc"]):
+        return True, f"{METRIC} {srcc:.4f} beats the champion's {champion['srcc']:.4f}"
+    return False, f"{METRIC} {srcc:.4f} does not beat the champion's {champion['srcc']:.4f}"
 
+
+def _unreadable(what: str, error: Exception) -> NriqaError:
+    detail = getattr(error, "message", None) or str(error)
+    return NriqaError(f"cannot read {what} ({type(error).__name__}: {detail}); stopping without "
+                      f"registering anything, the alias {ALIAS!r} is unchanged")
+
+
+def _error_code(error: Exception) -> str | None:
+    return getattr(error, "error_code", None)
+
+
+def evaluation(client, run_id: str, what: str) -> dict:
+    """`{"srcc", "test_set"}` of a run; any error reading it stops the stage."""
     try:
-        return client.get_run(run_id).data
-    except MlflowException:  # the champion's run was deleted: nothing to defend
-        return None
-
-
-def _run_metric(client, run_id: str, key: str = METRIC) -> float | None:
-    data = _run_data(client, run_id)
-    return data.metrics.get(key) if data else None
-
-
-def _run_tag(client, run_id: str, key: str) -> str | None:
-    data = _run_data(client, run_id)
-    return data.tags.get(key) if data else None
+        data = client.get_run(run_id).data
+    except Exception as error:  # noqa: BLE001  every failure here must stop the gate
+        raise _unreadable(f"{what} run {run_id}", error) from error
+    return {"srcc": data.metrics.get(METRIC), "test_set": data.tags.get(TEST_SET_TAG)}
 
 
 def current_champion(client, name: str):
-    """The version the alias points at, or None (no registered model yet, or no alias)."""
-    from mlflow.exceptions import MlflowException
-
+    """The version the alias points at; None only when the registered model or the alias does
+    not exist. Any other error is raised as NriqaError."""
     try:
-        return client.get_model_version_by_alias(name, ALIAS)
-    except MlflowException:
+        registered = client.get_registered_model(name)
+    except Exception as error:  # noqa: BLE001
+        if _error_code(error) == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise _unreadable(f"the registered model {name!r}", error) from error
+    version = registered.aliases.get(ALIAS)
+    if version is None:
         return None
+    try:
+        return client.get_model_version(name, str(version))
+    except Exception as error:  # noqa: BLE001
+        raise _unreadable(f"the champion {name} v{version}", error) from error
+
+
+@contextlib.contextmanager
+def promotion_lock(client, name: str, wait_s: float = LOCK_WAIT_S, poll_s: float = 0.5):
+    """Hold `<name>-promotion-lock` while the block runs; wait up to `wait_s` for it."""
+    lock = f"{name}{LOCK_SUFFIX}"
+    holder = f"{socket.gethostname()} pid {os.getpid()} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(lock, description=f"promotion of {name} by {holder}")
+            break
+        except Exception as error:  # noqa: BLE001
+            if _error_code(error) != "RESOURCE_ALREADY_EXISTS":
+                raise NriqaError(f"cannot take the promotion lock {lock!r} ({error}); the alias "
+                                 f"{ALIAS!r} is unchanged") from error
+        if time.monotonic() > deadline:
+            with contextlib.suppress(Exception):
+                holder = client.get_registered_model(lock).description
+            raise NriqaError(f"another promotion holds the lock {lock!r} ({holder}) for over "
+                             f"{wait_s:.0f} s. If none is running, a crashed one left it: delete "
+                             f"the registered model {lock!r} and run again.")
+        time.sleep(poll_s)
+    try:
+        yield
+    except BaseException:
+        _release(client, lock, failing=True)
+        raise
+    _release(client, lock)
+
+
+def _release(client, lock: str, failing: bool = False) -> None:
+    """Delete the lock; if that fails, say so, without hiding the error that is on its way."""
+    try:
+        client.delete_registered_model(lock)
+    except Exception as error:  # noqa: BLE001
+        message = (f"the promotion lock {lock!r} is left in place ({error}); delete that "
+                   "registered model before the next promotion")
+        if not failing:
+            raise NriqaError(message) from error
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def register_candidate(client, name: str, run_id: str, model_uri: str):
@@ -66,19 +151,19 @@ def register_candidate(client, name: str, run_id: str, model_uri: str):
     so re-running promote does not pile up copies of one model."""
     import mlflow
 
-    from mlflow.exceptions import MlflowException
-
-    try:
-        existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except MlflowException:
-        existing = []
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         return max(existing, key=lambda v: int(v.version))
     # register_model creates the registered model on first use and waits until READY.
     return mlflow.register_model(model_uri, name)
 
 
-def promote(pointer: dict, name: str) -> dict:
+def version_uri(name: str, version) -> str:
+    """The exact registered version, which later alias moves cannot change."""
+    return f"models:/{name}/{version}"
+
+
+def promote(pointer: dict, name: str, force: bool = False) -> dict:
     """Register the pointer's run's model and apply the gate; returns the decision."""
     import mlflow
     from mlflow import MlflowClient
@@ -86,34 +171,40 @@ def promote(pointer: dict, name: str) -> dict:
     mlflow.set_tracking_uri(pointer["tracking_uri"])
     client = MlflowClient()
     run_id = pointer["run_id"]
-    candidate_srcc = _run_metric(client, run_id)
-    if candidate_srcc is None:
-        raise NriqaError(f"run {run_id} in {pointer['tracking_uri']} has no {METRIC}: "
-                         "run the evaluate stage first.")
+    candidate = evaluation(client, run_id, "the candidate's")
+    if candidate["srcc"] is None or candidate["test_set"] is None:
+        raise NriqaError(f"run {run_id} in {pointer['tracking_uri']} has no {METRIC} or "
+                         f"{TEST_SET_TAG}: run the evaluate stage first.")
 
-    before = current_champion(client, name)
-    before_srcc = _run_metric(client, before.run_id) if before else None
-    version = register_candidate(client, name, run_id, pointer["model_uri"])
-    promoted = (before is None or before.version != version.version) and \
-        should_promote(candidate_srcc, before_srcc)
-    if promoted:
-        client.set_registered_model_alias(name, ALIAS, version.version)
-    after = current_champion(client, name)
+    with promotion_lock(client, name):
+        before = current_champion(client, name)
+        champion = evaluation(client, before.run_id, "the champion's") if before else None
+        version = register_candidate(client, name, run_id, pointer["model_uri"])
+        if before is not None and str(before.version) == str(version.version):
+            promoted, reason = False, "it is the champion already"
+        else:
+            promoted, reason = decide(candidate, champion, force)
+        if promoted:
+            client.set_registered_model_alias(name, ALIAS, version.version)
+        after = current_champion(client, name)
 
     report = {
         "registered_model": name,
         "run_id": run_id,
         "candidate_version": int(version.version),
-        "candidate_srcc": candidate_srcc,
+        "candidate_srcc": candidate["srcc"],
+        "candidate_test_set": candidate["test_set"],
         "champion_version_before": int(before.version) if before else None,
-        "champion_srcc_before": before_srcc,
-        "candidate_data_md5": _run_tag(client, run_id, "data.md5"),
-        "champion_data_md5_before": _run_tag(client, before.run_id, "data.md5") if before else None,
+        "champion_srcc_before": champion["srcc"] if champion else None,
+        "champion_test_set_before": champion["test_set"] if champion else None,
+        "forced": bool(force),
         "promoted": promoted,
+        "reason": reason,
         "champion_version": int(after.version),
         "champion_run_id": after.run_id,
-        "model_uri": f"models:/{name}@{ALIAS}",
-        "rule": f"promote if {METRIC} > champion's {METRIC} (ties keep the champion)",
+        "model_uri": version_uri(name, after.version),
+        "rule": f"promote if {METRIC} > champion's {METRIC} on the same test set "
+                "(ties keep the champion), or if forced",
     }
     _record(client, report)
     return report
@@ -122,6 +213,8 @@ def promote(pointer: dict, name: str) -> dict:
 def _record(client, report: dict) -> None:
     """The decision on the candidate's run and version, so the UI shows it without the file."""
     tags = {"promotion.promoted": str(report["promoted"]).lower(),
+            "promotion.forced": str(report["forced"]).lower(),
+            "promotion.reason": report["reason"],
             "promotion.candidate_version": str(report["candidate_version"]),
             "promotion.champion_version_before": str(report["champion_version_before"]),
             "promotion.champion_srcc_before": str(report["champion_srcc_before"]),
@@ -130,4 +223,5 @@ def _record(client, report: dict) -> None:
         client.set_tag(report["run_id"], key, value)
     name, version = report["registered_model"], str(report["candidate_version"])
     client.set_model_version_tag(name, version, METRIC, str(report["candidate_srcc"]))
+    client.set_model_version_tag(name, version, TEST_SET_TAG, report["candidate_test_set"])
     client.set_model_version_tag(name, version, "promoted", tags["promotion.promoted"])

@@ -1,28 +1,32 @@
 """`python -m nriqa score PATH...`: score image files or folders with the local champion model.
 
 Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). Scores come
-from `nriqa.predict.predict_images`, the function behind `predict_mos` (which evaluation uses)
-and the service, so the CLI, the reports and the service agree. Beside each MOS come the three
-likeliest TID2013 distortion types (empty for a model without the distortion-type head).
-A file that cannot be read is named on stderr and skipped; the exit status is non-zero only
-when nothing could be scored.
+from `nriqa.predict.score_images` on `nriqa.imaging.crops_for_prediction`, the two steps of
+`predict_images` (behind `predict_mos`, which evaluation uses) and of the service, so the CLI,
+the reports and the service agree. Beside each MOS come the three likeliest TID2013 distortion
+types (empty for a model without the distortion-type head).
+Rows are written as they are scored (CSV, or JSON lines with `--format jsonl`), so a crash
+keeps what was done. A file that fails for any reason is named on stderr and skipped; the exit
+status is 1 if any file failed, 2 if nothing could start (no files, no model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
 from nriqa.errors import NriqaError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-# Images decoded and scored per model call: enough to batch crops well, few enough that
-# large photos do not pile up in memory.
+# Images scored per model call: enough to batch crops well. Only their crops (at most
+# predict.max_crops each) wait for the call, never the decoded images.
 CHUNK = 32
 # How many of the likeliest distortion types each row names.
 TOP_DISTORTIONS = 3
@@ -42,7 +46,9 @@ def add_score_command(subparsers) -> None:
                         help="folder with model.keras and model.json (default: models)")
     source.add_argument("--model-uri",
                         help="an MLflow model instead, e.g. models:/nriqa@champion")
-    parser.add_argument("--format", choices=("csv", "json"), default="csv")
+    parser.add_argument("--format", choices=("csv", "jsonl"), default="csv",
+                        help="csv (default) or jsonl, one JSON object per line; each row is "
+                             "written as soon as it is scored")
     parser.add_argument("--output", "-o", type=Path,
                         help="write the scores to this file instead of stdout")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
@@ -64,52 +70,76 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 
 def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
-                progress: bool = True) -> tuple[list[dict], list[str]]:
-    """Score files in chunks; returns (rows in file order, error messages of skipped files).
+                on_error, progress: bool = True) -> Iterator[dict]:
+    """Yield one row per scored file, in file order, as each chunk is scored.
 
+    Files are decoded only when their chunk comes up, and each decoded image is reduced to its
+    crops at once, so memory holds one image and one chunk of crops, however many files there
+    are. A file that fails for any reason is passed to `on_error(path, message)` and skipped.
     A row is `{"path", "mos", "category", "distortions"}`; `distortions` is the
     `nriqa.predict.top_distortions` list, or None when the model has no distortion-type head.
     """
     from tqdm import tqdm
 
-    from nriqa.imaging import decode_image
+    from nriqa.imaging import crops_for_prediction, decode_image
     from nriqa.metrics import categorize
-    from nriqa.predict import predict_images, top_distortions
+    from nriqa.predict import score_images, top_distortions
 
-    rows, errors = [], []
     with tqdm(total=len(files), unit="image", disable=not progress or len(files) < 2,
               file=sys.stderr) as bar:
         for start in range(0, len(files), CHUNK):
-            names, images = [], []
-            for path in files[start:start + CHUNK]:
+            chunk = files[start:start + CHUNK]
+            names, crop_sets = [], []
+            for path in chunk:
                 try:
-                    images.append(decode_image(path))
+                    crop_sets.append(crops_for_prediction(decode_image(path), preprocessing))
                     names.append(path)
-                except NriqaError as error:
-                    errors.append(str(error))
-                    bar.write(f"skipped {error}", file=sys.stderr)
-            # One model pass per chunk gives both the MOS and the type probabilities.
-            mos, probabilities = predict_images(model, images, preprocessing)
+                except Exception as error:  # noqa: BLE001  one bad file must not stop the rest
+                    on_error(path, _describe(path, error))
+            try:
+                # One model pass per chunk gives both the MOS and the type probabilities.
+                mos, probabilities = score_images(model, crop_sets)
+            except Exception as error:  # noqa: BLE001
+                for path in names:
+                    on_error(path, _describe(path, error))
+                names = []
             for i, path in enumerate(names):
-                rows.append({"path": str(path), "mos": round(float(mos[i]), 6),
-                             "category": categorize(float(mos[i]), thresholds),
-                             "distortions": None if probabilities is None else
-                             top_distortions(probabilities[i], TOP_DISTORTIONS)})
-            bar.update(len(files[start:start + CHUNK]))
-    return rows, errors
+                yield {"path": str(path), "mos": round(float(mos[i]), 6),
+                       "category": categorize(float(mos[i]), thresholds),
+                       "distortions": None if probabilities is None else
+                       top_distortions(probabilities[i], TOP_DISTORTIONS)}
+            bar.update(len(chunk))
 
 
-def write_rows(rows: list[dict], fmt: str, stream) -> None:
-    """JSON: the rows as they are (`distortions` a list or null). CSV: one column pair per
-    likely distortion, `distortion_k` (its name) and `p_k` (its probability), empty when the
-    model has no distortion-type head."""
-    if fmt == "json":
-        json.dump(rows, stream, indent=2)
-        stream.write("\n")
-    else:
-        writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(_csv_row(row) for row in rows)
+def _describe(path: Path, error: Exception) -> str:
+    # NriqaError messages name the file already; anything else gets its name and its type.
+    if isinstance(error, NriqaError):
+        return str(error)
+    return f"{path}: {type(error).__name__}: {error}"
+
+
+class RowWriter:
+    """Writes each row as it comes and flushes it, so rows already scored survive a crash.
+
+    JSON lines (`jsonl`): each row as it is (`distortions` a list or null). CSV: one column pair
+    per likely distortion, `distortion_k` (its name) and `p_k` (its probability), empty when the
+    model has no distortion-type head; the header comes with the first row.
+    """
+
+    def __init__(self, fmt: str, stream):
+        self.stream = stream
+        self.csv = csv.DictWriter(stream, fieldnames=CSV_FIELDS) if fmt == "csv" else None
+        self.rows = 0
+
+    def write(self, row: dict) -> None:
+        if self.csv is None:
+            self.stream.write(json.dumps(row) + "\n")
+        else:
+            if not self.rows:
+                self.csv.writeheader()
+            self.csv.writerow(_csv_row(row))
+        self.rows += 1
+        self.stream.flush()
 
 
 def _csv_row(row: dict) -> dict:
@@ -148,7 +178,19 @@ def _load(args, tracking_uri: str | None, workdir: str):
     return load_model(model_dir)
 
 
+def _open_output(path: Path | None):
+    return contextlib.nullcontext(sys.stdout) if path is None else path.open("w", newline="")
+
+
 def run_score(args) -> int:
+    from tqdm import tqdm
+
+    failed = []
+
+    def skip(path: Path, message: str) -> None:
+        failed.append(path)
+        tqdm.write(f"skipped {message}", file=sys.stderr)  # above the progress bar
+
     try:
         thresholds, tracking_uri = _settings(args.params)
         files = find_images(args.paths)
@@ -156,17 +198,14 @@ def run_score(args) -> int:
             raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
         with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
             model, info = _load(args, tracking_uri, workdir)
-            rows, errors = score_files(model, info["preprocessing"], files, thresholds)
+            with _open_output(args.output) as stream:
+                writer = RowWriter(args.format, stream)
+                for row in score_files(model, info["preprocessing"], files, thresholds, skip):
+                    writer.write(row)
     except NriqaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if rows:
-        if args.output:
-            with args.output.open("w", newline="") as stream:
-                write_rows(rows, args.format, stream)
-        else:
-            write_rows(rows, args.format, sys.stdout)
-    print(f"scored {len(rows)} of {len(files)} images"
-          + (f"; skipped {len(errors)} that could not be read" if errors else ""),
+    print(f"scored {writer.rows} of {len(files)} images"
+          + (f"; skipped {len(failed)} that could not be scored" if failed else ""),
           file=sys.stderr)
-    return 0 if rows else 1
+    return 1 if failed else 0

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from nriqa.errors import NriqaError
 from nriqa.imaging import apply_policy, decode_image
+from nriqa.stage import written_aside
 
 SPLITS = ("train", "val", "test")
 
@@ -128,4 +129,6 @@ def load_split_arrays(shard_dir: Path, split: str):
 
 
 def write_json(path: Path, payload) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    """Written aside and renamed: a crash never leaves half a JSON file."""
+    with written_aside(path) as aside:
+        aside.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

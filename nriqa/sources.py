@@ -21,20 +21,27 @@ is renamed into place at the end and removed on any failure.
 
 Archives are treated as untrusted input.  Every member is checked before a
 single byte is written: absolute paths, ``..`` components, drive letters,
-links and device files are refused, naming the member.
+links and device files are refused, naming the member, and so is an archive
+whose declared contents exceed :data:`LIMITS` (total size, or unpacked/packed
+ratio).  Because an extractor may still disagree with the listing (bsdtar applies
+Unix modes from MAC_OS and BEOS entries too), the extracted tree is walked
+afterwards and any link, hard link or special file is refused; bsdtar runs with a
+timeout and is stopped once what it wrote exceeds the size limit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shutil
 import stat
 import subprocess
+import time
 import zipfile
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -342,6 +349,14 @@ def _content_range_total(response) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def cache_name(url: str) -> str:
+    """The download's file name in the cache: its own name plus a hash of the whole URL, so two
+    URLs that end alike (KonIQ's two archives from one mirror folder) never overwrite each other."""
+    path = PurePosixPath(urlsplit(url).path)
+    stem, suffix = (path.stem, path.suffix) if path.name else ("download", "")
+    return f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:8]}{suffix}"
+
+
 def download(url: str, md5: str, cache_dir: Path, *, progressbar: bool = True) -> Path:
     """Download ``url`` into ``cache_dir`` (or reuse it there) and verify its md5.
 
@@ -352,7 +367,10 @@ def download(url: str, md5: str, cache_dir: Path, *, progressbar: bool = True) -
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    name = PurePosixPath(urlsplit(url).path).name or "download"
+    name = cache_name(url)
+    legacy = cache_dir / (PurePosixPath(urlsplit(url).path).name or "download")
+    if legacy.is_file() and not (cache_dir / name).exists():
+        legacy.rename(cache_dir / name)  # cached under its bare name by earlier versions; md5 still checked
     part = cache_dir / (name + ".part")
     downloader = ResumableDownloader(part, progressbar=progressbar)
     try:
@@ -378,19 +396,35 @@ def download(url: str, md5: str, cache_dir: Path, *, progressbar: bool = True) -
 # --------------------------------------------------------------------------
 
 
-def extract_archive(archive: Path, dest: Path) -> None:
-    """Extract a zip or RAR ``archive`` into ``dest`` after checking every member.
+@dataclass(frozen=True)
+class ExtractLimits:
+    """What an archive may unpack to. The real datasets unpack to 2-3 GB at ratios below 3
+    (images barely compress); a decompression bomb reaches ratios in the thousands."""
 
-    Nothing is written if any member is unsafe.  If extraction fails midway,
-    ``dest`` is removed, so there is never a partial tree to mistake for data.
+    max_bytes: int = 32 * 2**30
+    max_ratio: float = 100.0
+    timeout_s: float = 3600.0
+
+
+LIMITS = ExtractLimits()
+
+
+def extract_archive(archive: Path, dest: Path, limits: ExtractLimits = LIMITS) -> None:
+    """Extract a zip or RAR ``archive`` into ``dest`` after checking every member, then check
+    what was written.
+
+    Nothing is written if any member is unsafe.  If extraction fails midway, or the tree it
+    wrote holds a link or special file or is too large, ``dest`` is removed, so there is never
+    a partial or unsafe tree to mistake for data.
     """
     archive = Path(archive)
     kind = _archive_kind(archive)
     try:
         if kind == "zip":
-            _extract_zip(archive, dest)
+            _extract_zip(archive, dest, limits)
         else:
-            _extract_rar(archive, dest)
+            _extract_rar(archive, dest, limits)
+        check_extracted_tree(dest, archive, limits)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -411,6 +445,72 @@ def _archive_kind(archive: Path) -> str:
     raise NriqaError(f"{archive} is neither a zip nor a RAR archive")
 
 
+def check_declared_size(archive: Path, unpacked: int, limits: ExtractLimits) -> None:
+    """Refuse an archive whose listing promises too much, before anything is written."""
+    packed = max(archive.stat().st_size, 1)
+    if unpacked > limits.max_bytes:
+        raise NriqaError(f"{archive}: unpacks to {unpacked} bytes, over the limit of "
+                         f"{limits.max_bytes}; refusing to extract")
+    if unpacked / packed > limits.max_ratio:
+        raise NriqaError(f"{archive}: unpacks to {unpacked / packed:.0f}x its size (limit "
+                         f"{limits.max_ratio:.0f}x), a decompression bomb?; refusing to extract")
+
+
+def check_extracted_tree(dest: Path, archive: Path, limits: ExtractLimits) -> None:
+    """Walk what extraction wrote: only folders and plain files with one link each, within
+    the size limit. The extractor's reading of the archive is what counts, not the listing."""
+    total = 0
+    for folder, dirs, files in os.walk(dest):
+        for name in dirs + files:
+            path = Path(folder) / name
+            info = path.lstat()
+            member = path.relative_to(dest)
+            if stat.S_ISLNK(info.st_mode):
+                raise NriqaError(f"{archive}: extracting it created a link, {member}; refusing it")
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                raise NriqaError(f"{archive}: extracting it created a hard link, {member}; "
+                                 "refusing it")
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                raise NriqaError(f"{archive}: extracting it created {member}, which is not a "
+                                 "regular file or folder; refusing it")
+            total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    if total > limits.max_bytes:
+        raise NriqaError(f"{archive}: unpacked to {total} bytes, over the limit of "
+                         f"{limits.max_bytes}; refusing it")
+
+
+def _tree_size(dest: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(dest):
+        for name in files:
+            with suppress(OSError):  # renamed or removed by bsdtar meanwhile
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def run_bsdtar(archive: Path, dest: Path, limits: ExtractLimits) -> None:
+    """One bsdtar pass, stopped when it runs past the timeout or writes past the size limit."""
+    started = time.monotonic()
+    with subprocess.Popen(["bsdtar", "-x", "-f", str(archive), "-C", str(dest)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as tar:
+        while True:
+            try:
+                _, errors = tar.communicate(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - started > limits.timeout_s:
+                    problem = f"took over {limits.timeout_s:.0f} s"
+                elif _tree_size(dest) > limits.max_bytes:
+                    problem = f"wrote over {limits.max_bytes} bytes"
+                else:
+                    continue
+                tar.kill()
+                tar.communicate()
+                raise NriqaError(f"{archive}: extraction stopped, bsdtar {problem}")
+    if tar.returncode != 0:
+        raise NriqaError(f"{archive} is truncated or corrupt: bsdtar says {errors.strip()}")
+
+
 def check_member_name(name: str, archive: Path) -> None:
     """Refuse a member name that could land outside the extraction folder."""
     # Archives made on Windows may use backslashes; treat them as separators
@@ -426,7 +526,7 @@ def check_member_name(name: str, archive: Path) -> None:
         raise NriqaError(f"{archive}: member {name!r} contains a NUL byte; refusing to extract")
 
 
-def _extract_zip(archive: Path, dest: Path) -> None:
+def _extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> None:
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
@@ -444,13 +544,15 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                                  f"refusing to extract")
             if info.flag_bits & 0x1:
                 raise NriqaError(f"{archive}: member {info.filename!r} is encrypted")
+        # zipfile writes no more than each member declares, so the listing bounds the output.
+        check_declared_size(archive, sum(info.file_size for info in zf.infolist()), limits)
         try:
             zf.extractall(dest)
         except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise NriqaError(f"{archive} is truncated or corrupt: {exc}") from exc
 
 
-def _extract_rar(archive: Path, dest: Path) -> None:
+def _extract_rar(archive: Path, dest: Path, limits: ExtractLimits) -> None:
     import rarfile
 
     try:
@@ -464,20 +566,22 @@ def _extract_rar(archive: Path, dest: Path) -> None:
             # file_redir covers RAR5 hard links, file copies, junctions and symlinks.
             if info.is_symlink() or info.file_redir:
                 raise NriqaError(f"{archive}: member {info.filename!r} is a link; refusing to extract")
-            unix_kind = stat.S_IFMT(info.mode or 0) if info.host_os == rarfile.RAR_OS_UNIX else 0
+            # bsdtar reads a Unix mode (a symlink, a FIFO) from MAC_OS and BEOS entries too.
+            unix_kind = stat.S_IFMT(info.mode or 0) if info.host_os in (
+                rarfile.RAR_OS_UNIX, rarfile.RAR_OS_MACOS, rarfile.RAR_OS_BEOS) else 0
             if not (info.is_file() or info.is_dir()) or unix_kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise NriqaError(f"{archive}: member {info.filename!r} is not a regular file or folder; "
                                  f"refusing to extract")
             if info.needs_password():
                 raise NriqaError(f"{archive}: member {info.filename!r} is encrypted")
+        check_declared_size(archive, sum(info.file_size or 0 for info in rf.infolist()), limits)
         dest.mkdir(parents=True, exist_ok=True)
         try:
             if rf.is_solid() and shutil.which("bsdtar"):
                 # rarfile extracts member by member, and in a solid archive each
                 # member can only be decoded by decompressing all before it.
                 # One bsdtar pass keeps that linear; the members were checked above.
-                subprocess.run(["bsdtar", "-x", "-f", str(archive), "-C", str(dest)],
-                               check=True, capture_output=True, text=True)
+                run_bsdtar(archive, dest, limits)
             else:
                 rf.extractall(dest)
         except rarfile.RarCannotExec as exc:
@@ -485,7 +589,5 @@ def _extract_rar(archive: Path, dest: Path) -> None:
                 f"cannot extract {archive}: no RAR tool found (bsdtar, unar or unrar). "
                 f"Install one, e.g. `apt-get install libarchive-tools` for bsdtar"
             ) from exc
-        except subprocess.CalledProcessError as exc:
-            raise NriqaError(f"{archive} is truncated or corrupt: bsdtar says {exc.stderr.strip()}") from exc
         except (rarfile.Error, EOFError) as exc:
             raise NriqaError(f"{archive} is truncated or corrupt: {exc}") from exc

@@ -1,8 +1,11 @@
-"""What every stage script shares: reading params.yaml and turning NriqaError into a clear exit."""
+"""What every stage script shares: reading params.yaml, turning NriqaError into a clear exit, and
+writing outputs so that a failed stage never leaves one a later stage would take as finished."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -27,3 +30,24 @@ def stage_main(main):
             sys.exit(1)
 
     return run
+
+
+@contextlib.contextmanager
+def written_aside(path: str | Path):
+    """Yield a hidden sibling of `path` to write; it replaces `path` only if the block completes,
+    so a reader sees the old file or the whole new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{path.name}.tmp")
+    try:
+        yield aside
+        os.replace(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def remove_stale(*paths: str | Path) -> None:
+    """Delete a previous run's outputs before writing new ones: if this run fails halfway, no
+    old file is left beside new ones to pass for their partner (an old run id beside a new model)."""
+    for path in map(Path, paths):
+        path.unlink(missing_ok=True)

@@ -239,9 +239,10 @@ class TrainingRun:
 
     def write_pointer(self, path: Path) -> None:
         """models/mlflow_run.json: how evaluate and promote find this run and its model."""
-        path.write_text(json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id,
-                                    "tracking_uri": self.tracking_uri,
-                                    "model_uri": self.model_uri}, indent=2) + "\n")
+        from nriqa.shards import write_json
+
+        write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id,
+                          "tracking_uri": self.tracking_uri, "model_uri": self.model_uri})
 
 
 def epoch_metrics_callback():
@@ -362,12 +363,15 @@ def evaluation_metrics(metrics: dict) -> dict:
             if isinstance(value, (int, float)) and math.isfinite(value)}
 
 
-def log_evaluation(pointer: dict, metrics: dict, artifacts: dict[str, list[Path]]) -> None:
-    """Add the test metrics and report files to the training run; `artifacts` maps a folder in
-    the run's artifacts ("" for the top) to the local files to put there."""
+def log_evaluation(pointer: dict, metrics: dict, artifacts: dict[str, list[Path]],
+                   test_set: str) -> None:
+    """Add the test metrics, the identity of the test set they were measured on (tag
+    `test_set.digest`, which the promotion gate compares) and report files to the training run;
+    `artifacts` maps a folder in the run's artifacts ("" for the top) to the local files."""
     import mlflow
 
     with mlflow.start_run(run_id=pointer["run_id"]):
+        mlflow.set_tag("test_set.digest", test_set)
         mlflow.log_metrics(evaluation_metrics(metrics))
         for folder, paths in artifacts.items():
             for path in paths:

@@ -11,7 +11,7 @@ import pandas as pd
 from nriqa import external, plots, tracking
 from nriqa.evaluation import (add_baseline, add_categories, distortion_confusion,
                               per_distortion_table, per_level_table, rounded, score_test_split,
-                              summarize)
+                              summarize, test_set_digest)
 from nriqa.metrics import CATEGORY_NAMES
 from nriqa.predict import load_model
 from nriqa.shards import write_json
@@ -78,7 +78,7 @@ def main():
         "figures": sorted(figures.glob("*.png")),
         "split": [Path("data/processed/summary.json")],
         "external": external_files,
-    })
+    }, test_set=test_set_digest(splits, RAW_DIR))
     print(f"test SRCC {metrics['test']['srcc']:.4f}  baseline SRCC {metrics['baseline']['srcc']:.4f}")
     for name, result in results.items():
         print(f"{name} SRCC {result.metrics['srcc']:.4f} ({result.metrics['images']} images)")

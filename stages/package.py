@@ -1,7 +1,8 @@
 """DVC stage `package`: the MLflow champion -> BentoML model store -> a Bento; writes reports/bento.json.
 
-The champion is the model behind `models:/<registered_model>@champion`, as recorded by the
-promote stage in reports/promotion.json. `--model-dir DIR` packages a model folder instead
+The champion is the exact registry version the promote stage recorded in
+reports/promotion.json (`models:/<registered_model>/<version>`), not whatever the alias points at
+now, so the labels name the weights that are served. `--model-dir DIR` packages a model folder instead
 (model.keras + model.json), for trying the service without a registry.
 
 BentoML's store is the project's `bentoml_home/` unless BENTOML_HOME says otherwise, so that
@@ -9,7 +10,6 @@ BentoML's store is the project's `bentoml_home/` unless BENTOML_HOME says otherw
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -18,8 +18,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_HOME", str(PROJECT / "bentoml_home"))  # before bentoml is imported
 
-from nriqa.errors import NriqaError  # noqa: E402
-from nriqa.packaging import fetch_mlflow_model, package  # noqa: E402
+from nriqa.packaging import fetch_mlflow_model, package, promoted_version  # noqa: E402
 from nriqa.shards import write_json  # noqa: E402
 from nriqa.stage import load_params, stage_main  # noqa: E402
 from nriqa.tracking import resolve_tracking_uri  # noqa: E402
@@ -43,19 +42,12 @@ def main():
         report = package(args.model_dir, run_id=args.run_id, version=args.version,
                          params=params, project_dir=PROJECT)
     else:
-        if not PROMOTION.is_file():
-            raise NriqaError(f"{PROMOTION}: missing; run the promote stage first")
-        promotion = json.loads(PROMOTION.read_text())
-        missing = [k for k in ("model_uri", "champion_version", "champion_run_id")
-                   if k not in promotion]
-        if missing:
-            raise NriqaError(f"{PROMOTION}: missing {', '.join(missing)}")
+        model_uri, run_id, version = promoted_version(PROMOTION)
         with tempfile.TemporaryDirectory(prefix="nriqa-champion-") as folder:
-            model_dir = fetch_mlflow_model(promotion["model_uri"], folder,
+            model_dir = fetch_mlflow_model(model_uri, folder,
                                            tracking_uri=resolve_tracking_uri(params))
-            report = package(model_dir, run_id=promotion["champion_run_id"],
-                             version=str(promotion["champion_version"]), params=params,
-                             project_dir=PROJECT, model_uri=promotion["model_uri"])
+            report = package(model_dir, run_id=run_id, version=version, params=params,
+                             project_dir=PROJECT, model_uri=model_uri)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.report, report)
     print(f"Built Bento {report['bento_tag']} with model {report['model_tag']} "

@@ -1,5 +1,6 @@
 """DVC stage `promote`: register the trained model; it takes the `champion` alias only if its
-test SRCC beats the current champion's (see `nriqa.registry`)."""
+test SRCC beats the current champion's on the same test set, or if `mlflow.force_promote` is
+true (see `nriqa.registry`)."""
 
 from pathlib import Path
 
@@ -14,13 +15,13 @@ REPORT = Path("reports/promotion.json")
 def main():
     params = load_params()
     pointer = tracking.open_pointer(Path("models/mlflow_run.json"))
-    report = registry.promote(pointer, params["mlflow"]["registered_model"])
+    report = registry.promote(pointer, params["mlflow"]["registered_model"],
+                              force=bool(params["mlflow"].get("force_promote", False)))
     REPORT.parent.mkdir(exist_ok=True)
     write_json(REPORT, report)
     verdict = "promoted to champion" if report["promoted"] else "not promoted"
-    champion = f"{report['champion_srcc_before']:.4f}" if report["champion_srcc_before"] is not None else "none"
     print(f"{report['registered_model']} v{report['candidate_version']} "
-          f"(test SRCC {report['candidate_srcc']:.4f}, champion before: {champion}): {verdict}; "
+          f"(test SRCC {report['candidate_srcc']:.4f}): {verdict}, {report['reason']}; "
           f"champion is v{report['champion_version']}")
 
 

@@ -1,7 +1,9 @@
 """DVC stage `train`: fit the model on the training shards; keep the best validation epoch.
 
 The whole stage is one MLflow run (`nriqa.tracking`): a tracking store that cannot be reached
-stops the stage before training, and a crash marks the run FAILED.
+stops the stage before training, and a crash marks the run FAILED. Once training starts, the
+previous outputs are removed; each new one is written aside and renamed, the run pointer last,
+so a crash leaves no old pointer beside a new model.
 """
 
 import csv
@@ -11,12 +13,13 @@ from nriqa import tracking
 from nriqa.imaging import preprocessing_config
 from nriqa.model import save_model
 from nriqa.shards import write_json
-from nriqa.stage import load_params, stage_main
+from nriqa.stage import load_params, remove_stale, stage_main, written_aside
 from nriqa.training import train
 
 SHARDS = Path("data/processed")
 MODEL_DIR = Path("models")
 HISTORY = Path("reports/train_history.csv")
+POINTER = MODEL_DIR / "mlflow_run.json"
 
 
 @stage_main
@@ -24,16 +27,17 @@ def main():
     params = load_params()
     preprocessing = preprocessing_config(params)
     with tracking.training_run(params, SHARDS) as run:
+        remove_stale(POINTER, MODEL_DIR / "model.keras", MODEL_DIR / "model.json", HISTORY)
         model, result = train(SHARDS, params, preprocessing, extra_callbacks=[run.epoch_logger()])
         save_outputs(model, params, preprocessing, result)
         run.log_summary(result)
         run.log_model(model, MODEL_DIR, tracking.example_crops(SHARDS, preprocessing))
-        run.write_pointer(MODEL_DIR / "mlflow_run.json")
+        run.write_pointer(POINTER)
 
 
 def save_outputs(model, params, preprocessing, result):
-    MODEL_DIR.mkdir(exist_ok=True)
-    save_model(model, MODEL_DIR / "model.keras")
+    with written_aside(MODEL_DIR / "model.keras") as aside:
+        save_model(model, aside)
     write_json(MODEL_DIR / "model.json", {
         "preprocessing": preprocessing,
         "params": {key: params[key] for key in ("data", "preprocess", "model", "train")},
@@ -41,8 +45,7 @@ def save_outputs(model, params, preprocessing, result):
         "split_sizes": {"train": result["train_images"], "val": result["val_images"]},
     })
     history = result["history"]
-    HISTORY.parent.mkdir(exist_ok=True)
-    with HISTORY.open("w", newline="") as f:
+    with written_aside(HISTORY) as aside, aside.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["epoch", "loss", "val_srcc", "val_rmse"])
         for epoch, row in enumerate(zip(history["loss"], history["val_srcc"], history["val_rmse"])):

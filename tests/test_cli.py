@@ -1,5 +1,6 @@
-"""`python -m nriqa score`: folders searched recursively, CSV and JSON, unreadable files skipped,
-the three likeliest distortions beside each MOS (none for a model without the type head)."""
+"""`python -m nriqa score`: folders searched recursively, CSV and JSON lines written row by row,
+files that fail skipped by name (exit 1), the three likeliest distortions beside each MOS (none
+for a model without the type head)."""
 
 from __future__ import annotations
 
@@ -116,14 +117,19 @@ def image_tree(tmp_path_factory) -> Path:
 
 def score_cli(args: list[str], check: bool = True):
     return run([sys.executable, "-m", "nriqa", "score", *args], cwd=PROJECT,
-               env=tool_env(TF_CPP_MIN_LOG_LEVEL="2"), check=check, timeout=300)
+               env=tool_env(), check=check, timeout=300)
 
 
-def test_folder_json_output_skips_and_names_broken_file(tiny_model, image_tree, tmp_path):
-    out = tmp_path / "scores.json"
-    result = score_cli([str(image_tree), "--model-dir", str(tiny_model), "--format", "json",
-                        "--output", str(out)])
-    rows = json.loads(out.read_text())
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_folder_jsonl_output_skips_and_names_broken_file(tiny_model, image_tree, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    result = score_cli([str(image_tree), "--model-dir", str(tiny_model), "--format", "jsonl",
+                        "--output", str(out)], check=False)
+    assert result.returncode == 1  # one file failed
+    rows = read_jsonl(out)
     names = [Path(row["path"]).relative_to(image_tree).as_posix() for row in rows]
     # Recursive, sorted, only image suffixes (any case); the broken file is skipped.
     assert names == ["a.png", "nested/b.JPG", "nested/d.webp", "nested/deeper/c.tiff"]
@@ -164,10 +170,10 @@ def test_model_without_type_head_gives_no_distortions(plain_model, image_tree, t
     files = [image_tree / "a.png", image_tree / "nested" / "d.webp"]
     expected, probabilities = local_scores(plain_model, files)
     assert probabilities is None
-    out = tmp_path / "scores.json"
-    score_cli([*map(str, files), "--model-dir", str(plain_model), "--format", "json",
+    out = tmp_path / "scores.jsonl"
+    score_cli([*map(str, files), "--model-dir", str(plain_model), "--format", "jsonl",
                "--output", str(out)])
-    rows = json.loads(out.read_text())
+    rows = read_jsonl(out)
     assert [row["distortions"] for row in rows] == [None, None]
     np.testing.assert_allclose([row["mos"] for row in rows], expected, atol=1e-5)
 
@@ -191,3 +197,86 @@ def test_missing_model_folder_says_so(image_tree, tmp_path):
     result = score_cli([str(image_tree), "--model-dir", str(tmp_path)], check=False)
     assert result.returncode == 2
     assert "model.keras and model.json missing" in result.stderr
+
+
+class Crash(BaseException):
+    """Stands for the process dying (a kill, a segfault in a decoder): not a file's error."""
+
+
+def test_rows_already_scored_survive_a_crash(tiny_model, image_tree, tmp_path, monkeypatch):
+    from nriqa import imaging, scoring
+    from nriqa.__main__ import main
+
+    files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"] * scoring.CHUNK
+    real_decode, decoded = imaging.decode_image, []
+
+    def decode_then_crash(path, **kwargs):
+        decoded.append(path)
+        if len(decoded) > scoring.CHUNK + 1:  # in the second chunk
+            raise Crash()
+        return real_decode(path, **kwargs)
+
+    monkeypatch.setattr(imaging, "decode_image", decode_then_crash)
+    out = tmp_path / "scores.jsonl"
+    with pytest.raises(Crash):
+        main(["score", *map(str, files), "--model-dir", str(tiny_model), "--format", "jsonl",
+              "-o", str(out)])
+    rows = read_jsonl(out)
+    assert [row["path"] for row in rows] == [str(f) for f in files[:scoring.CHUNK]]
+
+
+def test_any_error_on_one_file_is_named_and_the_rest_scored(tiny_model, image_tree, tmp_path,
+                                                            monkeypatch, capsys):
+    """Not only NriqaError: whatever a decoder raises for one file (here a KeyError, as PIL
+    raises for some malformed TIFF tags) skips that file alone, and the exit status says so."""
+    from nriqa import imaging
+    from nriqa.__main__ import main
+
+    bad = image_tree / "nested" / "b.JPG"
+    real_decode = imaging.decode_image
+
+    def decode(path, **kwargs):
+        if Path(path) == bad:
+            raise KeyError(274)
+        return real_decode(path, **kwargs)
+
+    monkeypatch.setattr(imaging, "decode_image", decode)
+    out = tmp_path / "scores.csv"
+    status = main(["score", str(image_tree / "a.png"), str(bad), str(image_tree / "nested" / "d.webp"),
+                   "--model-dir", str(tiny_model), "-o", str(out)])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"skipped {bad}: KeyError: 274" in err and "scored 2 of 3 images; skipped 1" in err
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(row["path"]).name for row in rows] == ["a.png", "d.webp"]
+
+
+TF_BANNERS = ("oneDNN custom operations", "cuInit", "absl::InitializeLog", "cuda drivers",
+              "rebuild TensorFlow", "cpu_feature_guard")
+
+
+def test_tensorflow_start_up_banners_are_not_shown(tiny_model, image_tree):
+    result = score_cli([str(image_tree / "a.png"), str(image_tree / "nested" / "broken.png"),
+                        "--model-dir", str(tiny_model)], check=False)
+    assert result.returncode == 1
+    assert not [banner for banner in TF_BANNERS if banner in result.stderr], result.stderr
+    # What the user should see still shows.
+    assert "broken.png" in result.stderr and "scored 1 of 2 images" in result.stderr
+
+
+def test_only_the_known_banners_are_filtered(capfd):
+    import os
+
+    from nriqa.tf_startup import banner_pattern, filtered_stderr
+
+    with filtered_stderr(banner_pattern(gpu_expected=False)):
+        os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see ...\n"
+                    b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+                    b"W0000 something.cc:1] a real warning\n")
+        print("a Python warning", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert sorted(err.splitlines()) == ["W0000 something.cc:1] a real warning", "a Python warning"]
+    # With an NVIDIA driver installed a GPU is expected, so a cuInit failure is news.
+    with filtered_stderr(banner_pattern(gpu_expected=True)):
+        os.write(2, b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n")
+    assert "cuInit" in capfd.readouterr().err

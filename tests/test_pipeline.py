@@ -4,6 +4,7 @@ import json
 import math
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import VENV_BIN, project_env, run
@@ -70,6 +71,25 @@ def test_second_repro_runs_nothing(tiny_project):
     assert "up to date" in run([DVC, "status"], cwd=tiny_project, env=project_env(tiny_project)).stdout.lower()
     again = run([DVC, "repro"], cwd=tiny_project, env=project_env(tiny_project)).stdout
     assert "Running stage" not in again
+
+
+@pytest.mark.parametrize("module, stage", [("nriqa/shards.py", "train"),
+                                           ("nriqa/model.py", "evaluate"),
+                                           ("nriqa/tracking.py", "package")])
+def test_dvc_status_sees_a_change_to_a_module_a_stage_imports(tiny_project, module, stage):
+    """The modules the issue found missing from dvc.yaml (tests/test_dvc_deps.py keeps all of
+    them listed): changing one makes its stage stale, not "up to date"."""
+    path = tiny_project / module
+    original = path.read_text()
+    path.write_text(original + "\n# changed\n")
+    try:
+        status = json.loads(run([DVC, "status", "--json"], cwd=tiny_project,
+                                env=project_env(tiny_project)).stdout)
+    finally:
+        path.write_text(original)
+    changed = {dep for entry in status.get(stage, []) if isinstance(entry, dict)
+               for dep in entry.get("changed deps", {})}
+    assert changed & {module, "nriqa"}, status.get(stage)
 
 
 def test_data_stages_rebuild_identical_outputs(tiny_project):

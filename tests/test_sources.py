@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import stat
 import struct
@@ -32,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from nriqa.errors import NriqaError
-from nriqa.sources import download, extract_archive, fetch_dataset
+from nriqa.sources import cache_name, download, extract_archive, fetch_dataset
 
 # --------------------------------------------------------------------------
 # A local HTTP server with Range support and simulated interruptions
@@ -141,20 +142,21 @@ def _rar_block(head_type: int, flags: int, body: bytes) -> bytes:
     return struct.pack("<H", zlib.crc32(raw) & 0xFFFF) + raw
 
 
-def rar4(entries: list[tuple[str, bytes, int]], solid: bool = False) -> bytes:
-    """A RAR 4 archive of stored entries ``(name, data, unix mode)``.
+def rar4(entries: list[tuple], solid: bool = False) -> bytes:
+    """A RAR 4 archive of stored entries ``(name, data, unix mode[, host OS])``; the host OS is
+    3 (Unix) unless given (4 is MAC_OS, 5 BEOS).
 
     Marker block, main header, one file header (+ data) per entry, end block;
     each header carries the low 16 bits of its CRC32 as the format requires.
     """
     out = b"Rar!\x1a\x07\x00" + _rar_block(0x73, 0x0008 if solid else 0, b"\x00" * 6)
-    for name, data, mode in entries:
+    for name, data, mode, *host in entries:
         encoded = name.encode()
         flags = 0x8000 | (0x00E0 if stat.S_ISDIR(mode) else 0)  # long block; 0xE0 = directory
         body = struct.pack(
             "<IIBIIBBHI",
             len(data), len(data),  # packed and unpacked size (stored)
-            3,  # host OS: Unix, so the mode is a Unix mode
+            host[0] if host else 3,  # host OS: Unix (3), so the mode is a Unix mode
             zlib.crc32(data),
             0x42210000,  # DOS timestamp, 2013-01-01
             20, 0x30,  # version needed, method "store"
@@ -202,7 +204,7 @@ def test_download_checks_md5_extracts_and_reuses_the_cache(server, tmp_path):
 
     assert (out / "dmos.csv").read_text().startswith("dist_img,ref_img,dmos,var")
     assert (out / "images" / "I01_01_01.png").exists()
-    assert (tmp_path / "downloads" / "kadid10k.zip").read_bytes() == data
+    assert (tmp_path / "downloads" / cache_name(params["url"])).read_bytes() == data
     assert not (tmp_path / "data" / ".tmp-raw").exists()
 
     # A second run finds the verified file in the cache and replaces the output.
@@ -237,12 +239,12 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
 
     with pytest.raises(NriqaError, match="run again to resume"):
         download(server.url("/big.zip"), md5(data), cache, progressbar=False)
-    part = cache / "big.zip.part"
+    part = cache / (cache_name(server.url("/big.zip")) + ".part")
     kept = part.stat().st_size
     # Whole chunks are kept; the one being read when the connection broke is not.
     assert 0 < kept <= 150_000
     assert part.read_bytes() == data[:kept]
-    assert not (cache / "big.zip").exists()
+    assert not (cache / cache_name(server.url("/big.zip"))).exists()
 
     del server.cut_after["/big.zip"]
     path = download(server.url("/big.zip"), md5(data), cache, progressbar=False)
@@ -256,7 +258,7 @@ def test_a_server_ignoring_range_restarts_the_download(server, tmp_path):
     data = bytes(range(256)) * 100
     server.files["/f.zip"] = data
     server.honour_range = False
-    (tmp_path / "f.zip.part").write_bytes(data[:1000])
+    (tmp_path / (cache_name(server.url("/f.zip")) + ".part")).write_bytes(data[:1000])
 
     path = download(server.url("/f.zip"), md5(data), tmp_path, progressbar=False)
 
@@ -267,7 +269,7 @@ def test_a_complete_part_file_is_finished_without_a_body(server, tmp_path):
     # The connection dropped after the last byte but before pooch took over.
     data = b"x" * 1000
     server.files["/f.zip"] = data
-    (tmp_path / "f.zip.part").write_bytes(data)
+    (tmp_path / (cache_name(server.url("/f.zip")) + ".part")).write_bytes(data)
 
     path = download(server.url("/f.zip"), md5(data), tmp_path, progressbar=False)
 
@@ -298,22 +300,52 @@ def test_unknown_source_is_refused(tmp_path):
         fetch_dataset({"source": "imagenet"}, tmp_path / "raw")
 
 
+KONIQ_SCORES = make_zip({"koniq10k_scores_and_distributions.csv":
+                         b"image_name,MOS,SD\n826373.jpg,3.9,0.6\n"})
+
+
+def koniq_params(server, tmp_path, images: bytes, images_path: str, scores_path: str) -> dict:
+    """KonIQ's two archives served at these paths, and the params that fetch them."""
+    server.files[images_path], server.files[scores_path] = images, KONIQ_SCORES
+    return {"source": "koniq10k", "cache_dir": str(tmp_path / "dl"),
+            "url": {"images": server.url(images_path), "scores": server.url(scores_path)},
+            "md5": {"images": md5(images), "scores": md5(KONIQ_SCORES)}}
+
+
 def test_koniq_gathers_scores_and_images_from_two_archives(server, tmp_path):
     images = make_zip({"koniq10k_1024x768/1024x768/826373.jpg": b"jpeg",
                        "__MACOSX/1024x768/._826373.jpg": b"resource fork"})
-    scores = make_zip({"koniq10k_scores_and_distributions.csv": b"image_name,MOS,SD\n826373.jpg,3.9,0.6\n"})
-    server.files["/i.zip"], server.files["/s.zip"] = images, scores
-    params = {
-        "source": "koniq10k", "cache_dir": str(tmp_path / "dl"),
-        "url": {"images": server.url("/i.zip"), "scores": server.url("/s.zip")},
-        "md5": {"images": md5(images), "scores": md5(scores)},
-    }
+    params = koniq_params(server, tmp_path, images, "/i.zip", "/s.zip")
     out = tmp_path / "raw"
 
     fetch_dataset(params, out)
 
     assert sorted(p.name for p in out.iterdir()) == ["1024x768", "koniq10k_scores_and_distributions.csv"]
     assert (out / "1024x768" / "826373.jpg").read_bytes() == b"jpeg"
+
+
+def test_koniq_archives_with_the_same_file_name_do_not_collide_in_the_cache(server, tmp_path):
+    """A mirror serving both archives under one name from two folders: each keeps its own
+    cache entry, so the scores archive does not overwrite the images archive."""
+    images = make_zip({"1024x768/826373.jpg": b"jpeg"})
+    params = koniq_params(server, tmp_path, images, "/images/data.zip", "/scores/data.zip")
+
+    fetch_dataset(params, tmp_path / "raw")
+    fetch_dataset(params, tmp_path / "raw")  # both stay cached: no download the second time
+
+    assert (tmp_path / "raw" / "1024x768" / "826373.jpg").read_bytes() == b"jpeg"
+    assert len(server.requests) == 2
+    assert sorted(p.read_bytes() for p in (tmp_path / "dl").iterdir()) == sorted([images, KONIQ_SCORES])
+
+
+def test_a_download_cached_under_its_bare_name_is_reused(server, tmp_path):
+    data = kadid_zip()
+    server.files["/kadid10k.zip"] = data
+    (tmp_path / "kadid10k.zip").write_bytes(data)  # as earlier versions named it
+
+    path = download(server.url("/kadid10k.zip"), md5(data), tmp_path, progressbar=False)
+
+    assert path.read_bytes() == data and server.requests == []
 
 
 def test_an_archive_without_the_dataset_is_refused(server, tmp_path):
@@ -440,6 +472,63 @@ def test_unsafe_rar_members_are_refused(tmp_path, entry, reason):
         extract_archive(archive, tmp_path / "dest")
     assert repr(entry[0]) in str(err.value) and reason in str(err.value)
     assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.skipif(shutil.which("bsdtar") is None, reason="bsdtar (libarchive-tools) not installed")
+@pytest.mark.parametrize("host_os", [4, 5], ids=["mac_os", "beos"])
+def test_a_link_from_a_mac_os_or_beos_entry_is_refused(tmp_path, host_os):
+    """bsdtar applies a Unix mode from these hosts too: a symlink the listing did not show."""
+    archive = tmp_path / "crafted.rar"
+    archive.write_bytes(rar4([("tid2013/ok.txt", b"fine", REG),
+                              ("tid2013/link", b"/etc/passwd", LNK, host_os)], solid=True))
+    with pytest.raises(NriqaError, match="tid2013/link.*refusing"):
+        extract_archive(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_links_and_special_files_in_the_extracted_tree_are_refused(tmp_path):
+    from nriqa.sources import LIMITS, check_extracted_tree
+
+    archive = tmp_path / "a.rar"
+    for name, make, reason in [
+        ("symlink", lambda p: p.symlink_to("/etc/passwd"), "a link, tid/symlink"),
+        ("hardlink", lambda p: os.link(tmp_path / "outside", p), "a hard link, tid/hardlink"),
+        ("fifo", os.mkfifo, "tid/fifo, which is not a regular file"),
+    ]:
+        dest = tmp_path / name
+        (dest / "tid").mkdir(parents=True)
+        (dest / "tid" / "ok.txt").write_text("fine")
+        (tmp_path / "outside").write_text("secret")
+        make(dest / "tid" / name)
+        with pytest.raises(NriqaError, match=reason):
+            check_extracted_tree(dest, archive, LIMITS)
+
+
+def test_oversized_and_bomb_archives_are_refused_before_extraction(tmp_path):
+    from nriqa.sources import ExtractLimits
+
+    bomb = tmp_path / "bomb.zip"
+    bomb.write_bytes(make_zip({"kadid10k/zeros.bin": bytes(20_000_000)}))
+    with pytest.raises(NriqaError, match=r"unpacks to \d+x its size .*decompression bomb"):
+        extract_archive(bomb, tmp_path / "dest")  # the default limits
+    assert not (tmp_path / "dest").exists()
+
+    archive = tmp_path / "big.rar"
+    archive.write_bytes(tid_rar())
+    with pytest.raises(NriqaError, match="over the limit of 10"):
+        extract_archive(archive, tmp_path / "dest", ExtractLimits(max_bytes=10))
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.skipif(shutil.which("bsdtar") is None, reason="bsdtar (libarchive-tools) not installed")
+def test_a_hanging_bsdtar_is_stopped(tmp_path):
+    from nriqa.sources import ExtractLimits, run_bsdtar
+
+    stuck = tmp_path / "stuck.rar"
+    os.mkfifo(stuck)  # bsdtar waits for a writer that never comes
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(NriqaError, match="bsdtar took over 0 s"):
+        run_bsdtar(stuck, tmp_path / "dest", ExtractLimits(timeout_s=0.2))
 
 
 def test_truncated_rar_is_refused_naming_the_file(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -229,7 +230,7 @@ def test_promotion_gate_on_two_real_runs(pipeline, client):
     champion = client.get_model_version_by_alias("nriqa", "champion")
     assert int(champion.version) == second["champion_version"] == winner["candidate_version"]
     assert champion.run_id == winner["run_id"] == second["champion_run_id"]
-    assert second["model_uri"] == "models:/nriqa@champion"
+    assert second["model_uri"] == f"models:/nriqa/{winner['candidate_version']}"
     tags = client.get_run(second["run_id"]).data.tags
     assert tags["promotion.promoted"] == str(better).lower()
     # Losing candidates are registered too: one version per evaluated model.
@@ -278,7 +279,10 @@ def test_crash_mid_training_leaves_the_run_failed_and_unregistered(pipeline, cli
     """SIGTERM (DVC or CI stopping the stage) during the first epochs: the run is FAILED."""
     workspace = tmp_path / "crash"
     shutil.copytree(pipeline["clone"], workspace, ignore=shutil.ignore_patterns("bentoml_home"))
-    (workspace / "models/mlflow_run.json").unlink()
+    # The previous training's outputs, pointer included, are there when the new one starts.
+    previous = ["models/mlflow_run.json", "models/model.keras", "models/model.json",
+                "reports/train_history.csv"]
+    assert all((workspace / name).exists() for name in previous)
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["train"].update(epochs=500, patience=500)
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -306,7 +310,23 @@ def test_crash_mid_training_leaves_the_run_failed_and_unregistered(pipeline, cli
     run_info = client.get_run(run_id).info
     assert run_info.status == "FAILED"
     assert client.search_model_versions(f"run_id = '{run_id}'") == []
-    assert not (workspace / "models/mlflow_run.json").exists()
+    # No old run pointer (or model) is left to pass for the crashed run's, and nothing half-written.
+    left = [name for name in previous if (workspace / name).exists()]
+    assert left == [], left
+    assert not list((workspace / "models").glob(".*.tmp"))
+
+
+def test_written_aside_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
+    from nriqa.stage import written_aside
+
+    target = tmp_path / "out" / "pointer.json"
+    with written_aside(target) as aside:
+        aside.write_text("old")
+    with pytest.raises(RuntimeError), written_aside(target) as aside:
+        aside.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["pointer.json"]
 
 
 # --- The default: sqlite inside the project -----------------------------------------------------
@@ -350,31 +370,41 @@ def test_should_promote(candidate, champion, expected):
     assert should_promote(candidate, champion) is expected
 
 
+def hand_made_candidate(uri: str, srcc: float, test_set: str = "set-a",
+                        experiment: str = "gate") -> dict:
+    """A finished run with a logged model, its test SRCC and the test set it was measured on,
+    as train + evaluate leave it; returns its models/mlflow_run.json pointer."""
+    import mlflow
+
+    class IdentityModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
+        # Beside the database, not in ./mlruns of whatever directory pytest runs in.
+        store = Path(uri.removeprefix("sqlite:///")).parent
+        mlflow.create_experiment(experiment, artifact_location=(store / "artifacts").as_uri())
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as active:
+        info = mlflow.pyfunc.log_model(name="model", python_model=IdentityModel(),
+                                       pip_requirements=["mlflow"])
+        mlflow.log_metric("test_srcc", srcc)
+        mlflow.set_tag("test_set.digest", test_set)
+    return {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
+            "tracking_uri": uri, "model_uri": info.model_uri}
+
+
 def test_gate_keeps_the_champion_against_worse_and_equal_models(tmp_path):
     import mlflow
 
     from nriqa import registry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("gate")
-
-    class Identity(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return model_input
-
-    def candidate(srcc):
-        with mlflow.start_run() as active:
-            info = mlflow.pyfunc.log_model(name="model", python_model=Identity(),
-                                           pip_requirements=["mlflow"])
-            mlflow.log_metric("test_srcc", srcc)
-        return {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
-                "tracking_uri": uri, "model_uri": info.model_uri}
-
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(uri)
     outcomes = []
     for srcc in (0.5, 0.4, 0.5, 0.6):
-        report = registry.promote(candidate(srcc), "gate-model")
+        report = registry.promote(hand_made_candidate(uri, srcc), "gate-model")
         champion = client.get_model_version_by_alias("gate-model", "champion")
         assert int(champion.version) == report["champion_version"]
         outcomes.append((report["candidate_version"], report["promoted"],
@@ -387,6 +417,209 @@ def test_gate_keeps_the_champion_against_worse_and_equal_models(tmp_path):
     assert (again["candidate_version"], again["promoted"], again["champion_version"]) == (4, False, 4)
     assert len(client.search_model_versions("name = 'gate-model'")) == 4
     assert client.get_model_version("gate-model", "2").tags["promoted"] == "false"
+    # The lock exists only while a promotion runs.
+    assert [m.name for m in client.search_registered_models()] == ["gate-model"]
+
+
+def test_gate_compares_only_scores_from_the_same_test_set(tmp_path):
+    import mlflow
+
+    from nriqa import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    first = registry.promote(hand_made_candidate(uri, 0.5, "set-a"), "sets")
+    assert first["promoted"] and first["candidate_test_set"] == "set-a"
+    # A higher number on another test set means nothing against the champion's.
+    other = registry.promote(hand_made_candidate(uri, 0.9, "set-b"), "sets")
+    assert not other["promoted"] and other["champion_version"] == 1
+    assert "another test set" in other["reason"] and "mlflow.force_promote" in other["reason"]
+    assert other["champion_test_set_before"] == "set-a"
+    assert client.get_model_version("sets", "2").tags["test_set.digest"] == "set-b"
+    # Forced: it takes the alias, and the run says so.
+    forced_pointer = hand_made_candidate(uri, 0.3, "set-b")
+    forced = registry.promote(forced_pointer, "sets", force=True)
+    assert forced["promoted"] and forced["forced"] and forced["champion_version"] == 3
+    tags = client.get_run(forced_pointer["run_id"]).data.tags
+    assert (tags["promotion.forced"], tags["promotion.promoted"]) == ("true", "true")
+    # From then on, models measured on set-b compete with it; set-a ones no longer compare.
+    assert registry.promote(hand_made_candidate(uri, 0.4, "set-b"), "sets")["promoted"]
+    assert not registry.promote(hand_made_candidate(uri, 0.95, "set-a"), "sets")["promoted"]
+    assert str(client.get_model_version_by_alias("sets", "champion").version) == "4"
+
+
+def test_candidate_without_test_set_is_refused(tmp_path):
+    import mlflow
+
+    from nriqa import registry
+    from nriqa.errors import NriqaError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pointer = hand_made_candidate(uri, 0.5)
+    mlflow.MlflowClient(uri).delete_tag(pointer["run_id"], "test_set.digest")
+    with pytest.raises(NriqaError, match="test_set.digest: run the evaluate stage first"):
+        registry.promote(pointer, "untested")
+
+
+def test_package_fetches_the_promoted_version_even_after_the_alias_moved(tmp_path):
+    """promotion.json names one version; packaging fetches exactly that one, whatever the
+    alias points at by then, so the Bento's labels name the weights it serves."""
+    import mlflow
+    from mlflow.models import Model
+
+    from nriqa import registry
+    from nriqa.packaging import promoted_version
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = registry.promote(hand_made_candidate(uri, 0.5), "pinned")
+    promotion = tmp_path / "promotion.json"
+    promotion.write_text(json.dumps(first))
+    assert registry.promote(hand_made_candidate(uri, 0.8), "pinned")["promoted"]  # alias moves
+
+    model_uri, run_id, version = promoted_version(promotion)
+    assert (model_uri, run_id, version) == ("models:/pinned/1", first["run_id"], "1")
+    mlflow.set_tracking_uri(uri)
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m")))
+    assert Model.load(local / "MLmodel").run_id == first["run_id"]
+
+
+# --- The gate against a server that errs or is slow ----------------------------------------------
+
+class FaultyProxy:
+    """An HTTP proxy in front of the tracking server that answers chosen requests with a 500
+    ("database is locked") or delays them: a failing store or a slow network, for real clients."""
+
+    def __init__(self, upstream: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.fail: list[tuple[str, str, str]] = []  # (method, path suffix, query regex)
+        self.delay: dict[tuple[str, str], float] = {}  # (method, path suffix) -> seconds
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                path, _, query = self.path.partition("?")
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if any(self.command == m and path.endswith(p) and re.fullmatch(q, query)
+                       for m, p, q in proxy.fail):
+                    status, content = 500, json.dumps(
+                        {"error_code": "INTERNAL_ERROR", "message": "database is locked"}).encode()
+                    kind = "application/json"
+                else:
+                    time.sleep(next((s for (m, p), s in proxy.delay.items()
+                                     if self.command == m and path.endswith(p)), 0))
+                    answer = requests.request(self.command, upstream + self.path, data=body,
+                                              headers={"Content-Type": self.headers.get(
+                                                  "Content-Type", "application/json")},
+                                              timeout=120)
+                    status, content = answer.status_code, answer.content
+                    kind = answer.headers.get("Content-Type", "application/json")
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = forward
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def proxies(server):
+    made = []
+
+    def make():
+        made.append(FaultyProxy(server))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+def test_an_unreadable_champion_stops_the_gate(server, proxies, monkeypatch):
+    """A 500 while reading the champion is no "no champion": nothing is registered, the alias
+    stays, and the message says why."""
+    from mlflow import MlflowClient
+
+    from nriqa import registry
+    from nriqa.errors import NriqaError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    client = MlflowClient(server)
+    incumbent = registry.promote(hand_made_candidate(server, 0.5, experiment="faults"), "faults")
+    proxy = proxies()
+    candidate = {**hand_made_candidate(server, 0.9, experiment="faults"), "tracking_uri": proxy.url}
+
+    proxy.fail = [("GET", "/registered-models/get", "name=faults"),
+                  ("GET", "/registered-models/alias", ".*")]
+    with pytest.raises(NriqaError, match="cannot read the registered model 'faults'.*500 error"
+                                         ".*alias 'champion' is unchanged"):
+        registry.promote(candidate, "faults")
+    proxy.fail = [("GET", "/runs/get", f".*{incumbent['run_id']}.*")]
+    with pytest.raises(NriqaError, match=f"cannot read the champion's run {incumbent['run_id']}"):
+        registry.promote(candidate, "faults")
+
+    assert str(client.get_model_version_by_alias("faults", "champion").version) == "1"
+    assert len(client.search_model_versions("name = 'faults'")) == 1
+    assert [m.name for m in client.search_registered_models("name LIKE 'faults%'")] == ["faults"]
+
+
+RACER = """
+import json, pathlib, sys, time
+from nriqa import registry
+print("ready", flush=True)
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.02)
+print(json.dumps(registry.promote(json.loads(sys.argv[1]), "race")))
+"""
+
+
+def test_concurrent_promotions_keep_the_better_model(server, proxies, tmp_path):
+    """Two promotions start together against one server, both seeing the old champion; the
+    worse one's network is slower, so without a lock its alias write lands last and wins."""
+    from mlflow import MlflowClient
+
+    from nriqa import registry
+
+    registry.promote(hand_made_candidate(server, 0.5, experiment="race"), "race")
+    go = tmp_path / "go"
+    racers = []
+    for srcc, delay in ((0.7, 1.0), (0.6, 3.0)):
+        proxy = proxies()
+        proxy.delay[("POST", "/registered-models/alias")] = delay
+        pointer = {**hand_made_candidate(server, srcc, experiment="race"), "tracking_uri": proxy.url}
+        racers.append(subprocess.Popen([PYTHON, "-c", RACER, json.dumps(pointer), str(go)],
+                                       cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True))
+    for racer in racers:
+        assert racer.stdout.readline().strip() == "ready", racer.stderr.read()
+    go.touch()
+    reports = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    better, worse = reports
+    champion = MlflowClient(server).get_model_version_by_alias("race", "champion")
+    assert str(champion.version) == str(better["candidate_version"])
+    # Serialized: whichever went second compared itself with the first one's outcome.
+    assert 1 in (better["champion_version_before"], worse["champion_version_before"])
+    assert {better["champion_version_before"], worse["champion_version_before"]} != {1}
 
 
 def test_tracking_uri_resolution(monkeypatch, tmp_path):

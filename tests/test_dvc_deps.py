@@ -1,0 +1,86 @@
+"""dvc.yaml's code deps follow the code, so that `dvc status` and `dvc repro` see every change
+that can alter a stage's outputs.
+
+Each stage must depend on exactly the `nriqa` modules that its Python deps (its script, and
+service.py for package) import, directly or through other `nriqa` modules, at module level or
+inside a function: a missing one leaves a stale cache that DVC calls up to date, an extra one
+reruns a stage for nothing. A stage that ships the whole package (package: bentofile.yaml
+includes /nriqa/*.py) depends on the `nriqa` folder itself.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT
+
+PACKAGE = PROJECT / "nriqa"
+STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The `nriqa.<module>` names a Python file imports anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found
+            if name.split(".")[0] == "nriqa" and (PACKAGE.parent / f"{name.replace('.', '/')}.py").is_file()}
+
+
+def module_files(python_files: list[Path]) -> set[str]:
+    """Every nriqa/*.py the files load, transitively; importing any module runs __init__.py."""
+    pending, seen = list(python_files), set()
+    while pending:
+        modules = imported_modules(pending.pop())
+        files = {f"{name.replace('.', '/')}.py" for name in modules}
+        if modules:
+            files.add("nriqa/__init__.py")
+        for new in files - seen:
+            seen.add(new)
+            pending.append(PROJECT / new)
+    return seen
+
+
+def declared(stage: dict) -> list[str]:
+    return [dep for dep in stage.get("deps", []) if isinstance(dep, str)]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_depends_on_exactly_the_modules_it_imports(name):
+    deps = declared(STAGES[name])
+    script = STAGES[name]["cmd"].split("-m ")[1].split()[0].replace(".", "/") + ".py"
+    assert script in deps, f"{name}: its script {script} is not a dep"
+    python_deps = [PROJECT / dep for dep in deps if dep.endswith(".py") and
+                   not dep.startswith("nriqa/")]
+    listed = {dep for dep in deps if dep.startswith("nriqa/")}
+    if "nriqa" in deps:  # the whole package
+        assert not listed, f"{name}: depends on the nriqa folder and on {sorted(listed)}"
+        return
+    needed = module_files(python_deps)
+    assert listed == needed, (f"{name}: missing {sorted(needed - listed)}, "
+                              f"not imported {sorted(listed - needed)}")
+
+
+def test_package_depends_on_every_module_it_ships():
+    bentofile = yaml.safe_load((PROJECT / "bentofile.yaml").read_text())
+    assert "/nriqa/*.py" in bentofile["include"]
+    assert "nriqa" in declared(STAGES["package"])
+    # Bytecode beside the modules must not count as a change of the package.
+    ignored = (PROJECT / ".dvcignore").read_text().split()
+    assert "__pycache__/" in ignored
+
+
+def test_imports_are_found_at_module_level_and_in_functions(tmp_path):
+    source = tmp_path / "stage.py"
+    source.write_text("from nriqa import tracking, errors\nimport nriqa.model\n"
+                      "def f():\n    from nriqa.shards import read_split\n    import numpy\n")
+    assert imported_modules(source) == {"nriqa.tracking", "nriqa.errors", "nriqa.model",
+                                        "nriqa.shards"}
