@@ -56,36 +56,6 @@ class LocalContrastNormalization(layers.Layer):
                 "epsilon": self.epsilon}
 
 
-# RGB -> luma (BT.601) and two colour-opponent axes (blue-yellow, red-green), unit-free.
-_OPPONENT = ((0.299, 0.587, 0.114), (-0.169, -0.331, 0.5), (0.5, -0.419, -0.081))
-
-
-@keras.saving.register_keras_serializable(package="nriqa")
-class OpponentContrastNormalization(LocalContrastNormalization):
-    """Local contrast normalization in an opponent colour space, all channels divided by the
-    *luma's* local contrast.
-
-    Per-channel LCN scales every RGB channel to unit contrast, which erases how strong colour
-    noise is against luminance noise. Dividing the chroma deviations by the luma's contrast
-    keeps that ratio: chroma noise on a flat area stands out, as it does to people.
-    """
-
-    def build(self, input_shape):
-        super().build((*input_shape[:-1], 3))
-        self.opponent = ops.transpose(ops.convert_to_tensor(_OPPONENT, dtype="float32"))
-
-    def call(self, inputs):
-        opponent = ops.matmul(inputs, self.opponent)
-        mean = self._blur(opponent)
-        variance = ops.maximum(self._blur(opponent * opponent) - mean * mean, 0.0)
-        luma_contrast = ops.sqrt(variance[..., :1])
-        return (opponent - mean) / (luma_contrast + self.epsilon)
-
-
-INPUT_NORMS = {"lcn": LocalContrastNormalization, "lcn_opponent": OpponentContrastNormalization,
-               "none": None}
-
-
 def _conv_bn(x, filters, kernel, stride, name):
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
@@ -133,7 +103,8 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
     """Build the crop-level model; arguments mirror params.yaml's `model` section.
 
     Its output is one row per crop: the MOS in column 0, then (with `distortion_types` > 0)
-    one logit per TID2013 distortion type, 1..`distortion_types` (see `nriqa.predict`).
+    one logit per TID2013 distortion type, 1..`distortion_types` (see `nriqa.predict`). With
+    `mos_head="per_type"` the MOS is the type probabilities' weighted mean of one MOS per type.
     One tensor, not a dict, so MLflow, BentoML and the service see one plain output.
     """
     if backbone not in BACKBONES:
@@ -145,14 +116,14 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
                          "backbones (mobilenet_v2, mobilenet_v3_small)")
     if mos_head not in ("direct", "per_type"):
         raise NriqaError(f"model.mos_head: {mos_head!r} must be direct or per_type")
-    if input_norm not in INPUT_NORMS:
-        raise NriqaError(f"model.input_norm: {input_norm!r} must be one of {', '.join(INPUT_NORMS)}")
+    if input_norm not in ("lcn", "none"):
+        raise NriqaError(f"model.input_norm: {input_norm!r} must be lcn or none")
 
     inputs = keras.Input((input_size, input_size, 3), name="crop")
     if backbone == "mobilenet_style":
         x = layers.Rescaling(1 / 255, name="to_unit")(inputs)
-        if input_norm != "none":
-            x = INPUT_NORMS[input_norm](epsilon=lcn_epsilon, name=input_norm)(x)
+        if input_norm == "lcn":
+            x = LocalContrastNormalization(epsilon=lcn_epsilon, name="lcn")(x)
         x = _mobilenet_style(x, width, depth)
     else:
         x = _applications_backbone(inputs, backbone, input_size, width, weights)
