@@ -271,10 +271,6 @@ class UploadGuard:
                                  HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
             raise InputError(f"malformed multipart upload: {error.message}") from error
         try:
-            if not form.getlist(field):
-                raise InputError(f"no image in the request; send it in the field `{field}`")
-            if field == "image" and len(form.getlist(field)) > 1:
-                raise InputError("`score` takes one image; use `score_batch` for several")
             for name, value in form.multi_items():
                 if name in options:
                     if isinstance(value, UploadFile) or value.lower() not in ("true", "false"):
@@ -288,6 +284,10 @@ class UploadGuard:
                                      f"(e.g. curl -F {field}=@photo.jpg)")
                 if len(value.filename or "") > 200 or "\0" in (value.filename or ""):
                     raise InputError("the upload's filename is too long or not printable")
+            if not form.getlist(field):
+                raise InputError(f"no image in the request; send it in the field `{field}`")
+            if field == "image" and len(form.getlist(field)) > 1:
+                raise InputError("`score` takes one image; use `score_batch` for several")
         finally:
             await form.close()
 

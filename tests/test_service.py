@@ -135,8 +135,8 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.log.close()
 
-    def score(self, name: str, data: bytes, **kwargs) -> requests.Response:
-        return requests.post(f"{self.url}/score", files={"image": (name, data)}, timeout=60,
+    def score(self, name: str, content: bytes, **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}/score", files={"image": (name, content)}, timeout=60,
                              **kwargs)
 
 
