@@ -10,7 +10,7 @@ it the same way, with the same colours (`RAMP`).
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from nriqa.labels import MOS_RANGE
 
@@ -19,6 +19,7 @@ RAMP = ((0.0, (165, 0, 38)), (3.0, (244, 109, 67)), (4.5, (254, 224, 139)),
         (6.0, (166, 217, 106)), (9.0, (26, 152, 80)))
 # Longest side the CLI draws its map at; a map finer than its crops shows nothing more.
 MAX_MAP_SIDE = 1024
+LEGEND_HEIGHT = 14  # pixels: the colour scale under the map, labelled 0, MOS, 9
 
 
 def quality_map(width: int, height: int, corners: list[tuple[int, int]], crop_size: int,
@@ -65,7 +66,7 @@ def ramp_colours(values: np.ndarray) -> np.ndarray:
 
 
 def map_overlay(image: np.ndarray, grid: dict, opacity: float = 0.55) -> Image.Image:
-    """The heat map over the image as scored, with a legend strip (0..9) along the bottom."""
+    """The heat map over the image as scored, with its colour scale along the bottom."""
     scale = min(1.0, MAX_MAP_SIDE / max(grid["width"], grid["height"]))
     values = map_values(grid, scale)
     height, width = values.shape
@@ -74,5 +75,10 @@ def map_overlay(image: np.ndarray, grid: dict, opacity: float = 0.55) -> Image.I
     covered = ~np.isnan(values)[..., None]
     heat = ramp_colours(np.nan_to_num(values))
     blended = np.where(covered, (1 - opacity) * photo + opacity * heat, photo)
-    legend = ramp_colours(np.linspace(*MOS_RANGE, width))[None].repeat(max(4, height // 24), 0)
-    return Image.fromarray(np.concatenate([blended.round().astype(np.uint8), legend]))
+    legend = ramp_colours(np.linspace(*MOS_RANGE, width))[None].repeat(LEGEND_HEIGHT, 0)
+    drawn = Image.fromarray(np.concatenate([blended.round().astype(np.uint8), legend]))
+    draw = ImageDraw.Draw(drawn)
+    for text, anchor, x in ((f"{MOS_RANGE[0]:g}", "lm", 2), ("MOS", "mm", width // 2),
+                            (f"{MOS_RANGE[1]:g}", "rm", width - 2)):
+        draw.text((x, height + LEGEND_HEIGHT // 2), text, fill="black", anchor=anchor)
+    return drawn

@@ -20,7 +20,7 @@ TINY_PREPROCESSING = {"mode": "native", "resize": [224, 224], "crop_size": 32, "
                       "max_crops": 4}
 
 
-def make_tiny_model(folder: Path, distortion_types: int = 24) -> Path:
+def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4) -> Path:
     """A small untrained model whose scores still depend on the image.
 
     Fresh weights give every image almost exactly the initial MOS, which would make score
@@ -42,7 +42,8 @@ def make_tiny_model(folder: Path, distortion_types: int = 24) -> Path:
                           .astype("float32"), bias])
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
-    (folder / "model.json").write_text(json.dumps({"preprocessing": TINY_PREPROCESSING}))
+    preprocessing = dict(TINY_PREPROCESSING, max_crops=max_crops)
+    (folder / "model.json").write_text(json.dumps({"preprocessing": preprocessing}))
     return folder
 
 

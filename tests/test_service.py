@@ -29,8 +29,7 @@ import yaml
 from PIL import Image
 
 from conftest import PROJECT, VENV_BIN, free_port, run, tool_env
-from test_cli import (TINY_PREPROCESSING, check_distortions, local_scores, make_tiny_model,
-                      score_cli, textured)
+from test_cli import check_distortions, local_scores, make_tiny_model, score_cli, textured
 
 MAX_PIXELS = 100_000          # NRIQA_MAX_PIXELS for the test server
 MAX_UPLOAD_BYTES = 2_000_000  # NRIQA_MAX_UPLOAD_BYTES for the test server
@@ -87,7 +86,10 @@ def png_with_broken_checksum() -> bytes:
 class Server:
     def __init__(self, root: Path, distortion_types: int = 24):
         self.root = root
-        self.model_dir = make_tiny_model(root / "model", distortion_types=distortion_types)
+        # Up to 48 crops an image, as params.yaml has it: the example images' quality maps
+        # are then thinned grids (test_webpage.py).
+        self.model_dir = make_tiny_model(root / "model", distortion_types=distortion_types,
+                                         max_crops=48)
         self.env = tool_env(BENTOML_HOME=str(root / "bentoml_home"), TF_CPP_MIN_LOG_LEVEL="2",
                             NRIQA_MAX_PIXELS=str(MAX_PIXELS),
                             NRIQA_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
@@ -226,8 +228,11 @@ def test_quality_map_is_the_crops_averaged_into_the_score(served, corpus):
     score as without it (one model pass gives both)."""
     from nriqa.imaging import decode_image, prediction_layout
 
-    for name in ("photo.png", "rotated.jpg", "gray16.png"):
-        data = (corpus / name).read_bytes()
+    preprocessing = json.loads((served.model_dir / "model.json").read_text())["preprocessing"]
+    uploads = {name: (corpus / name).read_bytes() for name in ("photo.png", "rotated.jpg",
+                                                                "gray16.png")}
+    uploads["large.png"] = _encode(textured(7, (320, 240)), "PNG")  # 80 crops, thinned to 48
+    for name, data in uploads.items():
         response = served.score(name, data, data={"map": "true"})
         assert response.status_code == 200, response.text
         body = response.json()
@@ -235,8 +240,9 @@ def test_quality_map_is_the_crops_averaged_into_the_score(served, corpus):
         values = [v for row in grid["scores"] for v in row if v is not None]
         assert np.mean(values) == pytest.approx(body["mos"], abs=1e-5), name
         assert body["mos"] == pytest.approx(served.score(name, data).json()["mos"], abs=1e-5)
-        width, height, corners = prediction_layout(decode_image(data), TINY_PREPROCESSING)
+        width, height, corners = prediction_layout(decode_image(data), preprocessing)
         assert (grid["width"], grid["height"], grid["crop_size"]) == (width, height, 32)
+        assert len(values) == len(corners) <= preprocessing["max_crops"]
         assert [(top, left) for i, top in enumerate(grid["tops"])
                 for j, left in enumerate(grid["lefts"]) if grid["scores"][i][j] is not None
                 ] == corners

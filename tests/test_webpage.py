@@ -4,7 +4,8 @@ a damaged upload's message; a batch table that sorts; the example images.
 
 Playwright drives Debian's chromium (`make system-deps` installs it; `playwright install`
 cannot download browsers here). The server is the one test_service.py starts.
-NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the scored page there (the README's).
+NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example scored, there
+(the README's).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def test_upload_shows_preview_score_map_distortions_and_model(served, browser, t
         for (let i = 3; i < data.length; i += 4) painted += data[i] > 0;
         return painted / (canvas.width * canvas.height);
     }""")
-    # Painted where the API's map has crops (the tiny model's grid keeps 4 of 32x32 pixels).
+    # Painted where the API's map has crops.
     covered = ~np.isnan(map_values(expected["quality_map"]))
     assert painted == pytest.approx(covered.mean(), abs=0.01)
     page.locator("#show-map").uncheck()
@@ -106,8 +107,6 @@ def test_upload_shows_preview_score_map_distortions_and_model(served, browser, t
     assert -1 not in positions and positions == sorted(positions), text
     for distortion in expected["distortions"]:
         assert f"{round(distortion['probability'] * 100)}%" in text, text
-    if os.environ.get("NRIQA_SCREENSHOT"):
-        page.screenshot(path=os.environ["NRIQA_SCREENSHOT"], full_page=True)
     page.close()
 
 
@@ -177,11 +176,14 @@ def test_example_images_score_in_one_click(served, browser, tmp_path):  # noqa: 
     buttons = page.locator("#examples button")
     assert buttons.count() == 5
     assert buttons.first.inner_text() == "clean photo"
-    blurred = buttons.filter(has_text="Gaussian blur")
-    example = tmp_path / "type08-level4.png"
+    # JPEG transmission errors are local: the map shows where.
+    example = tmp_path / "type12-level5.png"
     example.write_bytes(requests.get(f"{served.url}/ui/examples/{example.name}", timeout=30).content)
     expected = api_score(served, example)
-    blurred.click()
+    buttons.filter(has_text="JPEG transmission errors").click()
     check_score_shown(page, expected)
     assert page.evaluate("document.getElementById('preview').naturalWidth") == 320
+    assert page.locator("#heatmap").is_visible()
+    if os.environ.get("NRIQA_SCREENSHOT"):
+        page.screenshot(path=os.environ["NRIQA_SCREENSHOT"], full_page=True)
     page.close()
