@@ -3,16 +3,17 @@ likeliest distortions and, with `map=true`, its quality map.
 
 One service (`bentoml serve service:NRIQA`, or the built Bento): it decodes uploads with
 `nriqa.imaging`, cuts each image's crop grid, answers bad input with a 4xx, serves the web page
-at /ui (`nriqa.webpage`), and scores with the Keras model loaded in the same worker. `ModelBatcher` merges the
-images of concurrent requests into one model call. (A second, batchable BentoML service behind
-`bentoml.depends` did this before; its HTTP client dropped calls in flight each time it renewed
-its session and once stalled a request for 120 s, and moving crops between processes cost
-throughput: issue 13, BENCHMARKS.md.)
+at /ui (`nriqa.webpage`, which calls this API), and scores with the Keras model loaded in the
+same worker. `ModelBatcher` merges the images of concurrent requests into one model call. (A
+second, batchable BentoML service behind `bentoml.depends` did this before; its HTTP client
+dropped calls in flight each time it renewed its session and once stalled a request for 120 s,
+and moving crops between processes cost throughput: issue 13, BENCHMARKS.md.)
 
 Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). The serving
 limits and category thresholds were baked into that model's metadata at package time
 (params.yaml `serve` and `evaluate.categories`); NRIQA_<KEY> overrides serve.<key>
-(NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS, NRIQA_MAX_BATCH_IMAGES, ...).
+(NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS, NRIQA_MAX_BATCH_IMAGES, ...). The page's example
+images were made then too and lie beside the model (`nriqa.examples`).
 """
 
 import asyncio

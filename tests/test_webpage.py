@@ -71,7 +71,7 @@ def check_score_shown(page, expected: dict) -> None:
     assert category.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
 
 
-def test_upload_shows_preview_score_map_distortions_and_model(served, browser, tmp_path):  # noqa: F811
+def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):  # noqa: F811
     # TIFF, which browsers cannot show: the preview is the image as the service decodes it.
     image = tmp_path / "holiday.tiff"
     textured(21, (240, 160)).save(image)
@@ -178,7 +178,9 @@ def test_example_images_score_in_one_click(served, browser, tmp_path):  # noqa: 
     assert buttons.first.inner_text() == "clean photo"
     # JPEG transmission errors are local: the map shows where.
     example = tmp_path / "type12-level5.png"
-    example.write_bytes(requests.get(f"{served.url}/ui/examples/{example.name}", timeout=30).content)
+    download = requests.get(f"{served.url}/ui/examples/{example.name}", timeout=30)
+    assert download.status_code == 200 and download.headers["content-type"] == "image/png"
+    example.write_bytes(download.content)
     expected = api_score(served, example)
     buttons.filter(has_text="JPEG transmission errors").click()
     check_score_shown(page, expected)
