@@ -10,7 +10,6 @@ NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example sco
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ import requests
 from nriqa.quality_map import map_values
 
 from test_cli import textured
+from test_service import MAX_UPLOAD_BYTES, _encode
 from test_service import served, served_plain  # noqa: F401  the servers test_service.py starts
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -123,18 +123,35 @@ def test_no_distortions_shown_without_type_head(served_plain, browser, tmp_path)
     page.close()
 
 
-def test_damaged_upload_shows_the_api_message(served, browser, tmp_path):  # noqa: F811
-    broken = tmp_path / "broken.png"
-    buffer = io.BytesIO()
-    textured(22).save(buffer, "PNG")
-    broken.write_bytes(buffer.getvalue()[:300])
+TRUNCATED_PNG = _encode(textured(22), "PNG")[:300]
+BAD_UPLOADS = [  # (file name, its bytes, the start of the message the page shows)
+    ("broken.png", TRUNCATED_PNG, "broken.png: the image data is damaged or truncated"),
+    ("notes.jpg", b"just some text", "notes.jpg: not an image in a format we read"),
+    ("huge.bmp", b"BM" + bytes(MAX_UPLOAD_BYTES), "the upload is "),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
+def test_bad_upload_shows_the_api_message(served, browser, tmp_path,  # noqa: F811
+                                          name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
     page = open_page(served, browser)
-    upload(page, broken)
+    upload(page, path)
     error = page.locator("#error")
     error.wait_for(state="visible", timeout=60_000)
-    assert error.inner_text().startswith("broken.png: the image data is damaged or truncated")
-    assert page.locator("#score").is_hidden()
+    assert error.inner_text().startswith(message), error.inner_text()
+    assert page.locator("#single").is_hidden() and page.locator("#score").is_hidden()
     page.close()
+
+
+def test_preview_and_examples_refuse_bad_requests(served):  # noqa: F811
+    response = requests.post(f"{served.url}/ui/preview?name=broken.png", data=TRUNCATED_PNG,
+                             timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("broken.png: the image data is damaged")
+    response = requests.get(f"{served.url}/ui/examples/model.keras", timeout=30)
+    assert response.status_code == 404 and "no example image" in response.json()["error"]
 
 
 def test_several_files_give_a_sortable_table(served, browser, tmp_path):  # noqa: F811
