@@ -66,15 +66,16 @@ def ramp_colours(values: np.ndarray) -> np.ndarray:
 
 
 def map_overlay(image: np.ndarray, grid: dict, opacity: float = 0.55) -> Image.Image:
-    """The heat map over the image as scored, with its colour scale along the bottom."""
+    """The heat map over `image` (the image scored, or a smaller copy), with its colour scale
+    along the bottom. The map is stretched from its frame onto the image, which is the frame
+    itself (preprocess.mode native) or what was resized to it (resize)."""
+    height, width = image.shape[:2]
     scale = min(1.0, MAX_MAP_SIDE / max(grid["width"], grid["height"]))
-    values = map_values(grid, scale)
-    height, width = values.shape
-    photo = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR),
-                       dtype=np.float64)
+    values = np.asarray(Image.fromarray(map_values(grid, scale).astype(np.float32))
+                        .resize((width, height), Image.Resampling.NEAREST))
     covered = ~np.isnan(values)[..., None]
     heat = ramp_colours(np.nan_to_num(values))
-    blended = np.where(covered, (1 - opacity) * photo + opacity * heat, photo)
+    blended = np.where(covered, (1 - opacity) * image + opacity * heat, image)
     legend = ramp_colours(np.linspace(*MOS_RANGE, width))[None].repeat(LEGEND_HEIGHT, 0)
     drawn = Image.fromarray(np.concatenate([blended.round().astype(np.uint8), legend]))
     draw = ImageDraw.Draw(drawn)

@@ -41,9 +41,9 @@ def browser():
         browser.close()
 
 
-def open_page(server, browser):
+def open_page(server, browser, path: str = "/ui/"):
     page = browser.new_page(viewport={"width": 1100, "height": 1000})
-    page.goto(f"{server.url}/ui/", wait_until="networkidle")
+    page.goto(f"{server.url}{path}", wait_until="networkidle")
     assert "image quality" in page.title()
     return page
 
@@ -189,7 +189,7 @@ def test_several_files_give_a_sortable_table(served, browser, tmp_path):  # noqa
 
 
 def test_example_images_score_in_one_click(served, browser, tmp_path):  # noqa: F811
-    page = open_page(served, browser)
+    page = open_page(served, browser, "/ui")  # as the README gives it, without the slash
     buttons = page.locator("#examples button")
     assert buttons.count() == 5
     assert buttons.first.inner_text() == "clean photo"
