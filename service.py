@@ -346,7 +346,7 @@ def _upload_name(path: Path) -> str:
 
 
 @bentoml.service(name="nriqa", traffic={"timeout": 120})
-@bentoml.asgi_app(webpage_app(SETTINGS, SETTINGS["examples_dir"], _decoder), path="/ui")
+@bentoml.asgi_app(webpage_app(SETTINGS, _decoder), path="/ui")
 class NRIQA:
     """Image quality scoring: `score` one image, `score_batch` many, or use the page at /ui."""
 

@@ -51,8 +51,10 @@ def preview_png(data: bytes, name: str, max_pixels: int) -> bytes:
     return buffer.getvalue()
 
 
-def webpage_app(settings: dict, examples_dir: Path, decoder) -> Starlette:
-    """The page app; `decoder` is the executor previews are decoded in (the API's)."""
+def webpage_app(settings: dict, decoder) -> Starlette:
+    """The page app for the service's settings (`service.load_settings`); `decoder` is the
+    executor previews are decoded in (the API's)."""
+    examples_dir = settings["examples_dir"]
     examples = read_index(examples_dir)
     # The configuration is JSON inside a <script>; "</" must not end that element early.
     config = json.dumps(page_config(settings, examples)).replace("</", "<\\/")
