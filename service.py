@@ -1,18 +1,19 @@
-"""The nriqa BentoML service: upload an image, get its predicted MOS, quality category and
-likeliest distortions.
+"""The nriqa BentoML service: upload an image, get its predicted MOS, quality category,
+likeliest distortions and, with `map=true`, its quality map.
 
 One service (`bentoml serve service:NRIQA`, or the built Bento): it decodes uploads with
 `nriqa.imaging`, cuts each image's crop grid, answers bad input with a 4xx, serves the web page
-at /ui, and scores with the Keras model loaded in the same worker. `ModelBatcher` merges the
-images of concurrent requests into one model call. (A second, batchable BentoML service behind
-`bentoml.depends` did this before; its HTTP client dropped calls in flight each time it renewed
-its session and once stalled a request for 120 s, and moving crops between processes cost
-throughput: issue 13, BENCHMARKS.md.)
+at /ui (`nriqa.webpage`, which calls this API), and scores with the Keras model loaded in the
+same worker. `ModelBatcher` merges the images of concurrent requests into one model call. (A
+second, batchable BentoML service behind `bentoml.depends` did this before; its HTTP client
+dropped calls in flight each time it renewed its session and once stalled a request for 120 s,
+and moving crops between processes cost throughput: issue 13, BENCHMARKS.md.)
 
 Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). The serving
 limits and category thresholds were baked into that model's metadata at package time
 (params.yaml `serve` and `evaluate.categories`); NRIQA_<KEY> overrides serve.<key>
-(NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS, NRIQA_MAX_BATCH_IMAGES, ...).
+(NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS, NRIQA_MAX_BATCH_IMAGES, ...). The page's example
+images were made then too and lie beside the model (`nriqa.examples`).
 """
 
 import asyncio
@@ -30,11 +31,12 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from nriqa.errors import NriqaError
-from nriqa.imaging import crops_for_prediction, decode_image
+from nriqa.imaging import crops_for_prediction, decode_image, prediction_layout
 from nriqa.metrics import categorize
-from nriqa.packaging import SERVE_KEYS
+from nriqa.packaging import EXAMPLES_DIR, SERVE_KEYS
 from nriqa.predict import top_distortions
-
+from nriqa.quality_map import quality_map
+from nriqa.webpage import webpage_app
 
 
 def _model_tag() -> str:
@@ -84,6 +86,7 @@ def load_settings(model_tag: str) -> dict:
         "mlflow_run_id": str(metadata.get("mlflow_run_id", "")),
         "categories": dict(metadata["categories"]),
         "preprocessing": model_json["preprocessing"],
+        "examples_dir": Path(stored.path) / EXAMPLES_DIR,
         **limits,
     }
 
@@ -106,8 +109,9 @@ class ModelBatcher:
         self.draining: asyncio.Task | None = None
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
-    async def score(self, crop_sets: list[np.ndarray]) -> list[tuple[float, np.ndarray | None]]:
-        """(MOS, distortion-type probabilities or None) per image, as `score_images` gives."""
+    async def score(self, crop_sets: list[np.ndarray]) -> list[tuple]:
+        """(MOS, distortion-type probabilities or None, crop scores) per image, as
+        `score_crop_sets` gives them."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in crop_sets]
         self.queue.extend(zip(crop_sets, futures))
@@ -116,14 +120,14 @@ class ModelBatcher:
         return await asyncio.gather(*futures)
 
     async def _drain(self) -> None:
-        from nriqa.predict import score_images
+        from nriqa.predict import score_crop_sets
 
         loop = asyncio.get_running_loop()
         while self.queue:
             batch, self.queue = self.queue[:self.max_images], self.queue[self.max_images:]
             try:
-                mos, probabilities = await loop.run_in_executor(
-                    self.thread, score_images, self.model, [crops for crops, _ in batch])
+                mos, probabilities, crop_scores = await loop.run_in_executor(
+                    self.thread, score_crop_sets, self.model, [crops for crops, _ in batch])
             except Exception as error:  # each waiting request answers with it
                 for _, future in batch:
                     if not future.done():
@@ -132,13 +136,28 @@ class ModelBatcher:
             for i, (_, future) in enumerate(batch):
                 if not future.done():  # a client that went away cancelled its future
                     future.set_result((float(mos[i]),
-                                       None if probabilities is None else probabilities[i]))
+                                       None if probabilities is None else probabilities[i],
+                                       crop_scores[i]))
 
 
 class Distortion(BaseModel):
     type: int = Field(description="TID2013 distortion type, 1..24")
     name: str = Field(description="the distortion type's name (nriqa.distortions.DISTORTIONS)")
     probability: float = Field(description="the model's probability that this is the distortion")
+
+
+class QualityMap(BaseModel):
+    """The crop scores whose mean is the MOS, where their crops lie (`nriqa.quality_map`)."""
+
+    width: int = Field(description="width of the frame the crops were cut from: the image as "
+                                   "scored (preprocess.mode resize: after resizing)")
+    height: int = Field(description="height of that frame")
+    crop_size: int = Field(description="side of each square crop, in frame pixels")
+    tops: list[int] = Field(description="top edge of each row of crops")
+    lefts: list[int] = Field(description="left edge of each column of crops")
+    scores: list[list[float | None]] = Field(
+        description="scores[i][j]: MOS of the crop at (tops[i], lefts[j]); null where the grid "
+                    "was thinned to predict.max_crops. Their mean is `mos`.")
 
 
 class Score(BaseModel):
@@ -149,6 +168,8 @@ class Score(BaseModel):
                     "the model has no distortion-type head")
     model_version: str = Field(description="MLflow registry version of the model")
     mlflow_run_id: str = Field(description="MLflow run that trained the model")
+    quality_map: QualityMap | None = Field(
+        default=None, description="with map=true: the crop scores averaged into `mos`")
 
 
 class ImageError(BaseModel):
@@ -175,10 +196,11 @@ class UploadGuard:
     * On the scoring APIs, anything but multipart/form-data gets 415, and the form must hold
       only file parts in the API's field. BentoML 1.4 answers a text part there (it tries
       to download it as a URL) or a file in an unknown field with a 500; this turns them
-      into a 400 that says what to send.
+      into a 400 that says what to send. The API's options (`map`) are the text parts allowed.
     """
 
     FILE_FIELDS = {"/score": "image", "/score_batch": "images"}
+    OPTION_FIELDS = {"/score": ("map",)}
 
     def __init__(self, app, max_bytes: int, max_files: int) -> None:
         self.app, self.max_bytes, self.max_files = app, max_bytes, max_files
@@ -189,10 +211,12 @@ class UploadGuard:
             return
         try:
             self._check_length(scope)
-            field = self.FILE_FIELDS.get(scope["path"].rstrip("/"))
+            path = scope["path"].rstrip("/")
+            field = self.FILE_FIELDS.get(path)
             if field is not None:
                 body = await self._read_body(receive)
-                await self._check_form(scope, body, field, self.max_files)
+                await self._check_form(scope, body, field, self.OPTION_FIELDS.get(path, ()),
+                                       self.max_files)
                 receive = _replay(body, receive)
         except InputError as error:
             await error.response()(scope, receive, send)
@@ -225,7 +249,8 @@ class UploadGuard:
         return b"".join(chunks)
 
     @staticmethod
-    async def _check_form(scope, body: bytes, field: str, max_files: int) -> None:
+    async def _check_form(scope, body: bytes, field: str, options: tuple[str, ...],
+                          max_files: int) -> None:
         from starlette.datastructures import Headers, UploadFile
         from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -247,11 +272,11 @@ class UploadGuard:
                                  HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
             raise InputError(f"malformed multipart upload: {error.message}") from error
         try:
-            if not form.multi_items():
-                raise InputError(f"no image in the request; send it in the field `{field}`")
-            if field == "image" and len(form.getlist(field)) > 1:
-                raise InputError("`score` takes one image; use `score_batch` for several")
             for name, value in form.multi_items():
+                if name in options:
+                    if isinstance(value, UploadFile) or value.lower() not in ("true", "false"):
+                        raise InputError(f"the option `{name}` must be true or false")
+                    continue
                 if name != field:
                     raise InputError(f"unexpected form field `{name}`; send the image(s) in "
                                      f"the field `{field}`")
@@ -260,6 +285,10 @@ class UploadGuard:
                                      f"(e.g. curl -F {field}=@photo.jpg)")
                 if len(value.filename or "") > 200 or "\0" in (value.filename or ""):
                     raise InputError("the upload's filename is too long or not printable")
+            if not form.getlist(field):
+                raise InputError(f"no image in the request; send it in the field `{field}`")
+            if field == "image" and len(form.getlist(field)) > 1:
+                raise InputError("`score` takes one image; use `score_batch` for several")
         finally:
             await form.close()
 
@@ -283,11 +312,13 @@ def _replay(body: bytes, receive):
 _decoder = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="decode")
 
 
-def _crops(path: Path, name: str) -> np.ndarray:
-    """The crop grid of one uploaded file; every failure is the client's bad input."""
+def _crops(path: Path, name: str) -> tuple[np.ndarray, tuple]:
+    """The crop grid of one uploaded file and where its crops lie (`prediction_layout`);
+    every failure is the client's bad input."""
     try:
         image = decode_image(path, name=name, max_pixels=SETTINGS["max_pixels"])
-        return crops_for_prediction(image, SETTINGS["preprocessing"])
+        return (crops_for_prediction(image, SETTINGS["preprocessing"]),
+                prediction_layout(image, SETTINGS["preprocessing"]))
     except NriqaError as error:
         raise InputError(str(error)) from error
     except MemoryError as error:
@@ -314,53 +345,8 @@ def _upload_name(path: Path) -> str:
     return path.name[11:] if path.name.startswith("tmp") and len(path.name) > 11 else "upload"
 
 
-def _ui_app():
-    """The web page: the Gradio demo in a FastAPI app, mounted at /ui by `asgi_app` below.
-
-    `bentoml.gradio.mount_gradio_app` answers 500 with this Gradio version; mounting Gradio
-    into FastAPI ourselves works. The page calls the running service, so it scores exactly
-    like the `score` API.
-    """
-    import gradio as gr
-    from fastapi import FastAPI
-
-    async def score_upload(file_path: str | None):
-        if not file_path:
-            raise gr.Error("Choose an image file first.")
-        service = bentoml.get_current_service()
-        try:
-            (result,) = await service.score_paths([(Path(file_path), Path(file_path).name)])
-        except InputError as error:
-            raise gr.Error(str(error)) from error
-        if isinstance(result, ImageError):
-            raise gr.Error(result.error)
-        if result.distortions is None:  # a model without the distortion-type head
-            distortions = gr.Label(value=None, visible=False)
-        else:
-            distortions = gr.Label(value={d.name: d.probability for d in result.distortions},
-                                   visible=True)
-        return round(result.mos, 3), result.category, distortions
-
-    with gr.Blocks(title="nriqa: image quality") as demo:
-        gr.Markdown("# nriqa: no-reference image quality\n"
-                    "Upload a photo (JPEG, PNG, BMP, WebP or TIFF) to get its predicted mean "
-                    "opinion score (MOS), its quality category and the likeliest kinds of "
-                    "distortion.")
-        upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff", ".webp"],
-                         type="filepath", elem_id="image-upload")
-        with gr.Row():
-            mos = gr.Number(label="Predicted MOS", precision=3, elem_id="mos")
-            category = gr.Textbox(label="Category", elem_id="category")
-        # Hidden until a model with the distortion-type head has scored an image.
-        distortions = gr.Label(label="Likeliest distortions", num_top_classes=3, visible=False,
-                               show_heading=False, elem_id="distortions")
-        upload.upload(score_upload, inputs=upload, outputs=[mos, category, distortions],
-                      api_name="score")
-    return gr.mount_gradio_app(FastAPI(), demo, path="/")
-
-
 @bentoml.service(name="nriqa", traffic={"timeout": 120})
-@bentoml.asgi_app(_ui_app(), path="/ui")
+@bentoml.asgi_app(webpage_app(SETTINGS, _decoder), path="/ui")
 class NRIQA:
     """Image quality scoring: `score` one image, `score_batch` many, or use the page at /ui."""
 
@@ -373,10 +359,11 @@ class NRIQA:
         self.batcher = ModelBatcher(model, SETTINGS["max_batch_size"])
 
     @bentoml.api
-    async def score(self, image: Path) -> Score:
-        """Score one uploaded image (multipart field `image`)."""
+    async def score(self, image: Path, map: bool = False) -> Score:
+        """Score one uploaded image (multipart field `image`); with `map` true (a form field,
+        curl -F map=true) also its quality map: the crop scores its MOS is the mean of."""
         try:
-            (result,) = await self.score_paths([(image, _upload_name(image))])
+            (result,) = await self.score_paths([(image, _upload_name(image))], with_map=map)
         except InputError as error:
             return error.response()
         if isinstance(result, ImageError):
@@ -403,28 +390,36 @@ class NRIQA:
             ).response()
         return await self.score_paths([(path, _upload_name(path)) for path in images])
 
-    async def score_paths(self, uploads: list[tuple[Path, str]]) -> list[Score | ImageError]:
+    async def score_paths(self, uploads: list[tuple[Path, str]],
+                          with_map: bool = False) -> list[Score | ImageError]:
         """Decode and crop in threads, then score with the other requests' images."""
         loop = asyncio.get_running_loop()
         jobs = [loop.run_in_executor(_decoder, _crops, path, name) for path, name in uploads]
-        crop_sets = await asyncio.gather(*jobs, return_exceptions=True)
-        for outcome in crop_sets:
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, InputError):
                 raise outcome
-        good = [crops for crops in crop_sets if not isinstance(crops, Exception)]
+        good = [crops for crops, _ in (o for o in outcomes if not isinstance(o, Exception))]
         scores = iter(await self.batcher.score(good) if good else [])
         return [ImageError(error=str(outcome)) if isinstance(outcome, Exception)
-                else self._score(next(scores)) for outcome in crop_sets]
+                else self._score(next(scores), outcome[1] if with_map else None)
+                for outcome in outcomes]
 
     @staticmethod
-    def _score(output: tuple[float, np.ndarray | None]) -> Score:
-        mos, probabilities = output
+    def _score(output: tuple, layout: tuple | None) -> Score:
+        """The answer for one image; with its crop layout, the quality map too."""
+        mos, probabilities, crop_scores = output
         distortions = None  # a model without the distortion-type head: nothing to say
         if probabilities is not None:
             distortions = [Distortion(**entry) for entry in top_distortions(probabilities)]
+        grid = None
+        if layout is not None:
+            width, height, corners = layout
+            grid = QualityMap(**quality_map(width, height, corners,
+                                            SETTINGS["preprocessing"]["crop_size"], crop_scores))
         return Score(mos=round(mos, 6), category=categorize(mos, SETTINGS["categories"]),
                      distortions=distortions, model_version=SETTINGS["model_version"],
-                     mlflow_run_id=SETTINGS["mlflow_run_id"])
+                     mlflow_run_id=SETTINGS["mlflow_run_id"], quality_map=grid)
 
 
 NRIQA.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS["max_upload_bytes"],

@@ -149,15 +149,22 @@ def grid_crops(image: np.ndarray, *, crop_size: int, stride: int, max_crops: int
     A side shorter than a crop is padded crop by crop, after thinning: the crops equal those
     of the whole padded image, but a long thin image (8x5,000,000) is never copied padded.
     """
-    height, width = image.shape[:2]
+    corners = grid_corners(image.shape[0], image.shape[1], crop_size=crop_size, stride=stride,
+                           max_crops=max_crops)
+    return np.stack([pad_to_crop(image[t:t + crop_size, l:l + crop_size], crop_size)
+                     for t, l in corners])
+
+
+def grid_corners(height: int, width: int, *, crop_size: int, stride: int,
+                 max_crops: int) -> list[tuple[int, int]]:
+    """(top, left) of each crop `grid_crops` cuts from a height x width image, in its order."""
     tops = _positions(height, crop_size, stride)
     lefts = _positions(width, crop_size, stride)
     corners = [(top, left) for top in tops for left in lefts]
     if len(corners) > max_crops:
         keep = np.linspace(0, len(corners) - 1, max_crops).round().astype(int)
         corners = [corners[i] for i in keep]
-    return np.stack([pad_to_crop(image[t:t + crop_size, l:l + crop_size], crop_size)
-                     for t, l in corners])
+    return corners
 
 
 def _positions(length: int, crop: int, stride: int) -> list[int]:
@@ -173,6 +180,18 @@ def crops_for_prediction(image: np.ndarray, preprocessing: dict) -> np.ndarray:
     scaled = scale_policy(image, mode=preprocessing["mode"], resize=preprocessing["resize"])
     return grid_crops(scaled, crop_size=preprocessing["crop_size"],
                       stride=preprocessing["stride"], max_crops=preprocessing["max_crops"])
+
+
+def prediction_layout(image: np.ndarray, preprocessing: dict) -> tuple[int, int, list]:
+    """Where `crops_for_prediction`'s crops lie: (width, height) of the frame they are cut
+    from (the image after the preprocess policy) and their (top, left) corners in it, in order."""
+    if preprocessing["mode"] == "resize":
+        width, height = (int(side) for side in preprocessing["resize"])
+    else:
+        height, width = image.shape[:2]
+    return width, height, grid_corners(height, width, crop_size=preprocessing["crop_size"],
+                                       stride=preprocessing["stride"],
+                                       max_crops=preprocessing["max_crops"])
 
 
 def preprocessing_config(params: dict) -> dict:

@@ -39,6 +39,7 @@ __all__ = [
     "CATEGORY_NAMES",
     "DEFAULT_THRESHOLDS",
     "categorize",
+    "ordered_categories",
     "category_metrics",
     "fit_logistic",
     "logistic_5",
@@ -212,7 +213,7 @@ def per_group_srcc(frame, group_col: str, mos_col: str = "mos", pred_col: str = 
 # --------------------------------------------------------------------------- #
 
 
-def _ordered_categories(thresholds: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
+def ordered_categories(thresholds: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
     """Category names best-first and their lower bounds, ordered by value (not dict order)."""
     if not thresholds:
         raise NriqaError("Category thresholds are empty.")
@@ -238,7 +239,7 @@ def categorize(mos, thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS):
     category and raises :class:`NriqaError` rather than silently landing in
     "Very Poor".
     """
-    names, bounds = _ordered_categories(thresholds)
+    names, bounds = ordered_categories(thresholds)
     values = np.asarray(mos, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise NriqaError("Cannot categorise NaN or infinite quality scores.")
@@ -263,7 +264,7 @@ def category_metrics(mos, pred, thresholds: Mapping[str, float] = DEFAULT_THRESH
     different runs line up.
     """
     mos, pred = _as_pair(mos, pred, minimum=1)
-    labels, _ = _ordered_categories(thresholds)
+    labels, _ = ordered_categories(thresholds)
     true_cat = categorize(mos, thresholds)
     pred_cat = categorize(pred, thresholds)
     matrix = confusion_matrix(true_cat, pred_cat, labels=labels)

@@ -22,8 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from nriqa.errors import NriqaError
+from nriqa.examples import write_examples
 
 MODEL_FILES = ("model.keras", "model.json")
+EXAMPLES_DIR = "examples"
 # The keys of params.yaml `serve` that the service reads; each has an environment override
 # NRIQA_<KEY upper-cased>, e.g. NRIQA_MAX_PIXELS.
 SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_images", "max_batch_pixels",
@@ -114,7 +116,8 @@ def save_to_store(model_dir: str | Path, *, name: str, run_id: str, version: str
 
     Labels (searchable with `bentoml models list`) carry the MLflow lineage; the metadata also
     carries what the service needs at run time and must not drift from the model: the
-    serving limits and the category thresholds.
+    serving limits and the category thresholds. The web page's example images
+    (`nriqa.examples`) go in the folder `examples/` beside the model files.
     """
     import bentoml
 
@@ -125,6 +128,7 @@ def save_to_store(model_dir: str | Path, *, name: str, run_id: str, version: str
     with bentoml.models.create(name, labels=labels, metadata=metadata) as stored:
         for filename in MODEL_FILES:
             shutil.copyfile(model_dir / filename, Path(stored.path) / filename)
+        write_examples(Path(stored.path) / EXAMPLES_DIR)  # the web page's, made now
     return stored
 
 

@@ -35,17 +35,25 @@ def score_images(model, crop_sets: list[np.ndarray], batch_size: int = 256):
     of its crops' mean logits (column k-1 is TID2013 type k). Models without a type head give
     None.
     """
+    return score_crop_sets(model, crop_sets, batch_size)[:2]
+
+
+def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256):
+    """`score_images`'s (MOS, probabilities) and, third, each image's crop scores: the MOS of
+    every crop, whose mean is the image's MOS (the quality map, `nriqa.quality_map`)."""
     if not crop_sets:
-        return np.zeros(0, dtype=np.float32), None
+        return np.zeros(0, dtype=np.float32), None, []
     outputs = predict_crops(model, np.concatenate(crop_sets), batch_size)
     bounds = np.cumsum([0] + [len(crops) for crops in crop_sets])
-    means = np.stack([outputs[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+    per_image = [outputs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    means = np.stack([image_outputs.mean(axis=0) for image_outputs in per_image])
     mos = means[:, 0].astype(np.float32)
+    crop_scores = [image_outputs[:, 0] for image_outputs in per_image]
     if means.shape[1] == 1:
-        return mos, None
+        return mos, None, crop_scores
     logits = means[:, 1:] - means[:, 1:].max(axis=1, keepdims=True)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return mos, probabilities.astype(np.float32)
+    return mos, probabilities.astype(np.float32), crop_scores
 
 
 def top_distortions(probabilities: np.ndarray, count: int = 3) -> list[dict]:

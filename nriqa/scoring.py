@@ -4,7 +4,9 @@ Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). S
 from `nriqa.predict.score_images` on `nriqa.imaging.crops_for_prediction`, the two steps of
 `predict_images` (behind `predict_mos`, which evaluation uses) and of the service, so the CLI,
 the reports and the service agree. Beside each MOS come the three likeliest TID2013 distortion
-types (empty for a model without the distortion-type head).
+types (empty for a model without the distortion-type head). `--map DIR` also writes each
+image's quality map (`nriqa.quality_map`: its crop scores, whose mean is its MOS) over the image
+as DIR/<name>.png, with a 0..9 colour legend along the bottom.
 Rows are written as they are scored (CSV, or JSON lines with `--format jsonl`), so a crash
 keeps what was done. A file that fails for any reason is named on stderr and skipped; the exit
 status is 1 if any file failed, 2 if nothing could start (no files, no model).
@@ -51,6 +53,9 @@ def add_score_command(subparsers) -> None:
                              "written as soon as it is scored")
     parser.add_argument("--output", "-o", type=Path,
                         help="write the scores to this file instead of stdout")
+    parser.add_argument("--map", type=Path, metavar="DIR", dest="map_dir",
+                        help="also write each image's quality map over it as DIR/<name>.png "
+                             "(the JSON lines rows name the file)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="category thresholds (evaluate.categories) and the MLflow "
                              "tracking URI are read from here if it exists")
@@ -70,7 +75,7 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 
 def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
-                on_error, progress: bool = True) -> Iterator[dict]:
+                on_error, progress: bool = True, map_dir: Path | None = None) -> Iterator[dict]:
     """Yield one row per scored file, in file order, as each chunk is scored.
 
     Files are decoded only when their chunk comes up, and each decoded image is reduced to its
@@ -78,12 +83,15 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
     are. A file that fails for any reason is passed to `on_error(path, message)` and skipped.
     A row is `{"path", "mos", "category", "distortions"}`; `distortions` is the
     `nriqa.predict.top_distortions` list, or None when the model has no distortion-type head.
+    With `map_dir`, each image's quality map is written there and the row's `map` names it.
     """
     from tqdm import tqdm
 
     from nriqa.imaging import crops_for_prediction, decode_image
     from nriqa.metrics import categorize
-    from nriqa.predict import score_images, top_distortions
+    from nriqa.predict import score_crop_sets, top_distortions
+
+    maps = MapWriter(map_dir, preprocessing) if map_dir is not None else None
 
     with tqdm(total=len(files), unit="image", disable=not progress or len(files) < 2,
               file=sys.stderr) as bar:
@@ -92,23 +100,73 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
             names, crop_sets = [], []
             for path in chunk:
                 try:
-                    crop_sets.append(crops_for_prediction(decode_image(path), preprocessing))
+                    image = decode_image(path)
+                    crops = crops_for_prediction(image, preprocessing)
+                    if maps is not None:
+                        maps.keep(image)
+                    crop_sets.append(crops)
                     names.append(path)
                 except Exception as error:  # noqa: BLE001  one bad file must not stop the rest
                     on_error(path, _describe(path, error))
             try:
-                # One model pass per chunk gives both the MOS and the type probabilities.
-                mos, probabilities = score_images(model, crop_sets)
+                # One model pass per chunk gives the MOS, the type probabilities and the map.
+                mos, probabilities, crop_scores = score_crop_sets(model, crop_sets)
             except Exception as error:  # noqa: BLE001
                 for path in names:
                     on_error(path, _describe(path, error))
                 names = []
+                if maps is not None:
+                    maps.pending.clear()
             for i, path in enumerate(names):
-                yield {"path": str(path), "mos": round(float(mos[i]), 6),
+                row = {"path": str(path), "mos": round(float(mos[i]), 6),
                        "category": categorize(float(mos[i]), thresholds),
                        "distortions": None if probabilities is None else
                        top_distortions(probabilities[i], TOP_DISTORTIONS)}
+                if maps is not None:
+                    row["map"] = str(maps.write(path, crop_scores[i]))
+                yield row
             bar.update(len(chunk))
+
+
+class MapWriter:
+    """Writes quality maps as PNGs into one folder, one per image, named after it.
+
+    Between decoding and scoring it keeps a small copy of each image (the map's resolution,
+    `nriqa.quality_map.MAX_MAP_SIDE`) and its crop layout, not the decoded image; `write`
+    takes them in the order `keep` got them.
+    """
+
+    def __init__(self, folder: Path, preprocessing: dict):
+        self.folder, self.preprocessing = folder, preprocessing
+        self.pending: list[tuple] = []
+        self.used: set[str] = set()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def keep(self, image) -> None:
+        from PIL import Image
+
+        from nriqa.imaging import prediction_layout
+        from nriqa.quality_map import MAX_MAP_SIDE
+
+        small = Image.fromarray(image)
+        small.thumbnail((MAX_MAP_SIDE, MAX_MAP_SIDE))
+        self.pending.append((small, prediction_layout(image, self.preprocessing)))
+
+    def write(self, path: Path, crop_scores) -> Path:
+        import numpy as np
+
+        from nriqa.quality_map import map_overlay, quality_map
+
+        small, (width, height, corners) = self.pending.pop(0)
+        grid = quality_map(width, height, corners, self.preprocessing["crop_size"], crop_scores)
+        name, number = f"{path.stem}.png", 1
+        while name in self.used:  # two images with one name, from different folders
+            number += 1
+            name = f"{path.stem}-{number}.png"
+        self.used.add(name)
+        target = self.folder / name
+        map_overlay(np.asarray(small), grid).save(target)
+        return target
 
 
 def _describe(path: Path, error: Exception) -> str:
@@ -200,7 +258,8 @@ def run_score(args) -> int:
             model, info = _load(args, tracking_uri, workdir)
             with _open_output(args.output) as stream:
                 writer = RowWriter(args.format, stream)
-                for row in score_files(model, info["preprocessing"], files, thresholds, skip):
+                for row in score_files(model, info["preprocessing"], files, thresholds, skip,
+                                       map_dir=args.map_dir):
                     writer.write(row)
     except NriqaError as error:
         print(f"error: {error}", file=sys.stderr)

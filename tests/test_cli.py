@@ -20,7 +20,7 @@ TINY_PREPROCESSING = {"mode": "native", "resize": [224, 224], "crop_size": 32, "
                       "max_crops": 4}
 
 
-def make_tiny_model(folder: Path, distortion_types: int = 24) -> Path:
+def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4) -> Path:
     """A small untrained model whose scores still depend on the image.
 
     Fresh weights give every image almost exactly the initial MOS, which would make score
@@ -42,7 +42,8 @@ def make_tiny_model(folder: Path, distortion_types: int = 24) -> Path:
                           .astype("float32"), bias])
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
-    (folder / "model.json").write_text(json.dumps({"preprocessing": TINY_PREPROCESSING}))
+    preprocessing = dict(TINY_PREPROCESSING, max_crops=max_crops)
+    (folder / "model.json").write_text(json.dumps({"preprocessing": preprocessing}))
     return folder
 
 
@@ -183,6 +184,42 @@ def test_model_without_type_head_gives_no_distortions(plain_model, image_tree, t
     assert reader.fieldnames == CSV_HEADER
     assert all(row[column] == "" for row in rows for column in CSV_HEADER[3:])
     np.testing.assert_allclose([float(row["mos"]) for row in rows], expected, atol=1e-5)
+
+
+def test_quality_map_is_the_crop_scores_averaged_into_the_mos(tiny_model, image_tree):
+    """One model pass gives the MOS and the map: the map's mean is the MOS."""
+    from nriqa.imaging import crops_for_prediction, decode_image, prediction_layout
+    from nriqa.predict import load_model, score_crop_sets, score_images
+    from nriqa.quality_map import quality_map
+
+    model, info = load_model(tiny_model)
+    preprocessing = dict(info["preprocessing"], max_crops=5)  # a thinned grid: 2x3 -> 5
+    images = [decode_image(image_tree / "a.png"), decode_image(image_tree / "nested" / "b.JPG")]
+    crop_sets = [crops_for_prediction(image, preprocessing) for image in images]
+    mos, _, crop_scores = score_crop_sets(model, crop_sets)
+    np.testing.assert_allclose(mos, score_images(model, crop_sets)[0], atol=1e-6)
+    for image, image_mos, scores in zip(images, mos, crop_scores):
+        width, height, corners = prediction_layout(image, preprocessing)
+        grid = quality_map(width, height, corners, preprocessing["crop_size"], scores)
+        values = [v for row in grid["scores"] for v in row if v is not None]
+        assert len(values) == 5 and sum(row.count(None) for row in grid["scores"]) == 1
+        assert np.mean(values) == pytest.approx(float(image_mos), abs=1e-5)
+
+
+def test_map_option_writes_one_png_per_image(tiny_model, image_tree, tmp_path):
+    out, maps = tmp_path / "scores.jsonl", tmp_path / "maps"
+    files = [image_tree / "a.png", image_tree / "nested" / "d.webp", image_tree / "a.png"]
+    score_cli([*map(str, files), "--model-dir", str(tiny_model), "--format", "jsonl",
+               "--output", str(out), "--map", str(maps)])
+    rows = read_jsonl(out)
+    # The same name twice gets a second file, not the first one overwritten.
+    assert [Path(row["map"]).name for row in rows] == ["a.png", "d.png", "a-2.png"]
+    for row in rows:
+        with Image.open(row["path"]) as image, Image.open(row["map"]) as drawn:
+            # The image's own size, with the colour legend below it.
+            assert drawn.width == image.width and drawn.height > image.height
+            assert drawn.mode == "RGB"
+    assert sorted(p.name for p in maps.iterdir()) == ["a-2.png", "a.png", "d.png"]
 
 
 def test_nothing_scored_is_an_error(tiny_model, image_tree, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from nriqa.errors import NriqaError
-from nriqa.imaging import apply_policy, crops_for_prediction, decode_image, grid_crops
+from nriqa.imaging import (apply_policy, crops_for_prediction, decode_image, grid_crops,
+                           prediction_layout)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
@@ -101,6 +102,23 @@ def test_prediction_crops_for_odd_sizes(shape):
                      "max_crops": 8}
     crops = crops_for_prediction(np.zeros(shape, np.uint8), preprocessing)
     assert crops.shape[1:] == (32, 32, 3) and 1 <= len(crops) <= 8
+
+
+@pytest.mark.parametrize("mode, shape", [("native", (100, 70, 3)), ("native", (20, 300, 3)),
+                                         ("native", (300, 400, 3)), ("resize", (90, 50, 3))])
+def test_layout_says_where_each_scored_crop_lies(mode, shape):
+    """The quality map places each crop score where `prediction_layout` says its crop is: the
+    corners must name exactly the crops that are scored, in their order, thinning included."""
+    image = RNG.integers(0, 256, shape, dtype=np.uint8)
+    preprocessing = {"mode": mode, "resize": [80, 60], "crop_size": 32, "stride": 32,
+                     "max_crops": 7}
+    crops = crops_for_prediction(image, preprocessing)
+    width, height, corners = prediction_layout(image, preprocessing)
+    frame = apply_policy(image, mode=mode, resize=(80, 60), crop_size=32)
+    assert (width, height) == ((80, 60) if mode == "resize" else (shape[1], shape[0]))
+    assert len(corners) == len(crops)
+    for crop, (top, left) in zip(crops, corners):  # a short side's one crop covers all of it
+        np.testing.assert_array_equal(crop, frame[top:top + 32, left:left + 32])
 
 
 def test_thin_image_is_cropped_without_a_padded_copy():

@@ -86,7 +86,10 @@ def png_with_broken_checksum() -> bytes:
 class Server:
     def __init__(self, root: Path, distortion_types: int = 24):
         self.root = root
-        self.model_dir = make_tiny_model(root / "model", distortion_types=distortion_types)
+        # Up to 48 crops an image, as params.yaml has it: the example images' quality maps
+        # are then thinned grids (test_webpage.py).
+        self.model_dir = make_tiny_model(root / "model", distortion_types=distortion_types,
+                                         max_crops=48)
         self.env = tool_env(BENTOML_HOME=str(root / "bentoml_home"), TF_CPP_MIN_LOG_LEVEL="2",
                             NRIQA_MAX_PIXELS=str(MAX_PIXELS),
                             NRIQA_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
@@ -134,8 +137,8 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.log.close()
 
-    def score(self, name: str, data: bytes, **kwargs) -> requests.Response:
-        return requests.post(f"{self.url}/score", files={"image": (name, data)}, timeout=60,
+    def score(self, name: str, content: bytes, **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}/score", files={"image": (name, content)}, timeout=60,
                              **kwargs)
 
 
@@ -202,7 +205,9 @@ def test_score_every_supported_format(served, corpus):
         response = served.score(path.name, path.read_bytes())
         assert response.status_code == 200, (path.name, response.text)
         body = response.json()
-        assert set(body) == {"mos", "category", "distortions", "model_version", "mlflow_run_id"}
+        assert set(body) == {"mos", "category", "distortions", "model_version", "mlflow_run_id",
+                             "quality_map"}
+        assert body["quality_map"] is None  # only asked for with map=true
         assert body["model_version"] == "3" and body["mlflow_run_id"] == "run-abc123"
         assert body["category"] in {"Excellent", "Good", "Average", "Poor", "Very Poor"}
         check_distortions(body["distortions"])
@@ -216,6 +221,32 @@ def test_score_matches_predict_mos_and_type_probabilities(served, corpus):
         body = served.score(path.name, path.read_bytes()).json()
         assert body["mos"] == pytest.approx(float(expected), abs=1e-4), path.name
         check_distortions(body["distortions"], image_probabilities)
+
+
+def test_quality_map_is_the_crops_averaged_into_the_score(served, corpus):
+    """`map=true` returns the crop scores whose mean is the MOS, where the crops lie; the same
+    score as without it (one model pass gives both)."""
+    from nriqa.imaging import decode_image, prediction_layout
+
+    preprocessing = json.loads((served.model_dir / "model.json").read_text())["preprocessing"]
+    uploads = {name: (corpus / name).read_bytes() for name in ("photo.png", "rotated.jpg",
+                                                                "gray16.png")}
+    uploads["large.png"] = _encode(textured(7, (320, 240)), "PNG")  # 80 crops, thinned to 48
+    for name, data in uploads.items():
+        response = served.score(name, data, data={"map": "true"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        grid = body["quality_map"]
+        values = [v for row in grid["scores"] for v in row if v is not None]
+        assert np.mean(values) == pytest.approx(body["mos"], abs=1e-5), name
+        assert body["mos"] == pytest.approx(served.score(name, data).json()["mos"], abs=1e-5)
+        width, height, corners = prediction_layout(decode_image(data), preprocessing)
+        assert (grid["width"], grid["height"], grid["crop_size"]) == (width, height, 32)
+        assert len(values) == len(corners) <= preprocessing["max_crops"]
+        assert [(top, left) for i, top in enumerate(grid["tops"])
+                for j, left in enumerate(grid["lefts"]) if grid["scores"][i][j] is not None
+                ] == corners
+    assert served.score("a.png", data, data={"map": "false"}).json()["quality_map"] is None
 
 
 def test_model_without_type_head_gives_null_distortions(served_plain, corpus):
@@ -277,6 +308,8 @@ BAD_INPUTS = [
      400, "must be a file upload"),
     ("wrong field", {"files": {"picture": ("a.png", _encode(textured(1), "PNG"))}},
      400, "unexpected form field `picture`"),
+    ("map not true or false", {"files": {"image": ("a.png", _encode(textured(1), "PNG"))},
+                               "data": {"map": "please"}}, 400, "`map` must be true or false"),
     ("two images to score", {"files": [("image", ("a.png", _encode(textured(1), "PNG")))] * 2},
      400, "use `score_batch`"),
     ("JSON body", {"json": {"image": "/etc/passwd"}}, 415, "multipart/form-data"),

@@ -1,20 +1,27 @@
-"""The web page at /ui in a real headless browser: upload an image, read the score and the
-likeliest distortions off the page.
+"""The web page at /ui in a real headless browser against a real `bentoml serve`: upload an
+image and read its preview, score on its scale, heat map, distortions and model off the page;
+a damaged upload's message; a batch table that sorts; the example images.
 
 Playwright drives Debian's chromium (`make system-deps` installs it; `playwright install`
 cannot download browsers here). The server is the one test_service.py starts.
+NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example scored, there
+(the README's).
 """
 
 from __future__ import annotations
 
-import io
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
+from nriqa.quality_map import map_values
+
 from test_cli import textured
+from test_service import MAX_UPLOAD_BYTES, _encode
 from test_service import served, served_plain  # noqa: F401  the servers test_service.py starts
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -34,38 +41,68 @@ def browser():
         browser.close()
 
 
-def upload(page, path: Path) -> None:
-    page.locator("#image-upload input[type=file]").set_input_files(str(path))
+def open_page(server, browser, path: str = "/ui/"):
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    page.goto(f"{server.url}{path}", wait_until="networkidle")
+    assert "image quality" in page.title()
+    return page
 
 
-def score_on_page(server, browser, image: Path):
-    """Upload `image` on the server's page; returns (the page, once its score is shown,
-    and the `score` API's answer for the same image)."""
-    expected = requests.post(f"{server.url}/score", timeout=60,
-                             files={"image": (image.name, image.read_bytes())}).json()
-    page = browser.new_page()
-    page.goto(f"{server.url}/ui/", wait_until="networkidle")
-    assert "image quality" in page.content()
+def upload(page, *paths: Path) -> None:
+    page.locator("#files").set_input_files([str(path) for path in paths])
+
+
+def api_score(server, path: Path) -> dict:
+    response = requests.post(f"{server.url}/score", timeout=60, data={"map": "true"},
+                             files={"image": (path.name, path.read_bytes())})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def check_score_shown(page, expected: dict) -> None:
+    page.locator("#score").wait_for(state="visible", timeout=60_000)
+    assert page.locator("#mos").inner_text() == f"{expected['mos']:.2f}"
+    assert page.locator("#scale").inner_text() == "MOS on the 0–9 scale"
+    # The gauge marks params.yaml's category bounds (evaluate.categories) on the scale.
+    assert page.locator("#gauge-ticks").inner_text().split() == ["0", "3", "4", "5", "6", "9"]
+    assert page.locator("#gauge .band").count() == 5
+    category = page.locator("#category")
+    assert category.inner_text() == expected["category"]
+    assert category.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
+
+
+def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):  # noqa: F811
+    # TIFF, which browsers cannot show: the preview is the image as the service decodes it.
+    image = tmp_path / "holiday.tiff"
+    textured(21, (240, 160)).save(image)
+    expected = api_score(served, image)
+    page = open_page(served, browser)
+    # Nothing is shown before there is a score.
+    assert page.locator("#single").is_hidden() and page.locator("#score").is_hidden()
+    assert "Model version 3" in page.locator("#model-info").inner_text()
+    assert "MLflow run run-abc123" in page.locator("#model-info").inner_text()
+
     upload(page, image)
-    # The category box fills in when the score arrives (the MOS box starts at 0).
-    category = page.locator("#category textarea, #category input").first
-    page.wait_for_function("el => el.value !== ''", arg=category.element_handle(),
-                           timeout=60_000)
-    assert category.input_value() == expected["category"]
-    assert float(page.locator("#mos input").input_value()) == pytest.approx(expected["mos"],
-                                                                            abs=1e-3)
-    return page, expected
+    check_score_shown(page, expected)
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 240
+    # The heat map is drawn over the preview, with its legend.
+    assert page.locator("#heatmap").is_visible() and page.locator("#legend").is_visible()
+    painted = page.evaluate("""() => {
+        const canvas = document.getElementById('heatmap');
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let painted = 0;
+        for (let i = 3; i < data.length; i += 4) painted += data[i] > 0;
+        return painted / (canvas.width * canvas.height);
+    }""")
+    # Painted where the API's map has crops.
+    covered = ~np.isnan(map_values(expected["quality_map"]))
+    assert painted == pytest.approx(covered.mean(), abs=0.01)
+    page.locator("#show-map").uncheck()
+    assert page.locator("#heatmap").is_hidden()
+    page.locator("#show-map").check()
 
-
-def test_upload_shows_score_category_and_distortions(served, browser, tmp_path):  # noqa: F811
-    image = tmp_path / "holiday.jpg"
-    textured(21).save(image, quality=90)
-    page, expected = score_on_page(served, browser, image)
-    assert len(expected["distortions"]) == 3
     # The three likeliest distortions, in the API's order, each with its probability in %.
-    panel = page.locator("#distortions")
-    panel.wait_for(state="visible", timeout=30_000)
-    text = panel.inner_text()
+    text = page.locator("#distortions").inner_text()
     positions = [text.find(d["name"]) for d in expected["distortions"]]
     assert -1 not in positions and positions == sorted(positions), text
     for distortion in expected["distortions"]:
@@ -76,21 +113,96 @@ def test_upload_shows_score_category_and_distortions(served, browser, tmp_path):
 def test_no_distortions_shown_without_type_head(served_plain, browser, tmp_path):  # noqa: F811
     image = tmp_path / "holiday.jpg"
     textured(21).save(image, quality=90)
-    page, expected = score_on_page(served_plain, browser, image)
+    expected = api_score(served_plain, image)
     assert expected["distortions"] is None
-    assert not page.locator("#distortions").is_visible()
+    page = open_page(served_plain, browser)
+    upload(page, image)
+    check_score_shown(page, expected)
+    assert page.locator("#distortions").is_hidden()
     assert "Likeliest distortions" not in page.locator("body").inner_text()
     page.close()
 
 
-def test_bad_upload_shows_the_error(served, browser, tmp_path):  # noqa: F811
-    broken = tmp_path / "broken.png"
-    buffer = io.BytesIO()
-    textured(22).save(buffer, "PNG")
-    broken.write_bytes(buffer.getvalue()[:300])
+TRUNCATED_PNG = _encode(textured(22), "PNG")[:300]
+BAD_UPLOADS = [  # (file name, its bytes, the start of the message the page shows)
+    ("broken.png", TRUNCATED_PNG, "broken.png: the image data is damaged or truncated"),
+    ("notes.jpg", b"just some text", "notes.jpg: not an image in a format we read"),
+    ("huge.bmp", b"BM" + bytes(MAX_UPLOAD_BYTES), "the upload is "),
+]
 
-    page = browser.new_page()
-    page.goto(f"{served.url}/ui/", wait_until="networkidle")
-    upload(page, broken)
-    page.get_by_text("truncated").first.wait_for(timeout=60_000)
+
+@pytest.mark.parametrize("name, content, message", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
+def test_bad_upload_shows_the_api_message(served, browser, tmp_path,  # noqa: F811
+                                          name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    page = open_page(served, browser)
+    upload(page, path)
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=60_000)
+    assert error.inner_text().startswith(message), error.inner_text()
+    assert page.locator("#single").is_hidden() and page.locator("#score").is_hidden()
+    page.close()
+
+
+def test_preview_and_examples_refuse_bad_requests(served):  # noqa: F811
+    response = requests.post(f"{served.url}/ui/preview?name=broken.png", data=TRUNCATED_PNG,
+                             timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("broken.png: the image data is damaged")
+    response = requests.get(f"{served.url}/ui/examples/model.keras", timeout=30)
+    assert response.status_code == 404 and "no example image" in response.json()["error"]
+
+
+def test_several_files_give_a_sortable_table(served, browser, tmp_path):  # noqa: F811
+    paths = []
+    for seed in (30, 31, 32):
+        paths.append(tmp_path / f"photo{seed}.png")
+        textured(seed).save(paths[-1])
+    paths.insert(1, tmp_path / "notes.png")
+    paths[1].write_text("not an image")
+    expected = {path.name: api_score(served, path) for path in paths if path.name != "notes.png"}
+    page = open_page(served, browser)
+    upload(page, *paths)
+    rows = page.locator("#batch-table tbody tr")
+    rows.first.wait_for(timeout=60_000)
+
+    def table() -> list[list[str]]:
+        return [row.split("\t") for row in rows.all_inner_texts()]
+
+    assert [row[0] for row in table()] == [path.name for path in paths]  # upload order
+    for name, mos, category in table():
+        if name == "notes.png":
+            assert mos == "–" and "not an image in a format we read" in category
+        else:
+            assert float(mos) == pytest.approx(expected[name]["mos"], abs=1e-3)
+            assert category == expected[name]["category"]
+    by_mos = sorted(expected, key=lambda name: expected[name]["mos"])
+    page.locator("#batch-table th", has_text="MOS").click()
+    assert [row[0] for row in table()] == by_mos + ["notes.png"]  # unscored files stay last
+    page.locator("#batch-table th", has_text="MOS").click()
+    assert [row[0] for row in table()] == by_mos[::-1] + ["notes.png"]
+    page.locator("#batch-table th", has_text="File").click()
+    assert [row[0] for row in table()] == sorted(expected) + ["notes.png"]
+    assert page.locator("#single").is_hidden()
+    page.close()
+
+
+def test_example_images_score_in_one_click(served, browser, tmp_path):  # noqa: F811
+    page = open_page(served, browser, "/ui")  # as the README gives it, without the slash
+    buttons = page.locator("#examples button")
+    assert buttons.count() == 5
+    assert buttons.first.inner_text() == "clean photo"
+    # JPEG transmission errors are local: the map shows where.
+    example = tmp_path / "type12-level5.png"
+    download = requests.get(f"{served.url}/ui/examples/{example.name}", timeout=30)
+    assert download.status_code == 200 and download.headers["content-type"] == "image/png"
+    example.write_bytes(download.content)
+    expected = api_score(served, example)
+    buttons.filter(has_text="JPEG transmission errors").click()
+    check_score_shown(page, expected)
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 320
+    assert page.locator("#heatmap").is_visible()
+    if os.environ.get("NRIQA_SCREENSHOT"):
+        page.screenshot(path=os.environ["NRIQA_SCREENSHOT"], full_page=True)
     page.close()
