@@ -386,10 +386,10 @@ def test_concurrent_clients_match_the_cli(served, corpus, tmp_path):
     More than 300, because the model service that `bentoml.depends` reached dropped the calls in
     flight each time its client renewed its session, every 100 calls (issue 13)."""
     paths = sorted(corpus.iterdir())
-    out = tmp_path / "cli.json"
-    score_cli([str(corpus), "--model-dir", str(served.model_dir), "--format", "json",
+    out = tmp_path / "cli.jsonl"
+    score_cli([str(corpus), "--model-dir", str(served.model_dir), "--format", "jsonl",
                "--output", str(out)])
-    cli_rows = json.loads(out.read_text())
+    cli_rows = [json.loads(line) for line in out.read_text().splitlines()]
     expected = {Path(row["path"]).name: row["mos"] for row in cli_rows}
     cli_types = {Path(row["path"]).name: [d["type"] for d in row["distortions"]]
                  for row in cli_rows}
