@@ -48,6 +48,7 @@ test: venv system-deps
 # A teammate's checkout: data, shards, model and reports from the DVC remote (`dvc remote add -d`),
 # nothing regenerated or retrained; needs the dvc.lock of the commit that was pushed.
 pull: venv
+	@[ -f dvc.lock ] || { echo "error: no dvc.lock here, so nothing names the outputs to pull: whoever ran the pipeline commits dvc.lock and runs dvc push (README: Running as a team)" >&2; exit 2; }
 	$(BIN)/dvc pull
 	$(BIN)/dvc status
 

@@ -21,9 +21,7 @@ import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ import requests
 import yaml
 
 from conftest import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone, merge,
-                      project_env, run)
+                      project_env, run, stop_process_group)
 
 DVC = str(VENV_BIN / "dvc")
 PYTHON = str(VENV_BIN / "python")
@@ -41,13 +39,13 @@ LR_SECOND_CLONE = 0.01
 GIT_USER = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 
-def as_server_user() -> list[str]:
+def as_postgres_user() -> list[str]:
     """PostgreSQL refuses to run as root: the `postgres` user runs it then."""
     return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
-def server_dir(prefix: str) -> Path:
-    """A temporary folder the server's user can write (pytest's own are root-only)."""
+def postgres_dir(prefix: str) -> Path:
+    """A temporary folder the postgres user can write (pytest's own are root-only)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
@@ -62,21 +60,18 @@ def postgres_bin(name: str) -> str:
     return found[-1]
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+def make_command(target: str, **variables) -> list[str]:
+    """`make TARGET KEY=value ...` with this virtualenv, which `make test` has just built
+    (`-o venv`: not rebuilt)."""
+    return ["make", "-o", "venv", f"BIN={VENV_BIN}", target,
+            *(f"{key}={value}" for key, value in variables.items())]
 
 
 def wait_until(ready, process: subprocess.Popen, log: Path, what: str, timeout: float = 180):
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None or time.monotonic() > deadline:
-            stop_group(process)
+            stop_process_group(process)
             pytest.fail(f"{what} did not start:\n{log.read_text()[-3000:]}")
         time.sleep(1)
 
@@ -86,9 +81,9 @@ def wait_until(ready, process: subprocess.Popen, log: Path, what: str, timeout: 
 @pytest.fixture(scope="module")
 def postgres():
     """A PostgreSQL cluster of its own, on a free port, with an empty database `mlflow`."""
-    folder = server_dir("nriqa-postgres-")
+    folder = postgres_dir("nriqa-postgres-")
     data, port = folder / "data", free_port()
-    user = as_server_user()
+    user = as_postgres_user()
     run([*user, postgres_bin("initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust"], cwd=folder)
     run([*user, postgres_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
          "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], cwd=folder)
@@ -114,11 +109,10 @@ def tracking_server(postgres, tmp_path_factory):
     port, log = free_port(), root / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            ["make", "-C", str(PROJECT), "-o", "venv", f"BIN={VENV_BIN}", "tracking-server",
-             f"MLFLOW_BACKEND_STORE_URI={postgres['uri']}", "MLFLOW_HOST=127.0.0.1",
-             f"MLFLOW_PORT={port}", "MLFLOW_WORKERS=1",
-             f"MLFLOW_ARTIFACTS_DESTINATION={root / 'artifacts'}"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            make_command("tracking-server", MLFLOW_BACKEND_STORE_URI=postgres["uri"],
+                         MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=port, MLFLOW_WORKERS=1,
+                         MLFLOW_ARTIFACTS_DESTINATION=root / "artifacts"),
+            cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -128,7 +122,7 @@ def tracking_server(postgres, tmp_path_factory):
 
     wait_until(healthy, process, log, "make tracking-server")
     yield {"url": url, "artifacts": root / "artifacts"}
-    stop_group(process)
+    stop_process_group(process)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +162,7 @@ def sshd(tmp_path_factory):
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
     yield {"url": f"ssh://{user}@127.0.0.1:{port}{root / 'remote'}", "home": home,
            "key": home / ".ssh/team_key"}
-    stop_group(process)
+    stop_process_group(process)
 
 
 # --- Two clones, one tracking server --------------------------------------------------------------
@@ -261,8 +255,18 @@ def teammate(pushed, sshd, tmp_path_factory):
     run(["git", "clone", "-q", str(pushed["clone"]), str(clone)], cwd=clone.parent, env=env)
     run([DVC, "remote", "modify", "--local", "team", "keyfile", str(sshd["key"])], cwd=clone,
         env=env)
-    pull = run(["make", "-o", "venv", f"BIN={VENV_BIN}", "pull"], cwd=clone, env=env)
+    pull = run(make_command("pull"), cwd=clone, env=env)
     return {"clone": clone, "env": env, "pull": pull.stdout}
+
+
+def test_make_targets_name_what_is_missing(tmp_path):
+    server = run(make_command("tracking-server", MLFLOW_BACKEND_STORE_URI=""), cwd=PROJECT,
+                 check=False)
+    assert server.returncode == 2 and "set MLFLOW_BACKEND_STORE_URI=postgresql://" in server.stderr
+    clone = make_clone(tmp_path, {})
+    (clone / "dvc.lock").unlink(missing_ok=True)  # a teammate's checkout before anyone pushed
+    pull = run(make_command("pull"), cwd=clone, env=project_env(clone), check=False)
+    assert pull.returncode == 2 and "no dvc.lock here" in pull.stderr
 
 
 def test_push_leaves_nothing_missing_on_the_remote(pushed):
