@@ -232,6 +232,18 @@ def test_champion_is_the_better_run_whichever_finished_last(team):
     assert second["bento"]["registry_version"] == str(champion.version)
 
 
+def test_worse_model_promoted_last_leaves_the_champion(team):
+    """The other order: the worse run's promotion comes after the better one's (the pipeline
+    order above gave one order; this gives the other, whichever clone trained better)."""
+    from nriqa.registry import promote
+
+    first, second = team["results"]["first"], team["results"]["second"]
+    worse, better = sorted((first, second), key=lambda r: r["metrics"]["test"]["srcc"])
+    report = promote(worse["pointer"], "nriqa")
+    assert not report["promoted"], report["reason"]
+    assert report["champion_run_id"] == better["pointer"]["run_id"]
+
+
 # --- The DVC remote -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
