@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: venv system-deps repro test mlflow-ui serve clean
+.PHONY: venv system-deps repro test pull mlflow-ui tracking-server serve clean
 
 venv: $(STAMP)
 
@@ -22,9 +22,12 @@ $(STAMP): requirements.txt
 
 # Debian packages: bsdtar extracts TID2013's RAR archive (source: tid2013); chromium drives the
 # web-page test; mate-backgrounds and plasma-workspace-wallpapers hold the photos the training
-# set is generated from (nriqa.trainset).
+# set is generated from (nriqa.trainset); postgresql and openssh-server are the real back ends
+# that tests/test_team.py runs (a tracking server on PostgreSQL, a DVC remote over SSH).
 system-deps:
 	@missing=""; \
+	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing="$$missing postgresql"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v bsdtar >/dev/null || missing="$$missing libarchive-tools"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	[ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] || missing="$$missing mate-backgrounds"; \
@@ -42,8 +45,29 @@ repro: venv system-deps
 test: venv system-deps
 	$(BIN)/python -m pytest -v --durations=15 tests
 
+# A teammate's checkout: data, shards, model and reports from the DVC remote (`dvc remote add -d`),
+# nothing regenerated or retrained; needs the dvc.lock of the commit that was pushed.
+pull: venv
+	@[ -f dvc.lock ] || { echo "error: no dvc.lock here, so nothing names the outputs to pull: whoever ran the pipeline commits dvc.lock and runs dvc push (README: Running as a team)" >&2; exit 2; }
+	$(BIN)/dvc pull
+	$(BIN)/dvc status
+
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# The team's MLflow server: runs and registry in PostgreSQL, artifacts uploaded through the server
+# (`--artifacts-destination`: a folder here, or s3://..., gs://...), so clients need only its URL.
+# Not echoed: the store URI holds a password.
+MLFLOW_BACKEND_STORE_URI ?=
+MLFLOW_ARTIFACTS_DESTINATION ?= $(CURDIR)/mlflow-server-artifacts
+MLFLOW_HOST ?= 0.0.0.0
+MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 4
+tracking-server: venv
+	@[ -n "$(MLFLOW_BACKEND_STORE_URI)" ] || { echo "error: set MLFLOW_BACKEND_STORE_URI=postgresql://USER:PASSWORD@HOST:5432/DATABASE (README: Running as a team)" >&2; exit 2; }
+	@exec $(BIN)/mlflow server --backend-store-uri '$(MLFLOW_BACKEND_STORE_URI)' \
+		--artifacts-destination '$(MLFLOW_ARTIFACTS_DESTINATION)' --serve-artifacts \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)
 
 # The newest Bento that `dvc repro` (stage package) built, from the project's BentoML store.
 BENTO ?= nriqa:latest

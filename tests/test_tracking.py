@@ -10,7 +10,6 @@ training.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -24,7 +23,7 @@ import requests
 import yaml
 
 from conftest import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone,
-                      project_env, run)
+                      project_env, run, stop_process_group)
 
 DVC = str(VENV_BIN / "dvc")
 PYTHON = str(VENV_BIN / "python")
@@ -56,15 +55,11 @@ def server(tmp_path_factory):
         except requests.RequestException:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            stop_process_group(process)
             pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
         time.sleep(1)
     yield url
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_process_group(process)
     log.close()
 
 
