@@ -46,14 +46,6 @@ def main() -> None:
                         help="keep the last epoch's weights instead of the best validation epoch's, "
                              "so that short screening runs compare recipes without selection noise")
     args = parser.parse_args()
-    if args.final_epoch:
-        import keras
-
-        import nriqa.training
-
-        nriqa.training.keras.callbacks.EarlyStopping = type(
-            "KeepLastEpoch", (keras.callbacks.EarlyStopping,),
-            {"on_train_end": keras.callbacks.Callback.on_train_end})
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for override in args.overrides:
@@ -62,7 +54,8 @@ def main() -> None:
         params[section][field] = yaml.safe_load(value)
     preprocessing = preprocessing_config(params)
     start = time.perf_counter()
-    model, result = train(args.shards, params, preprocessing)
+    model, result = train(args.shards, params, preprocessing,
+                          keep_best_epoch=not args.final_epoch)
     out = ROOT / "benchmarks" / "trials" / args.name
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out / "model.keras")

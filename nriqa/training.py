@@ -120,8 +120,10 @@ class EpochTimer(keras.callbacks.Callback):
         logs["epoch_seconds"] = time.perf_counter() - self.start
 
 
-def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()):
-    """Train from the shards; returns (model with the best epoch's weights, history dict)."""
+def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=(),
+          keep_best_epoch: bool = True):
+    """Train from the shards; returns (model with the best epoch's weights, or the last
+    epoch's with `keep_best_epoch` false, as short screening runs compare them; history dict)."""
     train_params = params["train"]
     make_deterministic(int(train_params["seed"]))
     val_images, val_mos, _, _ = load_split_arrays(shard_dir, "val")
@@ -147,7 +149,7 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
                                seed=int(train_params["seed"]))
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_srcc", mode="max", patience=int(train_params["patience"]),
-        restore_best_weights=True, verbose=1)
+        restore_best_weights=keep_best_epoch, verbose=1)
     # Order matters: the validation callback writes val_srcc before early stopping reads it.
     callbacks = [EpochTimer(), ValidationSRCC(model, val_images, val_mos, preprocessing),
                  *extra_callbacks, early_stopping]
