@@ -6,8 +6,8 @@ The dev set (`../shared/humanlabels`, read its README) is TID2013's own human MO
 re-made TID2013 images. It is built once into DIR (default `data/external/humanlabels`, about
 3 minutes) with its `build.py`. Prints, overall and per distortion type:
 
-* the labeller's fidelity: SRCC between `nriqa.labels.pseudo_mos` (which sees the reference)
-  and people's MOS, the ceiling that the training labels set;
+* the labeller's fidelity: SRCC between `nriqa.labels.level_mos` (which knows each image's
+  type and level) and people's MOS, the ceiling that the training labels set;
 * with `--model-dir`, the no-reference model's SRCC, through `nriqa.evaluation`, the path the
   evaluate stage and `python -m nriqa evaluate` use.
 
@@ -34,13 +34,10 @@ def build(dev_set: Path) -> None:
 
 def labeller_predictions(dev_set: Path) -> pd.DataFrame:
     from nriqa.datasets import build_index
-    from nriqa.imaging import decode_image
-    from nriqa.labels import pseudo_mos
+    from nriqa.labels import level_mos
 
     index, _ = build_index(dev_set, "tid2013")
-    references = {p.stem.upper(): decode_image(p) for p in (dev_set / "reference_images").iterdir()}
-    index["pred"] = [pseudo_mos(int(t), references[r], decode_image(dev_set / p))
-                     for t, r, p in zip(index["distortion"], index["reference"], index["path"])]
+    index["pred"] = [level_mos(int(t), float(level)) for t, level in zip(index["distortion"], index["level"])]
     return index
 
 
@@ -61,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     build(args.set)
-    report("labeller (full-reference)", labeller_predictions(args.set))
+    report("labeller (type and level)", labeller_predictions(args.set))
     if args.model_dir:
         from nriqa.datasets import build_index
         from nriqa.evaluation import score_index

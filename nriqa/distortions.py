@@ -31,7 +31,9 @@ How faithful each type is (what stands in where TID2013's procedure cannot be re
 9. image denoising: Gaussian noise removed again by ``skimage.restoration.denoise_tv_chambolle``, leaving
    residual noise and denoising smear (TID2013 used a DCT-domain filter; total variation stands in).
 10. JPEG compression: Pillow's JPEG encoder at decreasing quality.
-11. JPEG2000 compression: Pillow's JPEG2000 (OpenJPEG) encoder at increasing compression ratio.
+11. JPEG2000 compression: Pillow's JPEG2000 (OpenJPEG) encoder at increasing compression ratio, per image
+    with the lossy 9/7 wavelet or the 5/3 one (Pillow's default, so what many JPEG2000 files carry);
+    their artefacts differ (5/3 rings less and blocks more), and a model trained on one misranks the other.
 12. JPEG transmission errors: a real JPEG stream (Pillow, restart marker every 4 MCUs, as a
     transmission-robust stream would have) with random bit flips in its entropy-coded data, decoded by
     Pillow's libjpeg; damage stays local to a restart interval, as in TID2013.
@@ -148,9 +150,9 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return _encode_decode(image, "JPEG", quality=int(quality))
 
 
-def _jpeg2000(image: np.ndarray, compression_ratio: float) -> np.ndarray:
+def _jpeg2000(image: np.ndarray, compression_ratio: float, irreversible: bool = True) -> np.ndarray:
     return _encode_decode(
-        image, "JPEG2000", quality_mode="rates", quality_layers=[float(compression_ratio)], irreversible=True
+        image, "JPEG2000", quality_mode="rates", quality_layers=[float(compression_ratio)], irreversible=irreversible
     )
 
 
@@ -239,7 +241,7 @@ def _jpeg_compression(image, quality, rng):
 
 
 def _jpeg2000_compression(image, compression_ratio, rng):
-    return _jpeg2000(image, compression_ratio)
+    return _jpeg2000(image, compression_ratio, irreversible=bool(rng.random() < 0.5))
 
 
 def _jpeg_transmission_errors(image, errors_per_reference_image, rng):

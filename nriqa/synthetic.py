@@ -24,8 +24,8 @@ Distortions
     :mod:`nriqa.distortions`, calibrated to TID2013's median PSNR per type and level.
 
 Labels (pseudo-MOS)
-    :func:`nriqa.labels.pseudo_mos`: RGB PSNR between reference and distorted image, mapped to
-    TID2013's 0..9 MOS scale through that distortion type's own per-level curve.  ``mos_std`` is a
+    :func:`nriqa.labels.level_mos`: TID2013's median MOS for the image's (type, level), on TID2013's
+    0..9 scale.  ``mos_std`` is a
     per-level constant: the median over TID2013's 24 types of (max MOS - min MOS) / 4, a range-based
     standard deviation of how much MOS varies at that level.
 
@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from nriqa.distortions import DISTORTIONS, LEVELS, MIN_SIDE, distort
 from nriqa.errors import NriqaError
-from nriqa.labels import pseudo_mos
+from nriqa.labels import level_mos
 
 MAX_REFERENCES = 25
 
@@ -214,7 +214,7 @@ def _run_job(job: _Job) -> list[tuple[str, float, float]]:
         rng = image_rng(job.seed, job.reference, job.distortion_type, level)
         distorted = distort(reference_image, job.distortion_type, level, rng)
         _write_bmp(distorted, job.out_dir / "distorted_images" / disk_name(job.reference, job.distortion_type, level))
-        mos = pseudo_mos(job.distortion_type, reference_image, distorted)
+        mos = level_mos(job.distortion_type, level)
         rows.append((listed_name(job.reference, job.distortion_type, level), mos, MOS_STD_BY_LEVEL[level - 1]))
     return rows
 

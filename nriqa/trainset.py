@@ -42,7 +42,7 @@ from tqdm import tqdm
 from nriqa.datasets import INDEX_COLUMNS
 from nriqa.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION, MIN_SIDE
 from nriqa.errors import NriqaError
-from nriqa.labels import pseudo_mos
+from nriqa.labels import level_mos
 
 _MATE = Path("/usr/share/backgrounds/mate/nature")
 _PLASMA = Path("/usr/share/wallpapers")
@@ -99,11 +99,12 @@ def make_image(seed: int, number: int, image_size: tuple[int, int], types: Seque
     photo, reference = reference_crop(rng, image_size)
     distortion = DISTORTIONS[int(types[int(rng.integers(len(types)))])]
     position = float(rng.uniform(MIN_POSITION, MAX_POSITION))
-    strength = distortion.strength_at(position, raise_contrast=bool(rng.random() < 0.5))
+    raise_contrast = bool(rng.random() < 0.5)
+    strength = distortion.strength_at(position, raise_contrast=raise_contrast)
     distorted = distortion.apply_strength(reference, strength, rng)
     return distorted, {
         "image": f"T{number:05d}.png", "reference": f"P{photo:02d}", "distortion": distortion.number,
-        "level": round(position, 3), "mos": round(pseudo_mos(distortion.number, reference, distorted), 5),
+        "level": round(position, 3), "mos": round(level_mos(distortion.number, position, raise_contrast), 5),
         "mos_std": 0.0,
     }
 
