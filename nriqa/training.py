@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats
 
+from nriqa.errors import NriqaError
 from nriqa.imaging import crops_for_prediction
 from nriqa.model import model_from_params
 from nriqa.predict import score_images
@@ -24,8 +25,32 @@ from nriqa.shards import load_split_arrays, read_split
 LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
 
 
+def set_threads(threads) -> None:
+    """TensorFlow's intra-op and inter-op thread pools, `threads` threads each (`train.threads`;
+    None leaves TensorFlow's default, one per core). Float sums are split across the intra-op
+    threads, so the count changes the rounding and with it the weights: a fixed count is what
+    lets machines with different core counts train the same model.
+
+    TensorFlow reads these once, when its runtime starts (the first op, or creating a
+    distribution strategy); so this runs first in `train`, and a runtime already started with
+    other pools is an error rather than a silent difference."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise NriqaError(f"train.threads: a positive whole number or null, got {threads!r}")
+    if (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads()) == (threads, threads):
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError as error:
+        raise NriqaError(f"train.threads: TensorFlow's runtime already started in this process "
+                         f"with other thread pools, so {threads} cannot apply ({error})") from error
+
+
 def make_deterministic(seed: int) -> None:
-    """Same params and seed, same machine -> same weights and metrics."""
+    """Same params, seed and thread count, same machine -> same weights and metrics."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
@@ -125,6 +150,7 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     """Train from the shards; returns (model with the best epoch's weights, or the last
     epoch's with `keep_best_epoch` false, as short screening runs compare them; history dict)."""
     train_params = params["train"]
+    set_threads(train_params.get("threads"))
     make_deterministic(int(train_params["seed"]))
     val_images, val_mos, _, _ = load_split_arrays(shard_dir, "val")
     # A fixed, seeded subset keeps each epoch's validation pass short on large validation sets.
