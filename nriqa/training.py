@@ -4,10 +4,21 @@ Each epoch draws `crops_per_image` random crops (with random horizontal flips) f
 training image, each labelled with its image's MOS. Colour or blur jitter would change the
 quality the label describes, so there is none. Validation scores whole images exactly as
 evaluation and the service do (`nriqa.predict`), and early stopping watches that SRCC.
+
+`train.strategy` spreads the training over devices with `tf.distribute`: `mirrored` over this
+machine's GPUs (`MirroredStrategy`), `multi_worker` over machines (`MultiWorkerMirroredStrategy`,
+the cluster and this process's place in it read from `TF_CONFIG`). `train.batch_size` is the
+global batch either way: each step's batch is split image by image across the replicas (an
+image's crops stay together, so the crop-set loss is unchanged), each replica's mean loss is
+scaled by 1 / replicas by Keras and the gradients are summed, i.e. averaged over the global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +34,7 @@ from nriqa.predict import score_images
 from nriqa.shards import load_split_arrays, read_split
 
 LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
+STRATEGIES = ("none", "mirrored", "multi_worker")
 
 
 def set_threads(threads) -> None:
@@ -47,6 +59,49 @@ def set_threads(threads) -> None:
     except RuntimeError as error:
         raise NriqaError(f"train.threads: TensorFlow's runtime already started in this process "
                          f"with other thread pools, so {threads} cannot apply ({error})") from error
+
+
+def cluster_task(environ=os.environ) -> tuple[str, int, int]:
+    """(task type, task index, number of training tasks) from TF_CONFIG; a single process
+    without it is ("worker", 0, 1)."""
+    if not environ.get("TF_CONFIG"):
+        return "worker", 0, 1
+    try:
+        config = json.loads(environ["TF_CONFIG"])
+        cluster, task = config["cluster"], config["task"]
+        tasks = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+        return str(task["type"]), int(task["index"]), tasks
+    except (ValueError, KeyError, TypeError) as error:
+        raise NriqaError(f"TF_CONFIG: not a cluster and task as tf.distribute reads them "
+                         f"({error!r}): {environ['TF_CONFIG']}") from error
+
+
+def is_chief(params: dict, environ=os.environ) -> bool:
+    """Whether this process writes the outputs (model, history, MLflow run): always, except in
+    a multi_worker training, where only the chief does (the `chief` task if the cluster names
+    one, else worker 0)."""
+    if params["train"].get("strategy", "none") != "multi_worker":
+        return True
+    kind, index, _ = cluster_task(environ)
+    has_chief = "chief" in json.loads(environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+
+
+def distribution_strategy(name):
+    """The tf.distribute strategy for `train.strategy`, or None for a plain single-device run.
+    Created right after the thread pools are set and before any other op: creating it starts
+    TensorFlow's runtime (and, for multi_worker, this task's server)."""
+    if name in (None, "none"):
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise NriqaError("train.strategy multi_worker: TF_CONFIG is not set; it names every "
+                             "worker's host:port and this one's index (README: Running as a team)")
+        cluster_task()  # a malformed TF_CONFIG fails here, clearly
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise NriqaError(f"train.strategy: one of {' | '.join(STRATEGIES)}, got {name!r}")
 
 
 def make_deterministic(seed: int) -> None:
@@ -81,6 +136,36 @@ def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, b
             .prefetch(tf.data.AUTOTUNE))
 
 
+def distributed_dataset(strategy, make_dataset, batch_size: int):
+    """`make_dataset()`'s global batches, split image by image across the replicas: replica r
+    of the cluster gets rows [r * b, (r + 1) * b) of every global batch, b = batch_size /
+    replicas. Every worker builds the same global stream (same seeds, same order, as a single
+    device would see it) and keeps its replicas' rows, so no two replicas see the same image
+    in a step, every worker runs the same number of steps, and the global batches are exactly
+    the single-device ones. (TensorFlow's own auto-sharding by DATA was tried first: its
+    workers' batches were not the single-device stream's.) A final partial batch leaves some
+    replicas fewer rows, or none."""
+    def per_worker(context):
+        try:
+            rows = context.get_per_replica_batch_size(batch_size)
+        except ValueError as error:
+            raise NriqaError(f"train.batch_size {batch_size} is the global batch: it must divide "
+                             f"evenly across the {context.num_replicas_in_sync} replicas") from error
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+
+        def replica_rows(images, targets):
+            starts = tf.range(first, first + local, dtype=tf.int32) * rows
+            return tf.data.Dataset.from_tensor_slices(starts).map(
+                lambda start: (images[start:start + rows], targets[start:start + rows]))
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return make_dataset().flat_map(replica_rows).with_options(options)
+
+    return strategy.distribute_datasets_from_function(per_worker)
+
+
 class CropSetModel(keras.Model):
     """Trains the crop model on what an image's score is: the mean over its crops.
 
@@ -92,6 +177,30 @@ class CropSetModel(keras.Model):
     def __init__(self, crop_model: keras.Model, **kwargs):
         super().__init__(**kwargs)
         self.crop_model = crop_model
+
+    # Set for a distributed training: the (images, targets) spec of a batch.
+    batch_spec = None
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy, Keras 3.15 builds the model from the first batch of the training
+        # iterator, then resets it: one extra pass, so the first epoch would see the stream's
+        # second shuffle, not the first as on a single device. It also merges that batch with
+        # `strategy.reduce("MEAN", (x, y))`, which MultiWorkerMirroredStrategy refuses for a
+        # tuple ("Attempt to convert a value (PerReplica ...) to a Tensor", keras-team/keras
+        # #20585). Only shapes and dtypes are needed: the dataset's spec gives them.
+        if iterator is not None and self.batch_spec is not None:
+            iterator, data_batch = None, self.batch_spec
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        if _multi_worker(self.distribute_strategy):
+            # Keras 3.15 then averages each log across workers with `strategy.reduce("MEAN",
+            # value, axis=0)`, which fails on a scalar ("Invalid reduction dimension 0 for input
+            # with 0 dimensions"). The logs are metrics, already summed across replicas, so
+            # every replica holds the same value: as a 1-element vector it averages to itself.
+            logs = {key: keras.ops.reshape(value, (1,)) for key, value in logs.items()}
+        return logs
 
     def call(self, crop_sets, training=False):
         images, crops = keras.ops.shape(crop_sets)[0], keras.ops.shape(crop_sets)[1]
@@ -121,20 +230,65 @@ def joint_loss(mos_loss: str, type_weight: float):
 
 
 class ValidationSRCC(keras.callbacks.Callback):
-    """Scores the validation images after every epoch; adds val_srcc and val_rmse to the logs."""
+    """Scores the validation images after every epoch; adds val_srcc and val_rmse to the logs.
 
-    def __init__(self, crop_model, images, mos, preprocessing: dict):
+    In a multi-worker training every worker scores the same images with the same (mirrored)
+    weights, so they compute the same values; still, early stopping must stop every worker at
+    the same epoch or the others wait forever in their next collective op, so each worker takes
+    the chief's values (an all-reduce in which only the chief adds non-zeros: exact) and says
+    so on stderr if its own differed."""
+
+    def __init__(self, crop_model, images, mos, preprocessing: dict, strategy=None):
         super().__init__()
         self.crop_model = crop_model
         # Cut once, as prediction cuts them (the policy is a no-op on shard images).
         self.crop_sets = [crops_for_prediction(image, preprocessing) for image in images]
         self.mos = mos
+        self.strategy = strategy if _multi_worker(strategy) else None
 
     def on_epoch_end(self, epoch, logs=None):
         pred = score_images(self.crop_model, self.crop_sets)[0]
         srcc = stats.spearmanr(self.mos, pred).statistic if np.ptp(pred) > 0 else 0.0
-        logs["val_srcc"] = float(np.nan_to_num(srcc))
-        logs["val_rmse"] = float(np.sqrt(np.mean((self.mos - pred) ** 2)))
+        values = [float(np.nan_to_num(srcc)), float(np.sqrt(np.mean((self.mos - pred) ** 2)))]
+        if self.strategy is not None:
+            values = self._chiefs(epoch, values)
+        logs["val_srcc"], logs["val_rmse"] = values
+
+    def _chiefs(self, epoch, values):
+        chief = self.strategy.extended.should_checkpoint  # True on the chief only
+        mine = tf.constant(values if chief else [0.0, 0.0], tf.float64)
+        reduced = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                       self.strategy.run(lambda: tf.identity(mine)), axis=None)
+        chiefs = [float(v) for v in reduced.numpy()]
+        if chiefs != values:
+            print(f"{self.strategy.cluster_resolver.task_type} "
+                  f"{self.strategy.cluster_resolver.task_id}, epoch {epoch + 1}: own "
+                  f"val_srcc/val_rmse {values} differ from the chief's {chiefs}; "
+                  f"using the chief's", file=sys.stderr)
+        return chiefs
+
+
+def _synchronized_batch_norm(model, strategy) -> list:
+    """With several replicas, batch norm's batch statistics over the whole global batch (an
+    all-reduce per layer and step) instead of each replica's part: the normalization a single
+    device would compute, and moving averages that stay equal on every worker (Keras updates
+    them on each replica alone; unsynchronized, workers end with different ones and score
+    validation differently). Returns the layers switched, to switch back after training."""
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return []
+    layers, pending = [], [model]
+    while pending:
+        layer = pending.pop()
+        pending.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
+            layer.synchronized = True
+            layers.append(layer)
+    return layers
+
+
+def _multi_worker(strategy) -> bool:
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -151,6 +305,7 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     epoch's with `keep_best_epoch` false, as short screening runs compare them; history dict)."""
     train_params = params["train"]
     set_threads(train_params.get("threads"))
+    strategy = distribution_strategy(train_params.get("strategy", "none"))
     make_deterministic(int(train_params["seed"]))
     val_images, val_mos, _, _ = load_split_arrays(shard_dir, "val")
     # A fixed, seeded subset keeps each epoch's validation pass short on large validation sets.
@@ -162,25 +317,36 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     # No type head where the training data has no types: it would be trained on nothing.
     model_params = {**params["model"],
                     "distortion_types": params["model"]["distortion_types"] if train_types.any() else 0}
-    model = model_from_params(model_params, initial_mos=float(train_mos.mean()))
-    trainer = CropSetModel(model)
-    # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
-    steps = int(train_params["epochs"]) * int(np.ceil(len(train_mos) / int(train_params["batch_size"])))
-    learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
-    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                    loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"])))
-    dataset = training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
-                               crops_per_image=int(train_params["crops_per_image"]),
-                               batch_size=int(train_params["batch_size"]),
-                               seed=int(train_params["seed"]))
+    # Variables (model, optimizer) made in the strategy's scope are mirrored on every replica.
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = model_from_params(model_params, initial_mos=float(train_mos.mean()))
+        trainer = CropSetModel(model)
+        # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
+        steps = int(train_params["epochs"]) * int(np.ceil(len(train_mos) / int(train_params["batch_size"])))
+        learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
+        trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                        loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"])))
+    def make_dataset():
+        return training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
+                                crops_per_image=int(train_params["crops_per_image"]),
+                                batch_size=int(train_params["batch_size"]),
+                                seed=int(train_params["seed"]))
+
+    dataset = make_dataset()
+    if strategy is not None:
+        trainer.batch_spec = dataset.element_spec
+        dataset = distributed_dataset(strategy, make_dataset, int(train_params["batch_size"]))
+    synchronized = _synchronized_batch_norm(model, strategy)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_srcc", mode="max", patience=int(train_params["patience"]),
         restore_best_weights=keep_best_epoch, verbose=1)
     # Order matters: the validation callback writes val_srcc before early stopping reads it.
-    callbacks = [EpochTimer(), ValidationSRCC(model, val_images, val_mos, preprocessing),
+    callbacks = [EpochTimer(), ValidationSRCC(model, val_images, val_mos, preprocessing, strategy),
                  *extra_callbacks, early_stopping]
     history = trainer.fit(dataset, epochs=int(train_params["epochs"]), callbacks=callbacks,
                           verbose=2)
+    for layer in synchronized:  # the saved model is the same as a single device's
+        layer.synchronized = False
     best_epoch = int(np.argmax(history.history["val_srcc"]))
     return model, {"history": history.history, "best_epoch": best_epoch + 1,
                    "best_val_srcc": float(history.history["val_srcc"][best_epoch]),

@@ -1,0 +1,106 @@
+"""Training across workers (`train.strategy: multi_worker`): two real TensorFlow workers on
+127.0.0.1, each the real train stage (`python -m stages.train`) in its own clone of the
+project, as on two hosts, against a single-device run of the same params and shards.
+
+The model here has no dropout, so that the comparison can be tight: with dropout, each replica
+draws the same masks for its part of the batch (one seed, mirrored), where a single device
+draws one mask per image, and the runs differ by that noise (2 epochs of this tiny model:
+0.4% in the first epoch's loss). Without it, what remains is rounding: gradients summed over
+two replicas in another order, and synchronized batch norm's variance computed as
+E[x^2] - E[x]^2 over the global batch where a single device subtracts the mean first. So the
+losses must agree to 1e-4 (relative) and every weight to 1e-4 (measured: at most 4e-6, where
+training moved the batch-norm betas from 0 to about 1e-2). A wrong batch split or per-replica
+batch statistics gives differences of percents. Validation SRCC is not compared: after 2 epochs
+this model's predictions are nearly flat, and their ranking is rounding noise.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import (TINY_PARAMS, free_port, make_clone, merge, project_env, stop_process_group,
+                      write_tiny_shards)
+
+PARAMS = merge(TINY_PARAMS, {"model": {"dropout": 0.0},
+                             "train": {"epochs": 2, "patience": 2, "batch_size": 4}})
+
+
+def start_stage(clone, log_name, **env):
+    log = open(clone / log_name, "w")
+    return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=clone,
+                            env=project_env(clone, **env), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True), log
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    shards = write_tiny_shards(tmp_path_factory.mktemp("shards") / "processed", train=24, val=16)
+    clones = {}
+    for name, strategy in (("single", "none"), ("chief", "multi_worker"), ("worker", "multi_worker")):
+        clone = make_clone(tmp_path_factory.mktemp(name),
+                           merge(PARAMS, {"train": {"strategy": strategy}}))
+        shutil.copytree(shards, clone / "data" / "processed")
+        clones[name] = clone
+    hosts = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    processes = {}
+    try:
+        processes["single"] = start_stage(clones["single"], "stage.log")
+        for index, name in enumerate(("chief", "worker")):
+            config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+            processes[name] = start_stage(clones[name], "stage.log", TF_CONFIG=json.dumps(config))
+        deadline = time.monotonic() + 240
+        for name, (process, _) in processes.items():
+            process.wait(max(1, deadline - time.monotonic()))
+    finally:
+        for process, log in processes.values():
+            stop_process_group(process)  # nothing left running, whatever happened
+            log.close()
+    for name, (process, _) in processes.items():
+        log = (clones[name] / "stage.log").read_text()
+        assert process.returncode == 0, f"{name} failed ({process.returncode}):\n{log[-6000:]}"
+    return clones
+
+
+def history(clone):
+    return pd.read_csv(clone / "reports" / "train_history.csv")
+
+
+def test_only_the_chief_writes_outputs_and_tracks(runs):
+    for path in ("models/model.keras", "models/model.json", "models/mlflow_run.json",
+                 "reports/train_history.csv", "mlflow.db"):
+        assert (runs["chief"] / path).exists(), path
+        assert not (runs["worker"] / path).exists(), path
+    assert "worker: trained" in (runs["worker"] / "stage.log").read_text()
+
+
+def test_every_worker_computes_the_chiefs_validation_scores(runs):
+    # Each worker scores validation itself; the chief's values are used, and a worker whose
+    # own differed would say so. Equal values mean equal early-stopping decisions.
+    for name in ("chief", "worker"):
+        assert "differ from the chief's" not in (runs[name] / "stage.log").read_text()
+
+
+def test_two_workers_train_what_one_device_trains(runs):
+    single, chief = history(runs["single"]), history(runs["chief"])
+    assert list(chief["epoch"]) == list(single["epoch"]) == [1, 2]
+    assert np.allclose(chief["loss"], single["loss"], rtol=1e-4, atol=0)
+    assert np.allclose(chief["val_rmse"], single["val_rmse"], rtol=1e-3, atol=0)
+
+    from nriqa.predict import load_model
+
+    single, chief = (load_model(runs[name] / "models")[0] for name in ("single", "chief"))  # models now
+    moved = max(np.abs(w.numpy()).max() for w in single.weights if w.path.endswith("/beta"))
+    assert moved > 5e-3  # the betas start at 0: training moved them well past the tolerance
+    for a, b in zip(single.weights, chief.weights):
+        assert a.path == b.path
+        assert np.abs(a.numpy() - b.numpy()).max() < 1e-4, a.path
+    # Batch norm synchronizes across replicas during training only: the saved model is plain.
+    assert not any(getattr(layer, "synchronized", False) for layer in chief.layers)
