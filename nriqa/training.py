@@ -61,16 +61,15 @@ def set_threads(threads) -> None:
                          f"with other thread pools, so {threads} cannot apply ({error})") from error
 
 
-def cluster_task(environ=os.environ) -> tuple[str, int, int]:
-    """(task type, task index, number of training tasks) from TF_CONFIG; a single process
-    without it is ("worker", 0, 1)."""
+def cluster_task(environ=os.environ) -> tuple[str, int, bool]:
+    """(task type, task index, whether the cluster has a `chief` task) from TF_CONFIG; a
+    process without it is ("worker", 0, False)."""
     if not environ.get("TF_CONFIG"):
-        return "worker", 0, 1
+        return "worker", 0, False
     try:
         config = json.loads(environ["TF_CONFIG"])
-        cluster, task = config["cluster"], config["task"]
-        tasks = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-        return str(task["type"]), int(task["index"]), tasks
+        task = config["task"]
+        return str(task["type"]), int(task["index"]), "chief" in config["cluster"]
     except (ValueError, KeyError, TypeError) as error:
         raise NriqaError(f"TF_CONFIG: not a cluster and task as tf.distribute reads them "
                          f"({error!r}): {environ['TF_CONFIG']}") from error
@@ -79,11 +78,10 @@ def cluster_task(environ=os.environ) -> tuple[str, int, int]:
 def is_chief(params: dict, environ=os.environ) -> bool:
     """Whether this process writes the outputs (model, history, MLflow run): always, except in
     a multi_worker training, where only the chief does (the `chief` task if the cluster names
-    one, else worker 0)."""
+    one, else worker 0), as tf.distribute decides it."""
     if params["train"].get("strategy", "none") != "multi_worker":
         return True
-    kind, index, _ = cluster_task(environ)
-    has_chief = "chief" in json.loads(environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    kind, index, has_chief = cluster_task(environ)
     return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
 
 
@@ -136,32 +134,47 @@ def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, b
             .prefetch(tf.data.AUTOTUNE))
 
 
-def distributed_dataset(strategy, make_dataset, batch_size: int):
-    """`make_dataset()`'s global batches, split image by image across the replicas: replica r
-    of the cluster gets rows [r * b, (r + 1) * b) of every global batch, b = batch_size /
-    replicas. Every worker builds the same global stream (same seeds, same order, as a single
-    device would see it) and keeps its replicas' rows, so no two replicas see the same image
-    in a step, every worker runs the same number of steps, and the global batches are exactly
-    the single-device ones. (TensorFlow's own auto-sharding by DATA was tried first: its
-    workers' batches were not the single-device stream's.) A final partial batch leaves some
-    replicas fewer rows, or none."""
+def distributed_dataset(strategy, make_dataset):
+    """`make_dataset()`'s global batches, split image by image across the replicas, each image
+    with a loss weight.
+
+    Every worker builds the same global stream (same seeds, same order: the batches a single
+    device trains on) and keeps its replicas' rows: of a batch of n images, replica r of R gets
+    rows [r n / R, (r + 1) n / R) (rounded down), i.e. n / R each for a full batch, so no two
+    replicas see the same image in a step and every worker runs the same number of steps.
+
+    Keras takes each replica's mean loss over its own rows and divides it by R, which is the
+    global batch's mean only when the replicas hold equally many rows. A final partial batch
+    can split unevenly, so each image carries the weight R x (its replica's rows) / n: 1.0
+    exactly in a full batch, and in a partial one the weighted replica means add up to the
+    batch's mean, as on one device. A final batch of fewer images than replicas would leave a
+    replica with none, which the model cannot take (its padding refuses an empty batch): it is
+    skipped, so such a run trains on up to R - 1 fewer images per epoch than one device does.
+    The split is explicit rather than TensorFlow's auto-sharding, so that it and the weights
+    are this function's and nothing else's."""
     def per_worker(context):
-        try:
-            rows = context.get_per_replica_batch_size(batch_size)
-        except ValueError as error:
-            raise NriqaError(f"train.batch_size {batch_size} is the global batch: it must divide "
-                             f"evenly across the {context.num_replicas_in_sync} replicas") from error
-        local = context.num_replicas_in_sync // context.num_input_pipelines
+        replicas = context.num_replicas_in_sync
+        local = replicas // context.num_input_pipelines
         first = context.input_pipeline_id * local
 
         def replica_rows(images, targets):
-            starts = tf.range(first, first + local, dtype=tf.int32) * rows
-            return tf.data.Dataset.from_tensor_slices(starts).map(
-                lambda start: (images[start:start + rows], targets[start:start + rows]))
+            size = tf.shape(images)[0]
+            bounds = tf.range(replicas + 1) * size // replicas
+
+            def rows(replica):
+                start, end = bounds[replica], bounds[replica + 1]
+                weight = tf.cast(replicas * (end - start), tf.float32) / tf.cast(size, tf.float32)
+                return images[start:end], targets[start:end], tf.fill([end - start], weight)
+
+            return tf.data.Dataset.range(first, first + local).map(
+                lambda replica: rows(tf.cast(replica, tf.int32)))
 
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return make_dataset().flat_map(replica_rows).with_options(options)
+        return (make_dataset()
+                .filter(lambda images, targets: tf.shape(images)[0] >= replicas)
+                .flat_map(replica_rows)
+                .with_options(options))
 
     return strategy.distribute_datasets_from_function(per_worker)
 
@@ -245,6 +258,10 @@ class ValidationSRCC(keras.callbacks.Callback):
         self.crop_sets = [crops_for_prediction(image, preprocessing) for image in images]
         self.mos = mos
         self.strategy = strategy if _multi_worker(strategy) else None
+        if self.strategy is not None:
+            # One all-reduce (a graph: eager collectives are slow and warn each time).
+            self._sum = tf.function(lambda values: strategy.reduce(
+                tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(values,)), axis=None))
 
     def on_epoch_end(self, epoch, logs=None):
         pred = score_images(self.crop_model, self.crop_sets)[0]
@@ -256,9 +273,7 @@ class ValidationSRCC(keras.callbacks.Callback):
 
     def _chiefs(self, epoch, values):
         chief = self.strategy.extended.should_checkpoint  # True on the chief only
-        mine = tf.constant(values if chief else [0.0, 0.0], tf.float64)
-        reduced = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                       self.strategy.run(lambda: tf.identity(mine)), axis=None)
+        reduced = self._sum(tf.constant(values if chief else [0.0, 0.0], tf.float64))
         chiefs = [float(v) for v in reduced.numpy()]
         if chiefs != values:
             print(f"{self.strategy.cluster_resolver.task_type} "
@@ -306,6 +321,9 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     train_params = params["train"]
     set_threads(train_params.get("threads"))
     strategy = distribution_strategy(train_params.get("strategy", "none"))
+    if strategy is not None and int(train_params["batch_size"]) % strategy.num_replicas_in_sync:
+        raise NriqaError(f"train.batch_size {train_params['batch_size']} is the global batch: it "
+                         f"must divide evenly across the {strategy.num_replicas_in_sync} replicas")
     make_deterministic(int(train_params["seed"]))
     val_images, val_mos, _, _ = load_split_arrays(shard_dir, "val")
     # A fixed, seeded subset keeps each epoch's validation pass short on large validation sets.
@@ -322,7 +340,11 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
         model = model_from_params(model_params, initial_mos=float(train_mos.mean()))
         trainer = CropSetModel(model)
         # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
-        steps = int(train_params["epochs"]) * int(np.ceil(len(train_mos) / int(train_params["batch_size"])))
+        batches = int(np.ceil(len(train_mos) / int(train_params["batch_size"])))
+        if (strategy is not None and
+                0 < len(train_mos) % int(train_params["batch_size"]) < strategy.num_replicas_in_sync):
+            batches -= 1  # distributed_dataset skips a final batch smaller than the replicas
+        steps = int(train_params["epochs"]) * batches
         learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
         trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
                         loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"])))
@@ -334,8 +356,8 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
 
     dataset = make_dataset()
     if strategy is not None:
-        trainer.batch_spec = dataset.element_spec
-        dataset = distributed_dataset(strategy, make_dataset, int(train_params["batch_size"]))
+        trainer.batch_spec = (*dataset.element_spec, tf.TensorSpec([None], tf.float32))
+        dataset = distributed_dataset(strategy, make_dataset)
     synchronized = _synchronized_batch_norm(model, strategy)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_srcc", mode="max", patience=int(train_params["patience"]),

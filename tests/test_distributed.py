@@ -7,16 +7,21 @@ draws the same masks for its part of the batch (one seed, mirrored), where a sin
 draws one mask per image, and the runs differ by that noise (2 epochs of this tiny model:
 0.4% in the first epoch's loss). Without it, what remains is rounding: gradients summed over
 two replicas in another order, and synchronized batch norm's variance computed as
-E[x^2] - E[x]^2 over the global batch where a single device subtracts the mean first. So the
-losses must agree to 1e-4 (relative) and every weight to 1e-4 (measured: at most 4e-6, where
-training moved the batch-norm betas from 0 to about 1e-2). A wrong batch split or per-replica
-batch statistics gives differences of percents. Validation SRCC is not compared: after 2 epochs
-this model's predictions are nearly flat, and their ranking is rounding noise.
+E[x^2] - E[x]^2 over the global batch where a single device subtracts the mean first. So every
+weight must agree to 1e-4 (measured: at most 1e-6, where training moved the batch-norm betas
+from 0 to about 1e-2); a wrong batch split, loss weighting or per-replica batch statistics
+moves them by far more. 27 training images in batches of 4 end each epoch with a batch of 3,
+split 1 + 2 across the workers: the uneven case, where each image's loss weight keeps the step
+the single device's. Keras's logged training loss weighs that step's replicas by their rows,
+not by the weights, so the logged loss differs there (measured: 0.2% and 1.7% in the two
+epochs): compared to 5%. Validation SRCC is not compared: after 2 epochs this model's
+predictions are nearly flat, and their ranking is rounding noise.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +47,7 @@ def start_stage(clone, log_name, **env):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    shards = write_tiny_shards(tmp_path_factory.mktemp("shards") / "processed", train=24, val=16)
+    shards = write_tiny_shards(tmp_path_factory.mktemp("shards") / "processed", train=27, val=16)
     clones = {}
     for name, strategy in (("single", "none"), ("chief", "multi_worker"), ("worker", "multi_worker")):
         clone = make_clone(tmp_path_factory.mktemp(name),
@@ -91,7 +96,7 @@ def test_every_worker_computes_the_chiefs_validation_scores(runs):
 def test_two_workers_train_what_one_device_trains(runs):
     single, chief = history(runs["single"]), history(runs["chief"])
     assert list(chief["epoch"]) == list(single["epoch"]) == [1, 2]
-    assert np.allclose(chief["loss"], single["loss"], rtol=1e-4, atol=0)
+    assert np.allclose(chief["loss"], single["loss"], rtol=5e-2, atol=0)
     assert np.allclose(chief["val_rmse"], single["val_rmse"], rtol=1e-3, atol=0)
 
     from nriqa.predict import load_model
@@ -104,3 +109,34 @@ def test_two_workers_train_what_one_device_trains(runs):
         assert np.abs(a.numpy() - b.numpy()).max() < 1e-4, a.path
     # Batch norm synchronizes across replicas during training only: the saved model is plain.
     assert not any(getattr(layer, "synchronized", False) for layer in chief.layers)
+
+
+def tf_config(task_type, index, chief=False):
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"], **({"chief": ["127.0.0.1:3"]} if chief else {})}
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
+
+
+@pytest.mark.parametrize("strategy, environ, chief", [
+    ("none", tf_config("worker", 1), True),           # TF_CONFIG matters to multi_worker only
+    ("multi_worker", tf_config("worker", 0), True),
+    ("multi_worker", tf_config("worker", 1), False),
+    ("multi_worker", tf_config("worker", 0, chief=True), False),
+    ("multi_worker", tf_config("chief", 0, chief=True), True),
+])
+def test_the_chief_is_tf_distributes(strategy, environ, chief):
+    from nriqa.training import is_chief
+
+    assert is_chief({"train": {"strategy": strategy}}, environ) is chief
+
+
+def test_bad_strategy_settings_say_what_to_fix(monkeypatch):
+    from nriqa.errors import NriqaError
+    from nriqa.training import cluster_task, distribution_strategy
+
+    with pytest.raises(NriqaError, match=re.escape("one of none | mirrored | multi_worker")):
+        distribution_strategy("parameter_server")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(NriqaError, match="TF_CONFIG is not set"):
+        distribution_strategy("multi_worker")
+    with pytest.raises(NriqaError, match="TF_CONFIG: not a cluster"):
+        cluster_task({"TF_CONFIG": '{"cluster": {}}'})
