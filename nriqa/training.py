@@ -85,21 +85,27 @@ def is_chief(params: dict, environ=os.environ) -> bool:
     return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
 
 
-def distribution_strategy(name):
-    """The tf.distribute strategy for `train.strategy`, or None for a plain single-device run.
-    Created right after the thread pools are set and before any other op: creating it starts
-    TensorFlow's runtime (and, for multi_worker, this task's server)."""
-    if name in (None, "none"):
-        return None
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+def check_strategy(name) -> None:
+    """A `train.strategy` that cannot run fails here, before any tracking or training starts."""
+    if name not in STRATEGIES and name is not None:
+        raise NriqaError(f"train.strategy: one of {' | '.join(STRATEGIES)}, got {name!r}")
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
             raise NriqaError("train.strategy multi_worker: TF_CONFIG is not set; it names every "
                              "worker's host:port and this one's index (README: Running as a team)")
         cluster_task()  # a malformed TF_CONFIG fails here, clearly
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise NriqaError(f"train.strategy: one of {' | '.join(STRATEGIES)}, got {name!r}")
+
+
+def distribution_strategy(name):
+    """The tf.distribute strategy for `train.strategy`, or None for a plain single-device run.
+    Created right after the thread pools are set and before any other op: creating it starts
+    TensorFlow's runtime (and, for multi_worker, this task's server)."""
+    check_strategy(name)
+    if name in (None, "none"):
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def make_deterministic(seed: int) -> None:

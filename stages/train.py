@@ -21,7 +21,7 @@ from nriqa.imaging import preprocessing_config
 from nriqa.model import save_model
 from nriqa.shards import write_json
 from nriqa.stage import load_params, remove_stale, stage_main, written_aside
-from nriqa.training import is_chief, train
+from nriqa.training import check_strategy, is_chief, train
 
 SHARDS = Path("data/processed")
 MODEL_DIR = Path("models")
@@ -33,6 +33,7 @@ POINTER = MODEL_DIR / "mlflow_run.json"
 def main():
     params = load_params()
     preprocessing = preprocessing_config(params)
+    check_strategy(params["train"].get("strategy", "none"))  # before a run is opened
     if not is_chief(params):
         with tempfile.TemporaryDirectory(prefix="nriqa-worker-") as scratch:
             model, result = train(SHARDS, params, preprocessing)

@@ -140,3 +140,14 @@ def test_bad_strategy_settings_say_what_to_fix(monkeypatch):
         distribution_strategy("multi_worker")
     with pytest.raises(NriqaError, match="TF_CONFIG: not a cluster"):
         cluster_task({"TF_CONFIG": '{"cluster": {}}'})
+
+
+def test_multi_worker_without_tf_config_stops_before_tracking(tmp_path):
+    clone = make_clone(tmp_path / "clone", merge(PARAMS, {"train": {"strategy": "multi_worker"}}))
+    env = project_env(clone)
+    env.pop("TF_CONFIG", None)
+    result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=clone, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "error: train.strategy multi_worker: TF_CONFIG is not set" in result.stderr
+    assert not (clone / "mlflow.db").exists()  # no run was opened
