@@ -289,22 +289,54 @@ class ValidationSRCC(keras.callbacks.Callback):
         return chiefs
 
 
-def _synchronized_batch_norm(model, strategy) -> list:
-    """With several replicas, batch norm's batch statistics over the whole global batch (an
-    all-reduce per layer and step) instead of each replica's part: the normalization a single
-    device would compute, and moving averages that stay equal on every worker (Keras updates
-    them on each replica alone; unsynchronized, workers end with different ones and score
-    validation differently). Returns the layers switched, to switch back after training."""
+class _GlobalBatchDropout(keras.layers.Dropout):
+    """Dropout whose masks are the single device's: a Dropout layer's class while a training
+    runs on several replicas (`_distributed_layers`).
+
+    Keras draws dropout masks from a seed that is mirrored like the weights, so every replica
+    would draw the same masks for its own rows (replica 2's first image, the mask of replica
+    1's first image). Here each replica places its rows where they sit in the global batch
+    (the offsets from an all-gather of the replicas' row counts), draws the mask of the whole
+    global batch with that seed, as one device does, and keeps its rows' part: every image gets
+    the mask it would get on one device."""
+
+    def call(self, inputs, training=False):
+        context = tf.distribute.get_replica_context()
+        if not (training and self.rate > 0) or context is None or context.num_replicas_in_sync == 1:
+            return super().call(inputs, training=training)
+        rows = tf.shape(inputs)[0]
+        counts = context.all_gather(tf.reshape(rows, [1]), axis=0)
+        start = tf.reduce_sum(counts[:context.replica_id_in_sync_group])
+        padding = [[start, tf.reduce_sum(counts) - start - rows]] + [[0, 0]] * (len(inputs.shape) - 1)
+        return super().call(tf.pad(inputs, padding), training=True)[start:start + rows]
+
+
+def _distributed_layers(model, strategy) -> list:
+    """With several replicas, for the training only: batch norm's batch statistics over the
+    whole global batch (an all-reduce per layer and step) instead of each replica's part, and
+    dropout masks drawn for the global batch (`_GlobalBatchDropout`). So each step computes
+    what one device computes, and the moving averages stay equal on every worker (Keras
+    updates them on each replica alone: unsynchronized, workers end with different ones and
+    score validation differently). Returns a function that puts the layers back, so the
+    saved model is a plain one."""
     if strategy is None or strategy.num_replicas_in_sync == 1:
-        return []
-    layers, pending = [], [model]
+        return lambda: None
+    undo, pending = [], [model]
     while pending:
         layer = pending.pop()
         pending.extend(getattr(layer, "layers", []))
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
             layer.synchronized = True
-            layers.append(layer)
-    return layers
+            undo.append(lambda layer=layer: setattr(layer, "synchronized", False))
+        elif type(layer) is keras.layers.Dropout:
+            layer.__class__ = _GlobalBatchDropout
+            undo.append(lambda layer=layer: setattr(layer, "__class__", keras.layers.Dropout))
+
+    def restore():
+        for step in undo:
+            step()
+
+    return restore
 
 
 def _multi_worker(strategy) -> bool:
@@ -364,7 +396,7 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     if strategy is not None:
         trainer.batch_spec = (*dataset.element_spec, tf.TensorSpec([None], tf.float32))
         dataset = distributed_dataset(strategy, make_dataset)
-    synchronized = _synchronized_batch_norm(model, strategy)
+    restore_layers = _distributed_layers(model, strategy)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_srcc", mode="max", patience=int(train_params["patience"]),
         restore_best_weights=keep_best_epoch, verbose=1)
@@ -373,8 +405,7 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
                  *extra_callbacks, early_stopping]
     history = trainer.fit(dataset, epochs=int(train_params["epochs"]), callbacks=callbacks,
                           verbose=2)
-    for layer in synchronized:  # the saved model is the same as a single device's
-        layer.synchronized = False
+    restore_layers()  # the saved model is the same as a single device's
     best_epoch = int(np.argmax(history.history["val_srcc"]))
     return model, {"history": history.history, "best_epoch": best_epoch + 1,
                    "best_val_srcc": float(history.history["val_srcc"][best_epoch]),
