@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -197,7 +198,7 @@ class CropSetModel(keras.Model):
         super().__init__(**kwargs)
         self.crop_model = crop_model
 
-    # Set for a distributed training: the (images, targets) spec of a batch.
+    # Set for a distributed training: the spec of a batch (images, targets, loss weights).
     batch_spec = None
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -311,7 +312,7 @@ class _GlobalBatchDropout(keras.layers.Dropout):
         return super().call(tf.pad(inputs, padding), training=True)[start:start + rows]
 
 
-def _distributed_layers(model, strategy) -> list:
+def _distributed_layers(model, strategy) -> Callable[[], None]:
     """With several replicas, for the training only: batch norm's batch statistics over the
     whole global batch (an all-reduce per layer and step) instead of each replica's part, and
     dropout masks drawn for the global batch (`_GlobalBatchDropout`). So each step computes
