@@ -108,3 +108,37 @@ def tiny_project(tmp_path_factory) -> Path:
     clone = make_clone(tmp_path_factory.mktemp("project"), TINY_PARAMS)
     run([str(VENV_BIN / "dvc"), "repro"], cwd=clone, env=project_env(clone))
     return clone
+
+
+def write_tiny_shards(out_dir: Path, *, train: int = 24, val: int = 8, seed: int = 0) -> Path:
+    """Training shards in seconds, without the pipeline: smooth random 48x64 pictures with
+    Gaussian noise (TID2013 type 1) or blur (type 8) at levels 1..4, MOS 6 - level, so that a
+    tiny model has something to learn. Writes what the train stage reads: one shard per split
+    and splits.csv."""
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+    from scipy import ndimage
+
+    from nriqa.shards import _example
+
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, count in (("train", train), ("val", val), ("test", 0)):
+        with tf.io.TFRecordWriter(str(out_dir / f"{split}-00-of-01.tfrecord")) as writer:
+            for i in range(count):
+                picture = ndimage.zoom(rng.uniform(0, 255, (6, 8, 3)), (8, 8, 1), order=3)
+                distortion, level = (1, 8)[i % 2], 1 + (i // 2) % 4
+                if distortion == 1:
+                    picture = picture + rng.normal(0, 12 * level, picture.shape)
+                else:
+                    picture = ndimage.gaussian_filter(picture, (0.8 * level, 0.8 * level, 0))
+                image = np.clip(picture, 0, 255).astype(np.uint8)
+                row = {"image": f"{split}{i:03d}.png", "reference": f"{split}{i // 8}",
+                       "distortion": distortion, "level": level, "mos": 6.0 - level,
+                       "type_label": distortion, "split": split}
+                writer.write(_example(image, row).SerializeToString(deterministic=True))
+                rows.append(row)
+    pd.DataFrame(rows).to_csv(out_dir / "splits.csv", index=False)
+    return out_dir

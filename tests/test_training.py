@@ -1,0 +1,61 @@
+"""Training's settings that decide the weights beyond the seed: the thread count (`train.threads`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
+
+# The stage's own imports first (stages.train: tracking, imaging, model, training, and the quiet
+# TensorFlow start that lists devices), then a real training with train.threads = 1.
+THREADS_SCRIPT = """
+import json, sys
+from pathlib import Path
+import yaml
+import stages.train  # noqa: F401  everything the train stage imports before it trains
+import tensorflow as tf
+from nriqa.imaging import preprocessing_config
+from nriqa.training import train
+params = json.loads(sys.argv[2])
+train(Path(sys.argv[1]), params, preprocessing_config(params))
+started = (tf.config.threading.get_intra_op_parallelism_threads(),
+           tf.config.threading.get_inter_op_parallelism_threads())
+try:  # refused once the runtime has started: so it started with the pools read above
+    tf.config.threading.set_intra_op_parallelism_threads(started[0] + 1)
+    frozen = False
+except RuntimeError:
+    frozen = True
+print("THREADS", json.dumps({"started": started, "frozen": frozen}))
+"""
+
+
+def test_train_threads_reach_tensorflow_before_its_runtime_starts(tmp_path):
+    import yaml
+
+    shards = write_tiny_shards(tmp_path / "shards", train=8, val=4)
+    params = merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), TINY_PARAMS)
+    params["train"].update(epochs=1, threads=1)
+    result = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(shards), json.dumps(params)],
+                            cwd=PROJECT, env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("THREADS "))
+    assert json.loads(line.removeprefix("THREADS ")) == {"started": [1, 1], "frozen": True}
+
+
+def test_default_threads_param_is_two():
+    import yaml
+
+    assert yaml.safe_load((PROJECT / "params.yaml").read_text())["train"]["threads"] == 2
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, "2", True])
+def test_bad_threads_name_the_field(threads):
+    from nriqa.errors import NriqaError
+    from nriqa.training import set_threads
+
+    with pytest.raises(NriqaError, match="train.threads"):
+        set_threads(threads)
