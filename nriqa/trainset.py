@@ -42,7 +42,7 @@ from tqdm import tqdm
 from nriqa.datasets import INDEX_COLUMNS
 from nriqa.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION, MIN_SIDE
 from nriqa.errors import NriqaError
-from nriqa.labels import level_mos
+from nriqa.labels import PRISTINE_MOS, level_mos
 
 _MATE = Path("/usr/share/backgrounds/mate/nature")
 _PLASMA = Path("/usr/share/wallpapers")
@@ -93,10 +93,15 @@ def reference_crop(rng: np.random.Generator, image_size: tuple[int, int]) -> tup
     return index, np.ascontiguousarray(crop)
 
 
-def make_image(seed: int, number: int, image_size: tuple[int, int], types: Sequence[int]):
+def make_image(seed: int, number: int, image_size: tuple[int, int], types: Sequence[int],
+               pristine_fraction: float = 0.0):
     """Image ``number``: (uint8 RGB image, index row without the path)."""
     rng = np.random.default_rng([seed, number])
     photo, reference = reference_crop(rng, image_size)
+    if rng.random() < pristine_fraction:
+        # No distortion, so no type to learn (0) and no level.
+        return reference, {"image": f"T{number:05d}.png", "reference": f"P{photo:02d}", "distortion": 0,
+                           "level": None, "mos": round(PRISTINE_MOS, 5), "mos_std": 0.0}
     distortion = DISTORTIONS[int(types[int(rng.integers(len(types)))])]
     position = float(rng.uniform(MIN_POSITION, MAX_POSITION))
     raise_contrast = bool(rng.random() < 0.5)
@@ -110,10 +115,10 @@ def make_image(seed: int, number: int, image_size: tuple[int, int], types: Seque
 
 
 def _make_chunk(args) -> list[dict]:
-    out_dir, seed, numbers, image_size, types = args
+    out_dir, seed, numbers, image_size, types, pristine_fraction = args
     rows = []
     for number in numbers:
-        image, row = make_image(seed, number, image_size, types)
+        image, row = make_image(seed, number, image_size, types, pristine_fraction)
         # Fastest PNG compression: the file is read once, by preprocess.
         Image.fromarray(image).save(out_dir / "images" / row["image"], compress_level=1)
         rows.append({**row, "path": f"images/{row['image']}"})
@@ -122,11 +127,13 @@ def _make_chunk(args) -> list[dict]:
 
 def generate_training_set(out_dir: Path, *, num_images: int, image_size=(256, 192), seed: int = 0,
                           distortion_types: Sequence[int] = tuple(DISTORTIONS),
-                          progress: bool = True) -> pd.DataFrame:
+                          pristine_fraction: float = 0.0, progress: bool = True) -> pd.DataFrame:
     """Write ``images/T00000.png``... and ``index.csv`` (`nriqa.datasets` columns) into the
     existing, empty ``out_dir``; returns the index."""
     if not isinstance(num_images, int) or num_images < 1:
         raise NriqaError(f"trainset.images must be a positive integer, got {num_images!r}")
+    if not 0.0 <= pristine_fraction < 1.0:
+        raise NriqaError(f"trainset.pristine_fraction must be in [0, 1), got {pristine_fraction!r}")
     width, height = (int(side) for side in image_size)
     if min(width, height) < MIN_SIDE:
         raise NriqaError(f"trainset.image_size {width}x{height} is too small; both sides must be at least {MIN_SIDE}")
@@ -137,7 +144,8 @@ def generate_training_set(out_dir: Path, *, num_images: int, image_size=(256, 19
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir()
     chunk = 50
-    jobs = [(out_dir, seed, range(start, min(start + chunk, num_images)), (width, height), types)
+    jobs = [(out_dir, seed, range(start, min(start + chunk, num_images)), (width, height), types,
+             float(pristine_fraction))
             for start in range(0, num_images, chunk)]
     # Processes ("spawn": fresh interpreters) pay off only for more than one chunk.
     pool = (ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1),

@@ -17,6 +17,7 @@ def main():
     with staging(OUT_DIR) as tmp:
         generate_training_set(tmp, num_images=int(settings["images"]),
                               image_size=tuple(settings["image_size"]), seed=int(settings["seed"]),
+                              pristine_fraction=float(settings.get("pristine_fraction", 0.0)),
                               **({} if types == "all" else {"distortion_types": types}))
         os.rename(tmp, OUT_DIR)
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from nriqa.distortions import DISTORTIONS, LEVELS
 from nriqa.errors import NriqaError
 from nriqa.synthetic import REFERENCE_SOURCES
-from nriqa.trainset import TRAINING_PHOTOS, check_photos, generate_training_set
+from nriqa.labels import PRISTINE_MOS
+from nriqa.trainset import TRAINING_PHOTOS, check_photos, generate_training_set, make_image
 
 TINY = dict(num_images=12, image_size=(64, 48), seed=3, progress=False)
 
@@ -41,6 +43,21 @@ def test_index_and_images(tiny_trainset):
     for path in index["path"]:
         with Image.open(tiny_trainset / path) as image:
             assert image.size == (64, 48) and image.mode == "RGB"
+
+
+def test_pristine_images_are_undistorted_untyped_and_labelled_best(tmp_path):
+    index = generate_training_set(tmp_path, **{**TINY, "num_images": 40}, pristine_fraction=0.3)
+    pristine = index[index["distortion"] == 0]
+    assert 5 <= len(pristine) <= 20  # 30% of 40, drawn per image
+    assert pristine["level"].isna().all() and (pristine["mos"] == round(PRISTINE_MOS, 5)).all()
+    assert PRISTINE_MOS > index.loc[index["distortion"] > 0, "mos"].quantile(0.9)
+    for row in pristine.itertuples():
+        # The photo crop itself: the same image as drawn without any pristine share.
+        number = int(row.image[1:6])
+        image, _ = make_image(TINY["seed"], number, TINY["image_size"], tuple(DISTORTIONS), 0.3)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / row.path)), image)
+    with pytest.raises(NriqaError, match="pristine_fraction"):
+        generate_training_set(tmp_path / "x", **TINY, pristine_fraction=1.0)
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tiny_trainset, tmp_path):
