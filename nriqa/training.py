@@ -231,16 +231,13 @@ class CropSetModel(keras.Model):
         return keras.ops.mean(keras.ops.reshape(outputs, (images, crops, columns)), axis=1)
 
 
-def joint_loss(mos_loss: str, type_weight: float, rank_weight: float = 0.0):
-    """MOS loss on column 0, plus `rank_weight` x a pairwise ranking loss over the batch, plus
-    `type_weight` x cross-entropy of the type logits, counted only for images whose type is
-    known (target type > 0)."""
+def joint_loss(mos_loss: str, type_weight: float):
+    """MOS loss on column 0 plus `type_weight` x cross-entropy of the type logits, counted
+    only for images whose type is known (target type > 0)."""
     mos_fn = keras.losses.get(LOSSES[mos_loss])
 
     def loss(target, output):
         value = mos_fn(target[:, :1], output[:, :1])
-        if rank_weight:
-            value = value + rank_weight * pairwise_rank_loss(target[:, 0], output[:, 0])
         if output.shape[-1] == 1:
             return value
         types = keras.ops.cast(target[:, 1], "int32")
@@ -250,17 +247,6 @@ def joint_loss(mos_loss: str, type_weight: float, rank_weight: float = 0.0):
         return value + type_weight * known * cross_entropy
 
     return loss
-
-
-def pairwise_rank_loss(mos, pred):
-    """Per image, the mean over the batch's other images of a logistic loss on ordering the
-    pair as its labels do: SRCC rewards order, which a squared error spends little on. Under a
-    `tf.distribute` strategy the pairs are those within each replica's share of the batch."""
-    label_order = keras.ops.sign(mos[:, None] - mos[None, :])
-    margin = (pred[:, None] - pred[None, :]) * label_order
-    pairs = keras.ops.abs(label_order)
-    return (keras.ops.sum(pairs * keras.ops.softplus(-margin), axis=1)
-            / keras.ops.maximum(keras.ops.sum(pairs, axis=1), 1.0))
 
 
 class ValidationSRCC(keras.callbacks.Callback):
@@ -400,8 +386,7 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
         steps = int(train_params["epochs"]) * batches
         learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
         trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                        loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"]),
-                                         float(train_params.get("rank_loss_weight") or 0.0)))
+                        loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"])))
     def make_dataset():
         return training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
                                 crops_per_image=int(train_params["crops_per_image"]),

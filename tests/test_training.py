@@ -59,19 +59,3 @@ def test_bad_threads_name_the_field(threads):
 
     with pytest.raises(NriqaError, match="train.threads"):
         set_threads(threads)
-
-
-def test_pairwise_rank_loss_rewards_the_labels_order():
-    import numpy as np
-
-    from nriqa.training import joint_loss, pairwise_rank_loss
-
-    mos = np.array([1.0, 2.0, 3.0, 4.0], "float32")
-    right, reversed_ = (np.asarray(pairwise_rank_loss(mos, pred)) for pred in (mos, -mos))
-    assert (right < np.log(2)).all() and (reversed_ > np.log(2)).all()  # log 2: a tie
-    # Equal labels make no pair; a lone image has none and costs nothing.
-    assert np.asarray(pairwise_rank_loss(np.ones(3, "float32"), mos[:3])).tolist() == [0.0] * 3
-    target = np.stack([mos, np.zeros(4, "float32")], axis=1)
-    output = (mos + 0.5)[:, None]  # right order, off by 0.5: only the MSE part remains of weight 0
-    assert np.allclose(joint_loss("mse", 0.2)(target, output), 0.25)
-    assert np.allclose(joint_loss("mse", 0.2, 1.0)(target, output), 0.25 + right)
