@@ -78,10 +78,9 @@ def rgb_psnr(reference: np.ndarray, distorted: np.ndarray) -> float:
 
 
 def _curve(x_value: float, points_x, points_y) -> float:
-    """Piecewise-linear y(x) through the points; beyond them the end slopes go on for at most
-    one step, then hold."""
-    order = np.argsort(points_x)
-    x, y = np.asarray(points_x, float)[order], np.asarray(points_y, float)[order]
+    """Piecewise-linear y(x) through the points (x ascending); beyond them the end slopes go on
+    for at most one step, then hold."""
+    x, y = np.asarray(points_x, float), np.asarray(points_y, float)
     x_value = float(np.clip(x_value, x[0] - (x[1] - x[0]), x[-1] + (x[-1] - x[-2])))
     if x_value < x[0]:
         return float(y[0] + (x_value - x[0]) * (y[1] - y[0]) / (x[1] - x[0]))

@@ -25,9 +25,8 @@ Distortions
 
 Labels (pseudo-MOS)
     :func:`nriqa.labels.level_mos`: TID2013's median MOS for the image's (type, level), on TID2013's
-    0..9 scale.  ``mos_std`` is a
-    per-level constant: the median over TID2013's 24 types of (max MOS - min MOS) / 4, a range-based
-    standard deviation of how much MOS varies at that level.
+    0..9 scale.  ``mos_std`` is a per-level constant: the median over TID2013's 24 types of
+    (max MOS - min MOS) / 4, a range-based standard deviation of how much MOS varies at that level.
 
 Determinism
     Every distorted image draws from its own generator seeded with (seed, reference, type, level), so a

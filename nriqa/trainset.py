@@ -98,20 +98,17 @@ def make_image(seed: int, number: int, image_size: tuple[int, int], types: Seque
     """Image ``number``: (uint8 RGB image, index row without the path)."""
     rng = np.random.default_rng([seed, number])
     photo, reference = reference_crop(rng, image_size)
+    row = {"image": f"T{number:05d}.png", "reference": f"P{photo:02d}", "mos_std": 0.0}
     if rng.random() < pristine_fraction:
         # No distortion, so no type to learn (0) and no level.
-        return reference, {"image": f"T{number:05d}.png", "reference": f"P{photo:02d}", "distortion": 0,
-                           "level": None, "mos": round(PRISTINE_MOS, 5), "mos_std": 0.0}
+        return reference, {**row, "distortion": 0, "level": None, "mos": round(PRISTINE_MOS, 5)}
     distortion = DISTORTIONS[int(types[int(rng.integers(len(types)))])]
     position = float(rng.uniform(MIN_POSITION, MAX_POSITION))
     raise_contrast = bool(rng.random() < 0.5)
     strength = distortion.strength_at(position, raise_contrast=raise_contrast)
     distorted = distortion.apply_strength(reference, strength, rng)
-    return distorted, {
-        "image": f"T{number:05d}.png", "reference": f"P{photo:02d}", "distortion": distortion.number,
-        "level": round(position, 3), "mos": round(level_mos(distortion.number, position, raise_contrast), 5),
-        "mos_std": 0.0,
-    }
+    return distorted, {**row, "distortion": distortion.number, "level": round(position, 3),
+                       "mos": round(level_mos(distortion.number, position, raise_contrast), 5)}
 
 
 def _make_chunk(args) -> list[dict]:
