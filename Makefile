@@ -22,7 +22,7 @@ $(STAMP): requirements.txt
 
 # Debian packages: bsdtar extracts TID2013's RAR archive (source: tid2013); chromium drives the
 # web-page test; mate-backgrounds and plasma-workspace-wallpapers hold the photos the training
-# set is generated from (nriqa.trainset); postgresql and openssh-server are the real back ends
+# set is generated from (nriqa.data.trainset); postgresql and openssh-server are the real back ends
 # that tests/test_team.py runs (a tracking server on PostgreSQL, a DVC remote over SSH).
 system-deps:
 	@missing=""; \

@@ -2,8 +2,8 @@
 likeliest distortions and, with `map=true`, its quality map.
 
 One service (`bentoml serve service:NRIQA`, or the built Bento): it decodes uploads with
-`nriqa.imaging`, cuts each image's crop grid, answers bad input with a 4xx, serves the web page
-at /ui (`nriqa.webpage`, which calls this API), and scores with the Keras model loaded in the
+`nriqa.model.imaging`, cuts each image's crop grid, answers bad input with a 4xx, serves the web page
+at /ui (`nriqa.serving.webpage`, which calls this API), and scores with the Keras model loaded in the
 same worker. `ModelBatcher` merges the images of concurrent requests into one model call. (A
 second, batchable BentoML service behind `bentoml.depends` did this before; its HTTP client
 dropped calls in flight each time it renewed its session and once stalled a request for 120 s,
@@ -13,7 +13,7 @@ Configuration: the model comes from NRIQA_MODEL_TAG (default `nriqa:latest`). Th
 limits and category thresholds were baked into that model's metadata at package time
 (params.yaml `serve` and `evaluate.categories`); NRIQA_<KEY> overrides serve.<key>
 (NRIQA_MAX_UPLOAD_BYTES, NRIQA_MAX_PIXELS, NRIQA_MAX_BATCH_IMAGES, ...). The page's example
-images were made then too and lie beside the model (`nriqa.examples`).
+images were made then too and lie beside the model (`nriqa.data.examples`).
 """
 
 import asyncio
@@ -31,12 +31,12 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from nriqa.errors import NriqaError
-from nriqa.imaging import crops_for_prediction, decode_image, prediction_layout
-from nriqa.metrics import categorize
-from nriqa.packaging import EXAMPLES_DIR, SERVE_KEYS
-from nriqa.predict import top_distortions
-from nriqa.quality_map import quality_map
-from nriqa.webpage import webpage_app
+from nriqa.model.imaging import crops_for_prediction, decode_image, prediction_layout
+from nriqa.evaluation.metrics import categorize
+from nriqa.ops.packaging import EXAMPLES_DIR, SERVE_KEYS
+from nriqa.model.prediction import top_distortions
+from nriqa.serving.quality_map import quality_map
+from nriqa.serving.webpage import webpage_app
 
 
 def _model_tag() -> str:
@@ -120,7 +120,7 @@ class ModelBatcher:
         return await asyncio.gather(*futures)
 
     async def _drain(self) -> None:
-        from nriqa.predict import score_crop_sets
+        from nriqa.model.prediction import score_crop_sets
 
         loop = asyncio.get_running_loop()
         while self.queue:
@@ -142,12 +142,12 @@ class ModelBatcher:
 
 class Distortion(BaseModel):
     type: int = Field(description="TID2013 distortion type, 1..24")
-    name: str = Field(description="the distortion type's name (nriqa.distortions.DISTORTIONS)")
+    name: str = Field(description="the distortion type's name (nriqa.data.distortions.DISTORTIONS)")
     probability: float = Field(description="the model's probability that this is the distortion")
 
 
 class QualityMap(BaseModel):
-    """The crop scores whose mean is the MOS, where their crops lie (`nriqa.quality_map`)."""
+    """The crop scores whose mean is the MOS, where their crops lie (`nriqa.serving.quality_map`)."""
 
     width: int = Field(description="width of the frame the crops were cut from: the image as "
                                    "scored (preprocess.mode resize: after resizing)")
@@ -353,7 +353,7 @@ class NRIQA:
     bento_model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        from nriqa.predict import load_model
+        from nriqa.model.prediction import load_model
 
         model, _ = load_model(self.bento_model.path)
         self.batcher = ModelBatcher(model, SETTINGS["max_batch_size"])

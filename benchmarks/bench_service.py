@@ -2,7 +2,7 @@
 
 Three ways to score the same images (512x384 JPEGs by default), measured in one run:
 
-* raw batch   `nriqa.predict.predict_mos` over all decoded images at once, in-process.
+* raw batch   `nriqa.model.prediction.predict_mos` over all decoded images at once, in-process.
 * per image   one `model.predict` call per image (the seed's way of scoring).
 * service     the packaged Bento under `bentoml serve`, N concurrent clients each POSTing
               one image at a time to /score (upload, decode, crops, batching).
@@ -58,8 +58,8 @@ def make_images(count: int, size: tuple[int, int]) -> list[bytes]:
 def model_folder(workdir: Path) -> tuple[Path, str]:
     if (PROJECT / "models" / "model.keras").is_file():
         return PROJECT / "models", "trained model from models/ (params.yaml settings)"
-    from nriqa.imaging import preprocessing_config
-    from nriqa.model import model_from_params
+    from nriqa.model.imaging import preprocessing_config
+    from nriqa.model.network import model_from_params
     from nriqa.stage import load_params
 
     params = load_params(PROJECT / "params.yaml")
@@ -71,8 +71,8 @@ def model_folder(workdir: Path) -> tuple[Path, str]:
 
 
 def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
-    from nriqa.imaging import crops_for_prediction, decode_image
-    from nriqa.predict import load_model, predict_mos
+    from nriqa.model.imaging import crops_for_prediction, decode_image
+    from nriqa.model.prediction import load_model, predict_mos
 
     model, info = load_model(folder)
     pre = info["preprocessing"]

@@ -6,9 +6,9 @@ The dev set (`../shared/humanlabels`, read its README) is TID2013's own human MO
 re-made TID2013 images. It is built once into DIR (default `data/external/humanlabels`, about
 3 minutes) with its `build.py`. Prints, overall and per distortion type:
 
-* the labeller's fidelity: SRCC between `nriqa.labels.level_mos` (which knows each image's
+* the labeller's fidelity: SRCC between `nriqa.data.labels.level_mos` (which knows each image's
   type and level) and people's MOS, the ceiling that the training labels set;
-* with `--model-dir`, the no-reference model's SRCC, through `nriqa.evaluation`, the path the
+* with `--model-dir`, the no-reference model's SRCC, through `nriqa.evaluation.report`, the path the
   evaluate stage and `python -m nriqa evaluate` use.
 
 It measures only: nothing here feeds training, validation, early stopping or calibration.
@@ -33,8 +33,8 @@ def build(dev_set: Path) -> None:
 
 
 def labeller_predictions(dev_set: Path) -> pd.DataFrame:
-    from nriqa.datasets import build_index
-    from nriqa.labels import level_mos
+    from nriqa.data.formats import build_index
+    from nriqa.data.labels import level_mos
 
     index, _ = build_index(dev_set, "tid2013")
     index["pred"] = [level_mos(int(t), float(level)) for t, level in zip(index["distortion"], index["level"])]
@@ -42,7 +42,7 @@ def labeller_predictions(dev_set: Path) -> pd.DataFrame:
 
 
 def report(title: str, frame: pd.DataFrame) -> None:
-    from nriqa.metrics import per_group_srcc, quality_metrics
+    from nriqa.evaluation.metrics import per_group_srcc, quality_metrics
 
     overall = quality_metrics(frame["mos"], frame["pred"])
     per_type = per_group_srcc(frame, "distortion")
@@ -60,9 +60,9 @@ def main() -> None:
     build(args.set)
     report("labeller (type and level)", labeller_predictions(args.set))
     if args.model_dir:
-        from nriqa.datasets import build_index
-        from nriqa.evaluation import score_index
-        from nriqa.predict import load_model
+        from nriqa.data.formats import build_index
+        from nriqa.evaluation.report import score_index
+        from nriqa.model.prediction import load_model
 
         model, info = load_model(args.model_dir)
         index, _ = build_index(args.set, "tid2013")

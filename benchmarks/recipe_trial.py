@@ -4,7 +4,7 @@
         [--shards data/processed] [--set data/external/humanlabels]
 
 For comparing recipes quickly on the same data, without the rest of the pipeline: trains with
-`nriqa.training.train` (params.yaml plus the `-S section.key=value` overrides, values in YAML),
+`nriqa.model.training.train` (params.yaml plus the `-S section.key=value` overrides, values in YAML),
 saves the model to `benchmarks/trials/NAME/`, then prints the validation curve, SRCC against the
 human-label dev set (built there by `benchmarks/human_labels.py` if missing) and SRCC on the
 test split. One JSON line per trial is appended to `benchmarks/trials/results.jsonl`. The
@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def main() -> None:
     from human_labels import build
 
-    from nriqa.datasets import build_index
-    from nriqa.evaluation import score_index
-    from nriqa.imaging import preprocessing_config
-    from nriqa.metrics import per_group_srcc, quality_metrics
-    from nriqa.model import save_model
-    from nriqa.training import train
+    from nriqa.data.formats import build_index
+    from nriqa.evaluation.report import score_index
+    from nriqa.model.imaging import preprocessing_config
+    from nriqa.evaluation.metrics import per_group_srcc, quality_metrics
+    from nriqa.model.network import save_model
+    from nriqa.model.training import train
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name")

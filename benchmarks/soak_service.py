@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import make_images, model_folder, serving  # noqa: E402
 
 def expected_scores(folder: Path, images: list[bytes]) -> list[float]:
-    from nriqa.imaging import decode_image
-    from nriqa.predict import load_model, predict_mos
+    from nriqa.model.imaging import decode_image
+    from nriqa.model.prediction import load_model, predict_mos
 
     model, info = load_model(folder)
     return predict_mos(model, [decode_image(data) for data in images],

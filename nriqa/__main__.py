@@ -9,7 +9,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nriqa", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from nriqa import external, scoring, tracking
+    from nriqa.evaluation import external
+    from nriqa.ops import tracking
+    from nriqa.serving import scoring
 
     tracking.add_runs_command(commands)
     scoring.add_score_command(commands)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -51,3 +52,9 @@ def remove_stale(*paths: str | Path) -> None:
     old file is left beside new ones to pass for their partner (an old run id beside a new model)."""
     for path in map(Path, paths):
         path.unlink(missing_ok=True)
+
+
+def write_json(path: Path, payload) -> None:
+    """Written aside and renamed: a crash never leaves half a JSON file."""
+    with written_aside(path) as aside:
+        aside.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -6,8 +6,8 @@ Reads TID2013's per-level statistics (``../shared/reference/tid2013_levels.csv``
    references (512x384) matches TID2013's median PSNR for that type and level.  It measures the median
    PSNR on a log-spaced grid of strengths, makes that curve monotone, and interpolates (integers are
    rounded for integer parameters such as JPEG quality).  The result is pasted into
-   ``nriqa.distortions.CALIBRATED_STRENGTHS``;
-2. the per-level mos_std rule's numbers, pasted into ``nriqa.synthetic.MOS_STD_BY_LEVEL``.
+   ``nriqa.data.distortions.CALIBRATED_STRENGTHS``;
+2. the per-level mos_std rule's numbers, pasted into ``nriqa.data.synthetic.MOS_STD_BY_LEVEL``.
 
 Run:  python scripts/calibrate_synthetic.py [path/to/tid2013_levels.csv [types,to,redo]]
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nriqa.distortions import DISTORTIONS
-from nriqa.labels import rgb_psnr
-from nriqa.synthetic import MAX_REFERENCES, image_rng, load_reference
+from nriqa.data.distortions import DISTORTIONS
+from nriqa.data.labels import rgb_psnr
+from nriqa.data.synthetic import MAX_REFERENCES, image_rng, load_reference
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "tid2013_levels.csv"
 SIZE = (512, 384)

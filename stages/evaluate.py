@@ -1,5 +1,5 @@
 """DVC stage `evaluate`: test-split metrics, the baseline beside them, tables and plots, and the
-same model measured on each labelled folder of `evaluate.external` (see nriqa/external.py).
+same model measured on each labelled folder of `evaluate.external` (see nriqa/evaluation/external.py).
 
 Results are also added to the training's MLflow run, named by models/mlflow_run.json.
 """
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from nriqa import external, plots, tracking
-from nriqa.evaluation import (add_baseline, add_categories, distortion_confusion,
+from nriqa.evaluation import external, plots
+from nriqa.ops import tracking
+from nriqa.evaluation.report import (add_baseline, add_categories, distortion_confusion,
                               per_distortion_table, per_level_table, rounded, score_test_split,
                               summarize, test_set_digest)
-from nriqa.metrics import CATEGORY_NAMES
-from nriqa.predict import load_model
-from nriqa.shards import write_json
-from nriqa.stage import load_params, stage_main
+from nriqa.evaluation.metrics import CATEGORY_NAMES
+from nriqa.model.prediction import load_model
+from nriqa.stage import load_params, stage_main, write_json
 
 RAW_DIR = Path("data/raw")
 SPLITS = Path("data/processed/splits.csv")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from nriqa.sources import fetch_dataset
+from nriqa.data.sources import fetch_dataset
 from nriqa.stage import load_params, stage_main
 
 RAW_DIR = Path("data/raw")

@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from nriqa.datasets import build_index, dataset_format
-from nriqa.shards import write_json
-from nriqa.stage import load_params, stage_main
+from nriqa.data.formats import build_index, dataset_format
+from nriqa.stage import load_params, stage_main, write_json
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/interim")

@@ -18,10 +18,9 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_HOME", str(PROJECT / "bentoml_home"))  # before bentoml is imported
 
-from nriqa.packaging import fetch_mlflow_model, package, promoted_version  # noqa: E402
-from nriqa.shards import write_json  # noqa: E402
-from nriqa.stage import load_params, stage_main  # noqa: E402
-from nriqa.tracking import resolve_tracking_uri  # noqa: E402
+from nriqa.ops.packaging import fetch_mlflow_model, package, promoted_version  # noqa: E402
+from nriqa.stage import load_params, stage_main, write_json  # noqa: E402
+from nriqa.ops.tracking import resolve_tracking_uri  # noqa: E402
 
 PROMOTION = PROJECT / "reports/promotion.json"
 REPORT = PROJECT / "reports/bento.json"

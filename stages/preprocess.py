@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from nriqa.datasets import dataset_format
-from nriqa.shards import split_by_reference, write_json, write_shards
-from nriqa.stage import load_params, stage_main
-from nriqa.trainset import INDEX_NAME
+from nriqa.data.formats import dataset_format
+from nriqa.data.shards import split_by_reference, write_shards
+from nriqa.stage import load_params, stage_main, write_json
+from nriqa.data.trainset import INDEX_NAME
 
 RAW_DIR = Path("data/raw")
 TRAINSET_DIR = Path("data/trainset")

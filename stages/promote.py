@@ -1,12 +1,11 @@
 """DVC stage `promote`: register the trained model; it takes the `champion` alias only if its
 test SRCC beats the current champion's on the same test set, or if `mlflow.force_promote` is
-true (see `nriqa.registry`)."""
+true (see `nriqa.ops.registry`)."""
 
 from pathlib import Path
 
-from nriqa import registry, tracking
-from nriqa.shards import write_json
-from nriqa.stage import load_params, stage_main
+from nriqa.ops import registry, tracking
+from nriqa.stage import load_params, stage_main, write_json
 
 REPORT = Path("reports/promotion.json")
 

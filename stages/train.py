@@ -1,6 +1,6 @@
 """DVC stage `train`: fit the model on the training shards; keep the best validation epoch.
 
-The whole stage is one MLflow run (`nriqa.tracking`): a tracking store that cannot be reached
+The whole stage is one MLflow run (`nriqa.ops.tracking`): a tracking store that cannot be reached
 stops the stage before training, and a crash marks the run FAILED. Once training starts, the
 previous outputs are removed; each new one is written aside and renamed, the run pointer last,
 so a crash leaves no old pointer beside a new model.
@@ -16,12 +16,11 @@ import csv
 import tempfile
 from pathlib import Path
 
-from nriqa import tracking
-from nriqa.imaging import preprocessing_config
-from nriqa.model import save_model
-from nriqa.shards import write_json
-from nriqa.stage import load_params, remove_stale, stage_main, written_aside
-from nriqa.training import check_strategy, is_chief, train
+from nriqa.ops import tracking
+from nriqa.model.imaging import preprocessing_config
+from nriqa.model.network import save_model
+from nriqa.stage import load_params, remove_stale, stage_main, write_json, written_aside
+from nriqa.model.training import check_strategy, is_chief, train
 
 SHARDS = Path("data/processed")
 MODEL_DIR = Path("models")

@@ -1,11 +1,11 @@
-"""DVC stage `trainset`: generated training images with labels from `nriqa.labels` (written atomically)."""
+"""DVC stage `trainset`: generated training images with labels from `nriqa.data.labels` (written atomically)."""
 
 import os
 from pathlib import Path
 
-from nriqa.sources import staging
+from nriqa.data.sources import staging
 from nriqa.stage import load_params, stage_main
-from nriqa.trainset import generate_training_set
+from nriqa.data.trainset import generate_training_set
 
 OUT_DIR = Path("data/trainset")
 

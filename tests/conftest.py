@@ -120,7 +120,7 @@ def write_tiny_shards(out_dir: Path, *, train: int = 24, val: int = 8, seed: int
     import tensorflow as tf
     from scipy import ndimage
 
-    from nriqa.shards import _example
+    from nriqa.data.shards import _example
 
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)

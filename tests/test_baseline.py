@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from nriqa.baseline import N_FEATURES, BrisqueSVR, brisque_features, feature_names, features_for_paths
+from nriqa.evaluation.baseline import N_FEATURES, BrisqueSVR, brisque_features, feature_names, features_for_paths
 from nriqa.errors import NriqaError
 
 

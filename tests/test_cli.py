@@ -30,7 +30,7 @@ def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4
     """
     import keras
 
-    from nriqa.model import make_model
+    from nriqa.model.network import make_model
 
     keras.utils.set_random_seed(3)
     model = make_model(input_size=32, width=0.25, depth=2, head_units=(8,),
@@ -58,10 +58,10 @@ def textured(seed: int, size=(96, 64)) -> Image.Image:
 
 
 def check_distortions(distortions, probabilities=None, atol: float = 1e-3) -> None:
-    """Three `{type, name, probability}`, likeliest first, named as nriqa.distortions names
+    """Three `{type, name, probability}`, likeliest first, named as nriqa.data.distortions names
     them; with `probabilities` (the image's 24 type probabilities from `score_images`), each
     probability is the model's for that type and no type left out is likelier."""
-    from nriqa.distortions import DISTORTIONS
+    from nriqa.data.distortions import DISTORTIONS
 
     assert isinstance(distortions, list) and len(distortions) == 3, distortions
     for entry in distortions:
@@ -81,8 +81,8 @@ def check_distortions(distortions, probabilities=None, atol: float = 1e-3) -> No
 
 def local_scores(model_dir: Path, files: list[Path]):
     """(MOS, type probabilities or None) computed in this process, the reference values."""
-    from nriqa.imaging import crops_for_prediction, decode_image
-    from nriqa.predict import load_model, predict_mos, score_images
+    from nriqa.model.imaging import crops_for_prediction, decode_image
+    from nriqa.model.prediction import load_model, predict_mos, score_images
 
     model, info = load_model(model_dir)
     images = [decode_image(f) for f in files]
@@ -150,7 +150,7 @@ CSV_HEADER = ["path", "mos", "category", "distortion_1", "p_1", "distortion_2", 
 
 
 def test_csv_to_stdout_matches_predict_mos(tiny_model, image_tree):
-    from nriqa.distortions import DISTORTIONS
+    from nriqa.data.distortions import DISTORTIONS
 
     files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"]
     result = score_cli([*map(str, files), "--model-dir", str(tiny_model)])
@@ -188,9 +188,9 @@ def test_model_without_type_head_gives_no_distortions(plain_model, image_tree, t
 
 def test_quality_map_is_the_crop_scores_averaged_into_the_mos(tiny_model, image_tree):
     """One model pass gives the MOS and the map: the map's mean is the MOS."""
-    from nriqa.imaging import crops_for_prediction, decode_image, prediction_layout
-    from nriqa.predict import load_model, score_crop_sets, score_images
-    from nriqa.quality_map import quality_map
+    from nriqa.model.imaging import crops_for_prediction, decode_image, prediction_layout
+    from nriqa.model.prediction import load_model, score_crop_sets, score_images
+    from nriqa.serving.quality_map import quality_map
 
     model, info = load_model(tiny_model)
     preprocessing = dict(info["preprocessing"], max_crops=5)  # a thinned grid: 2x3 -> 5
@@ -241,7 +241,8 @@ class Crash(BaseException):
 
 
 def test_rows_already_scored_survive_a_crash(tiny_model, image_tree, tmp_path, monkeypatch):
-    from nriqa import imaging, scoring
+    from nriqa.model import imaging
+    from nriqa.serving import scoring
     from nriqa.__main__ import main
 
     files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"] * scoring.CHUNK
@@ -266,7 +267,7 @@ def test_any_error_on_one_file_is_named_and_the_rest_scored(tiny_model, image_tr
                                                             monkeypatch, capsys):
     """Not only NriqaError: whatever a decoder raises for one file (here a KeyError, as PIL
     raises for some malformed TIFF tags) skips that file alone, and the exit status says so."""
-    from nriqa import imaging
+    from nriqa.model import imaging
     from nriqa.__main__ import main
 
     bad = image_tree / "nested" / "b.JPG"

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nriqa.datasets import INDEX_COLUMNS, build_index, dataset_format
+from nriqa.data.formats import INDEX_COLUMNS, build_index, dataset_format
 from nriqa.errors import NriqaError
 
 

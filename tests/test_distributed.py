@@ -97,7 +97,7 @@ def test_two_workers_train_what_one_device_trains(runs):
     assert np.allclose(chief["loss"], single["loss"], rtol=5e-2, atol=0)
     assert np.allclose(chief["val_rmse"], single["val_rmse"], rtol=1e-3, atol=0)
 
-    from nriqa.predict import load_model
+    from nriqa.model.prediction import load_model
 
     single, chief = (load_model(runs[name] / "models")[0] for name in ("single", "chief"))  # models now
     moved = max(np.abs(w.numpy()).max() for w in single.weights if w.path.endswith("/beta"))
@@ -124,14 +124,14 @@ def tf_config(task_type, index, chief=False):
     ("multi_worker", tf_config("chief", 0, chief=True), True),
 ])
 def test_the_chief_is_tf_distributes(strategy, environ, chief):
-    from nriqa.training import is_chief
+    from nriqa.model.training import is_chief
 
     assert is_chief({"train": {"strategy": strategy}}, environ) is chief
 
 
 def test_bad_strategy_settings_say_what_to_fix(monkeypatch):
     from nriqa.errors import NriqaError
-    from nriqa.training import cluster_task, distribution_strategy
+    from nriqa.model.training import cluster_task, distribution_strategy
 
     with pytest.raises(NriqaError, match=re.escape("one of none | mirrored | multi_worker")):
         distribution_strategy("parameter_server")

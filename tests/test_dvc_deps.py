@@ -36,13 +36,14 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def module_files(python_files: list[Path]) -> set[str]:
-    """Every nriqa/*.py the files load, transitively; importing any module runs __init__.py."""
+    """Every nriqa module file the files load, transitively; importing any module runs __init__.py."""
     pending, seen = list(python_files), set()
     while pending:
         modules = imported_modules(pending.pop())
         files = {f"{name.replace('.', '/')}.py" for name in modules}
-        if modules:
-            files.add("nriqa/__init__.py")
+        # Importing nriqa.a.b first runs nriqa/__init__.py and nriqa/a/__init__.py.
+        files |= {"/".join(name.split(".")[:depth]) + "/__init__.py"
+                  for name in modules for depth in range(1, name.count(".") + 1)}
         for new in files - seen:
             seen.add(new)
             pending.append(PROJECT / new)
@@ -71,7 +72,7 @@ def test_stage_depends_on_exactly_the_modules_it_imports(name):
 
 def test_package_depends_on_every_module_it_ships():
     bentofile = yaml.safe_load((PROJECT / "bentofile.yaml").read_text())
-    assert "/nriqa/*.py" in bentofile["include"]
+    assert "/nriqa/**/*.py" in bentofile["include"]
     assert "nriqa" in declared(STAGES["package"])
     # Bytecode beside the modules must not count as a change of the package.
     ignored = (PROJECT / ".dvcignore").read_text().split()
@@ -80,7 +81,7 @@ def test_package_depends_on_every_module_it_ships():
 
 def test_imports_are_found_at_module_level_and_in_functions(tmp_path):
     source = tmp_path / "stage.py"
-    source.write_text("from nriqa import tracking, errors\nimport nriqa.model\n"
-                      "def f():\n    from nriqa.shards import read_split\n    import numpy\n")
-    assert imported_modules(source) == {"nriqa.tracking", "nriqa.errors", "nriqa.model",
-                                        "nriqa.shards"}
+    source.write_text("from nriqa.ops import tracking\nfrom nriqa import errors\nimport nriqa.model.network\n"
+                      "def f():\n    from nriqa.data.shards import read_split\n    import numpy\n")
+    assert imported_modules(source) == {"nriqa.ops.tracking", "nriqa.errors", "nriqa.model.network",
+                                        "nriqa.data.shards"}

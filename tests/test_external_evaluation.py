@@ -16,7 +16,7 @@ from scipy import stats
 
 from conftest import PROJECT, run, tool_env
 from nriqa.errors import NriqaError
-from nriqa.external import evaluate_folder, open_folder, open_folders, parse_entries, write_reports
+from nriqa.evaluation.external import evaluate_folder, open_folder, open_folders, parse_entries, write_reports
 from test_cli import make_tiny_model, textured
 
 TYPES = [1, 8, 10]
@@ -30,7 +30,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tid_folder(tmp_path_factory) -> Path:
     """18 images in TID2013's layout: 2 references x 3 types x 3 levels."""
-    from nriqa.synthetic import generate_tid2013_like
+    from nriqa.data.synthetic import generate_tid2013_like
 
     root = tmp_path_factory.mktemp("tid_like")
     generate_tid2013_like(root, num_references=2, image_size=(96, 64), distortion_types=TYPES,
@@ -54,7 +54,7 @@ def koniq_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model):
-    from nriqa.predict import load_model
+    from nriqa.model.prediction import load_model
 
     return load_model(tiny_model)
 
@@ -74,8 +74,8 @@ def evaluate_cli(args: list[str], check: bool = True):
 # --- The figures ---------------------------------------------------------------------------------
 
 def test_metrics_agree_with_scipy_on_the_predictions(tid_result, loaded, tid_folder):
-    from nriqa.imaging import decode_image
-    from nriqa.predict import predict_mos
+    from nriqa.model.imaging import decode_image
+    from nriqa.model.prediction import predict_mos
 
     predictions = tid_result.predictions
     assert list(predictions.columns) == ["image", "distortion", "level", "mos", "pred"]
@@ -106,7 +106,7 @@ def test_metrics_agree_with_scipy_on_the_predictions(tid_result, loaded, tid_fol
 
 
 def test_reports_and_flat_mlflow_names(tid_result, tmp_path):
-    from nriqa.tracking import evaluation_metrics
+    from nriqa.ops.tracking import evaluation_metrics
 
     written = write_reports("tidlike", tid_result, tmp_path)
     assert [p.name for p in written] == ["tidlike.csv", "tidlike_per_distortion.csv"]

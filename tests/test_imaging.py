@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from nriqa.errors import NriqaError
-from nriqa.imaging import (apply_policy, crops_for_prediction, decode_image, grid_crops,
+from nriqa.model.imaging import (apply_policy, crops_for_prediction, decode_image, grid_crops,
                            prediction_layout)
 
 RNG = np.random.default_rng(0)

@@ -1,13 +1,13 @@
-"""The labeller (`nriqa.labels`): TID2013's median MOS per (type, level), continuous in level."""
+"""The labeller (`nriqa.data.labels`): TID2013's median MOS per (type, level), continuous in level."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nriqa.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION
+from nriqa.data.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION
 from nriqa.errors import NriqaError
-from nriqa.labels import _TID2013_MOS, level_mos, rgb_psnr
+from nriqa.data.labels import _TID2013_MOS, level_mos, rgb_psnr
 
 
 @pytest.mark.parametrize("distortion_type", [1, 2, 8, 10, 11, 22])

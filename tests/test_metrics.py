@@ -1,4 +1,4 @@
-"""Tests for nriqa.metrics and nriqa.plots: known values, degenerate input, categories, PNG determinism."""
+"""Tests for nriqa.evaluation.metrics and nriqa.evaluation.plots: known values, degenerate input, categories, PNG determinism."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from nriqa.errors import NriqaError
-from nriqa.metrics import (
+from nriqa.evaluation.metrics import (
     CATEGORY_NAMES,
     DEFAULT_THRESHOLDS,
     categorize,
@@ -185,7 +185,7 @@ def test_category_metrics_confusion_and_accuracy():
 
 
 def test_plots_write_identical_pngs(tmp_path):
-    from nriqa import plots
+    from nriqa.evaluation import plots
 
     rng = np.random.default_rng(0)
     mos = rng.uniform(1, 5, 100)

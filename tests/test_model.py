@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from nriqa.errors import NriqaError
-from nriqa.model import make_model, save_model
-from nriqa.predict import load_model, predict_mos
+from nriqa.model.network import make_model, save_model
+from nriqa.model.prediction import load_model, predict_mos
 
 PREPROCESSING = {"mode": "native", "resize": [32, 32], "crop_size": 32, "stride": 32,
                  "max_crops": 6}
@@ -89,7 +89,7 @@ def test_saved_model_loads_with_its_preprocessing(tiny_model, tmp_path):
 def test_saved_file_is_byte_identical(tiny_model, tmp_path):
     import time
 
-    from nriqa.model import save_model
+    from nriqa.model.network import save_model
 
     save_model(tiny_model, tmp_path / "a.keras")
     time.sleep(1.1)  # a different save time must not change the bytes

@@ -73,9 +73,9 @@ def test_second_repro_runs_nothing(tiny_project):
     assert "Running stage" not in again
 
 
-@pytest.mark.parametrize("module, stage", [("nriqa/shards.py", "train"),
-                                           ("nriqa/model.py", "evaluate"),
-                                           ("nriqa/tracking.py", "package")])
+@pytest.mark.parametrize("module, stage", [("nriqa/data/shards.py", "train"),
+                                           ("nriqa/model/network.py", "evaluate"),
+                                           ("nriqa/ops/tracking.py", "package")])
 def test_dvc_status_sees_a_change_to_a_module_a_stage_imports(tiny_project, module, stage):
     """The modules the issue found missing from dvc.yaml (tests/test_dvc_deps.py keeps all of
     them listed): changing one makes its stage stale, not "up to date"."""

@@ -226,7 +226,7 @@ def test_score_matches_predict_mos_and_type_probabilities(served, corpus):
 def test_quality_map_is_the_crops_averaged_into_the_score(served, corpus):
     """`map=true` returns the crop scores whose mean is the MOS, where the crops lie; the same
     score as without it (one model pass gives both)."""
-    from nriqa.imaging import decode_image, prediction_layout
+    from nriqa.model.imaging import decode_image, prediction_layout
 
     preprocessing = json.loads((served.model_dir / "model.json").read_text())["preprocessing"]
     uploads = {name: (corpus / name).read_bytes() for name in ("photo.png", "rotated.jpg",

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from nriqa.errors import NriqaError
-from nriqa.sources import cache_name, download, extract_archive, fetch_dataset
+from nriqa.data.sources import cache_name, download, extract_archive, fetch_dataset
 
 # --------------------------------------------------------------------------
 # A local HTTP server with Range support and simulated interruptions
@@ -487,7 +487,7 @@ def test_a_link_from_a_mac_os_or_beos_entry_is_refused(tmp_path, host_os):
 
 
 def test_links_and_special_files_in_the_extracted_tree_are_refused(tmp_path):
-    from nriqa.sources import LIMITS, check_extracted_tree
+    from nriqa.data.sources import LIMITS, check_extracted_tree
 
     archive = tmp_path / "a.rar"
     for name, make, reason in [
@@ -505,7 +505,7 @@ def test_links_and_special_files_in_the_extracted_tree_are_refused(tmp_path):
 
 
 def test_oversized_and_bomb_archives_are_refused_before_extraction(tmp_path):
-    from nriqa.sources import ExtractLimits
+    from nriqa.data.sources import ExtractLimits
 
     bomb = tmp_path / "bomb.zip"
     bomb.write_bytes(make_zip({"kadid10k/zeros.bin": bytes(20_000_000)}))
@@ -522,7 +522,7 @@ def test_oversized_and_bomb_archives_are_refused_before_extraction(tmp_path):
 
 @pytest.mark.skipif(shutil.which("bsdtar") is None, reason="bsdtar (libarchive-tools) not installed")
 def test_a_hanging_bsdtar_is_stopped(tmp_path):
-    from nriqa.sources import ExtractLimits, run_bsdtar
+    from nriqa.data.sources import ExtractLimits, run_bsdtar
 
     stuck = tmp_path / "stuck.rar"
     os.mkfifo(stuck)  # bsdtar waits for a writer that never comes
@@ -588,7 +588,7 @@ def test_local_missing_or_empty_folder_is_named(tmp_path):
 
 @pytest.fixture
 def fake_synthetic(monkeypatch):
-    """Stands in for nriqa.synthetic, so these tests pin down only the call."""
+    """Stands in for nriqa.data.synthetic, so these tests pin down only the call."""
     calls = []
 
     def generate_tid2013_like(out_dir, **kwargs):
@@ -599,9 +599,9 @@ def fake_synthetic(monkeypatch):
             raise RuntimeError("generator failed")
         (Path(out_dir) / "mos_with_names.txt").write_text("")
 
-    module = types.ModuleType("nriqa.synthetic")
+    module = types.ModuleType("nriqa.data.synthetic")
     module.generate_tid2013_like = generate_tid2013_like
-    monkeypatch.setitem(sys.modules, "nriqa.synthetic", module)
+    monkeypatch.setitem(sys.modules, "nriqa.data.synthetic", module)
     return calls
 
 
@@ -620,8 +620,8 @@ def test_synthetic_all_types_leaves_the_choice_to_the_generator(tmp_path, fake_s
 
 
 def test_real_synthetic_generator_output_indexes_cleanly(tmp_path):
-    pytest.importorskip("nriqa.synthetic")
-    from nriqa.datasets import build_index
+    pytest.importorskip("nriqa.data.synthetic")
+    from nriqa.data.formats import build_index
 
     params = {"source": "synthetic", "seed": 5, "num_references": 2, "image_size": [64, 48],
               "distortion_types": [1, 8], "levels": [1, 3]}

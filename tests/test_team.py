@@ -235,7 +235,7 @@ def test_champion_is_the_better_run_whichever_finished_last(team):
 def test_worse_model_promoted_last_leaves_the_champion(team):
     """The other order: the worse run's promotion comes after the better one's (the pipeline
     order above gave one order; this gives the other, whichever clone trained better)."""
-    from nriqa.registry import promote
+    from nriqa.ops.registry import promote
 
     first, second = team["results"]["first"], team["results"]["second"]
     worse, better = sorted((first, second), key=lambda r: r["metrics"]["test"]["srcc"])
@@ -350,7 +350,7 @@ def test_container_service_takes_its_settings_from_the_environment(build_context
     """The context's own service.py on the context's models, as in the image (BENTOML_HOME
     holds the Bento's models there): every serve limit comes from NRIQA_<KEY>, each of which
     the README documents."""
-    from nriqa.packaging import SERVE_KEYS
+    from nriqa.ops.packaging import SERVE_KEYS
 
     readme = (PROJECT / "README.md").read_text()
     overrides = {f"NRIQA_{key.upper()}": str(1000 + i) for i, key in enumerate(SERVE_KEYS)}

@@ -100,7 +100,7 @@ def experiment_runs(uri: str, experiment: str = "nriqa"):
 def load_champion(uri: str, model_uri: str = "models:/nriqa@champion"):
     import mlflow
 
-    import nriqa.model  # noqa: F401  registers the custom layer with Keras
+    import nriqa.model.network  # noqa: F401  registers the custom layer with Keras
 
     mlflow.set_tracking_uri(uri)
     return mlflow.keras.load_model(model_uri)
@@ -109,7 +109,7 @@ def load_champion(uri: str, model_uri: str = "models:/nriqa@champion"):
 # --- Two tracked reproductions on a server -----------------------------------------------------
 
 def test_each_training_is_one_finished_run_with_every_param(pipeline):
-    from nriqa.tracking import flatten
+    from nriqa.ops.tracking import flatten
 
     runs = experiment_runs(pipeline["uri"])
     ids = [pipeline["first"]["pointer"]["run_id"], pipeline["second"]["pointer"]["run_id"]]
@@ -198,11 +198,11 @@ def test_logged_model_carries_signature_preprocessing_example_and_code(pipeline,
     assert json.loads((local / "model.json").read_text()) == second["model_json"]
     example = np.array(json.loads((local / "input_example.json").read_text())["inputs"])
     assert example.shape[1:] == (size, size, 3)
-    assert (local / "code/nriqa/model.py").exists()
+    assert (local / "code/nriqa/model/network.py").exists()
 
 
 def test_run_model_predicts_what_the_local_model_predicts(pipeline):
-    from nriqa.predict import load_model
+    from nriqa.model.prediction import load_model
 
     clone = pipeline["clone"]
     logged = load_champion(pipeline["uri"], pipeline["second"]["pointer"]["model_uri"])
@@ -235,7 +235,7 @@ def test_promotion_gate_on_two_real_runs(pipeline, client):
 def test_runs_command_lists_best_first_with_differing_params(pipeline, monkeypatch, capsys):
     import argparse
 
-    from nriqa import tracking
+    from nriqa.ops import tracking
 
     monkeypatch.chdir(pipeline["clone"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline["uri"])
@@ -328,7 +328,7 @@ def test_written_aside_keeps_the_old_file_until_the_new_one_is_complete(tmp_path
 
 def test_default_sqlite_store_keeps_everything_in_the_project(pipeline):
     """No MLFLOW_TRACKING_URI: params.yaml's sqlite:///mlflow.db, relative to the project."""
-    from nriqa.predict import load_model
+    from nriqa.model.prediction import load_model
 
     clone = pipeline["clone"]
     env = stage_env(clone)
@@ -360,7 +360,7 @@ def test_default_sqlite_store_keeps_everything_in_the_project(pipeline):
     (0.5, None, True), (0.6, 0.5, True), (0.5, 0.5, False), (0.4, 0.5, False),
     (float("nan"), None, False), (0.1, float("nan"), True)])
 def test_should_promote(candidate, champion, expected):
-    from nriqa.registry import should_promote
+    from nriqa.ops.registry import should_promote
 
     assert should_promote(candidate, champion) is expected
 
@@ -393,7 +393,7 @@ def hand_made_candidate(uri: str, srcc: float, test_set: str = "set-a",
 def test_gate_keeps_the_champion_against_worse_and_equal_models(tmp_path):
     import mlflow
 
-    from nriqa import registry
+    from nriqa.ops import registry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -419,7 +419,7 @@ def test_gate_keeps_the_champion_against_worse_and_equal_models(tmp_path):
 def test_gate_compares_only_scores_from_the_same_test_set(tmp_path):
     import mlflow
 
-    from nriqa import registry
+    from nriqa.ops import registry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -446,7 +446,7 @@ def test_gate_compares_only_scores_from_the_same_test_set(tmp_path):
 def test_candidate_without_test_set_is_refused(tmp_path):
     import mlflow
 
-    from nriqa import registry
+    from nriqa.ops import registry
     from nriqa.errors import NriqaError
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -462,8 +462,8 @@ def test_package_fetches_the_promoted_version_even_after_the_alias_moved(tmp_pat
     import mlflow
     from mlflow.models import Model
 
-    from nriqa import registry
-    from nriqa.packaging import promoted_version
+    from nriqa.ops import registry
+    from nriqa.ops.packaging import promoted_version
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = registry.promote(hand_made_candidate(uri, 0.5), "pinned")
@@ -551,7 +551,7 @@ def test_an_unreadable_champion_stops_the_gate(server, proxies, monkeypatch):
     stays, and the message says why."""
     from mlflow import MlflowClient
 
-    from nriqa import registry
+    from nriqa.ops import registry
     from nriqa.errors import NriqaError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -576,7 +576,7 @@ def test_an_unreadable_champion_stops_the_gate(server, proxies, monkeypatch):
 
 RACER = """
 import json, pathlib, sys, time
-from nriqa import registry
+from nriqa.ops import registry
 print("ready", flush=True)
 while not pathlib.Path(sys.argv[2]).exists():
     time.sleep(0.02)
@@ -589,7 +589,7 @@ def test_concurrent_promotions_keep_the_better_model(server, proxies, tmp_path):
     worse one's network is slower, so without a lock its alias write lands last and wins."""
     from mlflow import MlflowClient
 
-    from nriqa import registry
+    from nriqa.ops import registry
 
     registry.promote(hand_made_candidate(server, 0.5, experiment="race"), "race")
     go = tmp_path / "go"
@@ -618,7 +618,7 @@ def test_concurrent_promotions_keep_the_better_model(server, proxies, tmp_path):
 
 
 def test_tracking_uri_resolution(monkeypatch, tmp_path):
-    from nriqa.tracking import evaluation_metrics, resolve_tracking_uri
+    from nriqa.ops.tracking import evaluation_metrics, resolve_tracking_uri
 
     params = {"mlflow": {"tracking_uri": "sqlite:///mlflow.db"}}
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 import stages.train  # noqa: F401  everything the train stage imports before it trains
 import tensorflow as tf
-from nriqa.imaging import preprocessing_config
-from nriqa.training import train
+from nriqa.model.imaging import preprocessing_config
+from nriqa.model.training import train
 params = json.loads(sys.argv[2])
 train(Path(sys.argv[1]), params, preprocessing_config(params))
 started = (tf.config.threading.get_intra_op_parallelism_threads(),
@@ -55,7 +55,7 @@ def test_default_threads_param_is_two():
 @pytest.mark.parametrize("threads", [0, -2, 1.5, "2", True])
 def test_bad_threads_name_the_field(threads):
     from nriqa.errors import NriqaError
-    from nriqa.training import set_threads
+    from nriqa.model.training import set_threads
 
     with pytest.raises(NriqaError, match="train.threads"):
         set_threads(threads)

@@ -1,4 +1,4 @@
-"""The generated training set (`nriqa.trainset`) and continuous distortion strengths."""
+"""The generated training set (`nriqa.data.trainset`) and continuous distortion strengths."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nriqa.distortions import DISTORTIONS, LEVELS
+from nriqa.data.distortions import DISTORTIONS, LEVELS
 from nriqa.errors import NriqaError
-from nriqa.synthetic import REFERENCE_SOURCES
-from nriqa.labels import PRISTINE_MOS
-from nriqa.trainset import TRAINING_PHOTOS, check_photos, generate_training_set, make_image
+from nriqa.data.synthetic import REFERENCE_SOURCES
+from nriqa.data.labels import PRISTINE_MOS
+from nriqa.data.trainset import TRAINING_PHOTOS, check_photos, generate_training_set, make_image
 
 TINY = dict(num_images=12, image_size=(64, 48), seed=3, progress=False)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from nriqa.quality_map import map_values
+from nriqa.serving.quality_map import map_values
 
 from test_cli import textured
 from test_service import MAX_UPLOAD_BYTES, _encode

@@ -3,7 +3,7 @@
 The ``data`` section of params.yaml names a source:
 
 ``synthetic``
-    a small TID2013-like set generated from a seed (:mod:`nriqa.synthetic`);
+    a small TID2013-like set generated from a seed (:mod:`nriqa.data.synthetic`);
 ``tid2013`` / ``kadid10k`` / ``koniq10k``
     the official archives, downloaded with pooch into ``data.cache_dir``
     (``data/downloads`` by default).  That folder is deliberately outside
@@ -148,7 +148,7 @@ def staging(out_dir: Path) -> Iterator[Path]:
 def _build_synthetic(data_params: dict, tmp: Path) -> Path:
     # Imported here so that fetching a real dataset does not depend on the
     # generator (and its imaging stack) being importable.
-    from nriqa.synthetic import generate_tid2013_like
+    from nriqa.data.synthetic import generate_tid2013_like
 
     options = dict(
         num_references=int(data_params.get("num_references", 25)),

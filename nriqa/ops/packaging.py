@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from nriqa.errors import NriqaError
-from nriqa.examples import write_examples
+from nriqa.data.examples import write_examples
 
 MODEL_FILES = ("model.keras", "model.json")
 EXAMPLES_DIR = "examples"
@@ -62,7 +62,7 @@ def promoted_version(promotion_path: Path) -> tuple[str, str, str]:
     The URI names the exact version (`models:/<name>/<version>`), never the alias: the alias may
     have moved since, and the Bento is labelled with this version and run.
     """
-    from nriqa.registry import version_uri
+    from nriqa.ops.registry import version_uri
 
     if not promotion_path.is_file():
         raise NriqaError(f"{promotion_path}: missing; run the promote stage first")
@@ -80,13 +80,13 @@ def fetch_mlflow_model(model_uri: str, destination: str | Path, *,
                        tracking_uri: str | None = None) -> Path:
     """Download a logged or registered Keras model and its `model.json` into `destination`.
 
-    `nriqa.tracking.log_trained_model` logs `model.json` inside the logged model, beside
+    `nriqa.ops.tracking.log_trained_model` logs `model.json` inside the logged model, beside
     `MLmodel`. The model goes through `mlflow.keras.load_model` and is saved again as `model.keras`,
-    the file `nriqa.predict.load_model` reads.
+    the file `nriqa.model.prediction.load_model` reads.
     """
     import mlflow
 
-    import nriqa.model  # noqa: F401  registers the custom layers before Keras deserializes
+    import nriqa.model.network  # noqa: F401  registers the custom layers before Keras deserializes
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -117,7 +117,7 @@ def save_to_store(model_dir: str | Path, *, name: str, run_id: str, version: str
     Labels (searchable with `bentoml models list`) carry the MLflow lineage; the metadata also
     carries what the service needs at run time and must not drift from the model: the
     serving limits and the category thresholds. The web page's example images
-    (`nriqa.examples`) go in the folder `examples/` beside the model files.
+    (`nriqa.data.examples`) go in the folder `examples/` beside the model files.
     """
     import bentoml
 

@@ -1,5 +1,5 @@
 """The training set: many contents, every distortion at continuous strengths, labelled by people's
-rules (`nriqa.labels`).
+rules (`nriqa.data.labels`).
 
 Fifteen training contents made the network learn its references rather than quality, so the
 training images come from photographs that none of the validation or test references are cut
@@ -39,10 +39,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from nriqa.datasets import INDEX_COLUMNS
-from nriqa.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION, MIN_SIDE
+from nriqa.data.formats import INDEX_COLUMNS
+from nriqa.data.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION, MIN_SIDE
 from nriqa.errors import NriqaError
-from nriqa.labels import PRISTINE_MOS, level_mos
+from nriqa.data.labels import PRISTINE_MOS, level_mos
 
 _MATE = Path("/usr/share/backgrounds/mate/nature")
 _PLASMA = Path("/usr/share/wallpapers")
@@ -125,7 +125,7 @@ def _make_chunk(args) -> list[dict]:
 def generate_training_set(out_dir: Path, *, num_images: int, image_size=(256, 192), seed: int = 0,
                           distortion_types: Sequence[int] = tuple(DISTORTIONS),
                           pristine_fraction: float = 0.0, progress: bool = True) -> pd.DataFrame:
-    """Write ``images/T00000.png``... and ``index.csv`` (`nriqa.datasets` columns) into the
+    """Write ``images/T00000.png``... and ``index.csv`` (`nriqa.data.formats` columns) into the
     existing, empty ``out_dir``; returns the index."""
     if not isinstance(num_images, int) or num_images < 1:
         raise NriqaError(f"trainset.images must be a positive integer, got {num_images!r}")

@@ -1,6 +1,6 @@
 """The quality map: where in an image the quality is poor.
 
-An image's MOS is the mean of its crops' scores (`nriqa.predict.score_crop_sets`); the map is
+An image's MOS is the mean of its crops' scores (`nriqa.model.prediction.score_crop_sets`); the map is
 those same scores laid out where their crops lie, so it costs no second pass over the model
 and its mean is the MOS. `quality_map` gives it as a grid (the service's `map=true`),
 `map_overlay` draws it over the image as a heat map (the CLI's `--map DIR`); the web page draws
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nriqa.labels import MOS_RANGE
+from nriqa.data.labels import MOS_RANGE
 
 # Heat-map colours along TID2013's MOS scale, red (poor) to green (good): (MOS, RGB) stops.
 RAMP = ((0.0, (165, 0, 38)), (3.0, (244, 109, 67)), (4.5, (254, 224, 139)),
@@ -24,7 +24,7 @@ LEGEND_HEIGHT = 14  # pixels: the colour scale under the map, labelled 0, MOS, 9
 
 def quality_map(width: int, height: int, corners: list[tuple[int, int]], crop_size: int,
                 crop_scores) -> dict:
-    """The crop scores on their grid, as `nriqa.imaging.prediction_layout` places them.
+    """The crop scores on their grid, as `nriqa.model.imaging.prediction_layout` places them.
 
     `scores[i][j]` is the MOS of the crop whose top-left corner is (`tops[i]`, `lefts[j]`) in
     the width x height frame the crops were cut from; None where the grid was thinned

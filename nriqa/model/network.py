@@ -1,7 +1,7 @@
 """The quality regressor: `make_model(...)` builds it from the `model` section of params.yaml.
 
 The network scores one square crop given as raw 0–255 RGB; an image's score is the mean over
-a fixed grid of crops (`nriqa.predict`). Scaling and local contrast normalization are layers
+a fixed grid of crops (`nriqa.model.prediction`). Scaling and local contrast normalization are layers
 of the model, so a saved model carries its own input normalization.
 
 The default backbone is MobileNet-style: a plain stem, then depthwise-separable blocks
@@ -103,7 +103,7 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
     """Build the crop-level model; arguments mirror params.yaml's `model` section.
 
     Its output is one row per crop: the MOS in column 0, then (with `distortion_types` > 0)
-    one logit per TID2013 distortion type, 1..`distortion_types` (see `nriqa.predict`). With
+    one logit per TID2013 distortion type, 1..`distortion_types` (see `nriqa.model.prediction`). With
     `mos_head="per_type"` the MOS is the type probabilities' weighted mean of one MOS per type.
     One tensor, not a dict, so MLflow, BentoML and the service see one plain output.
     """

@@ -10,7 +10,7 @@ parameter, and :data:`CALIBRATED_STRENGTHS` holds the five strengths used for le
 found once by ``scripts/calibrate_synthetic.py``: for each (type, level) it searched the strength whose
 median RGB PSNR over the 25 default references (512x384) matches the median PSNR that TID2013 reports
 for that type and level (``shared/reference/tid2013_levels.csv``), the measure the labeller
-(:mod:`nriqa.labels`) reads; saturation changes (type 18), whose TID2013 PSNR is luma-only, are set by hand.  The numbers are hard-coded here so the
+(:mod:`nriqa.data.labels`) reads; saturation changes (type 18), whose TID2013 PSNR is luma-only, are set by hand.  The numbers are hard-coded here so the
 package never needs that file.  Counts of spatial events (blocks, patches, bit errors) are specified
 per 512x384 image and scaled with the image area, so a level means the same density at any size.
 

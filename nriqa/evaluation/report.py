@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nriqa.baseline import BrisqueSVR, features_for_paths
-from nriqa.imaging import decode_image
-from nriqa.metrics import categorize, category_metrics, per_group_srcc, quality_metrics
-from nriqa.predict import predict_images
+from nriqa.evaluation.baseline import BrisqueSVR, features_for_paths
+from nriqa.model.imaging import decode_image
+from nriqa.evaluation.metrics import categorize, category_metrics, per_group_srcc, quality_metrics
+from nriqa.model.prediction import predict_images
 
 
 def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: Path,
@@ -39,7 +39,7 @@ def test_set_digest(splits: pd.DataFrame, raw_dir: Path) -> str:
 
 def score_index(model, preprocessing: dict, index: pd.DataFrame, raw_dir: Path,
                 batch_images: int = 16, desc: str = "predict", progress: bool = True) -> pd.DataFrame:
-    """A copy of a dataset index (`nriqa.datasets`: image, path, mos, ...) with a `pred` column,
+    """A copy of a dataset index (`nriqa.data.formats`: image, path, mos, ...) with a `pred` column,
     and, for models with a type head, `pred_distortion` (the likeliest TID2013 type) and
     `pred_top3` (the three likeliest, space-separated).
 

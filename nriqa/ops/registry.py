@@ -9,7 +9,7 @@ changes nothing.
 
 The gate fails closed:
 * Scores are compared only between models measured on the same test set: the evaluate stage
-  tags each run with `test_set.digest` (`nriqa.evaluation.test_set_digest`). A candidate
+  tags each run with `test_set.digest` (`nriqa.evaluation.report.test_set_digest`). A candidate
   measured on another test set is registered but not promoted, unless `mlflow.force_promote`
   is true (recorded on the run and in the report).
 * An error while reading the champion (an unreachable server, a locked database, a deleted

@@ -3,7 +3,7 @@
 The train stage opens the run (`training_run`), logs every param, the provenance tags, the
 dataset and per-epoch metrics, logs the model with the `mlflow.keras` flavor, and leaves
 `models/mlflow_run.json` pointing at the run. The evaluate stage reopens that same run
-(`log_evaluation`) to add the test metrics, figures and reports; `nriqa.registry` then decides
+(`log_evaluation`) to add the test metrics, figures and reports; `nriqa.ops.registry` then decides
 whether the run's model becomes the registered champion.
 
 Where runs go: `mlflow.tracking_uri` in params.yaml, unless the usual `MLFLOW_TRACKING_URI`
@@ -34,7 +34,7 @@ POINTER_KEYS = ("run_id", "experiment_id", "tracking_uri", "model_uri")
 PROCESSED = "data/processed"
 # The files the custom layer needs to deserialize; bundled into the logged model (see
 # `log_trained_model`) because the keras flavor has no `code_paths`.
-MODEL_CODE = ("__init__.py", "errors.py", "model.py")
+MODEL_CODE = ("__init__.py", "tf_startup.py", "errors.py", "model/__init__.py", "model/network.py")
 
 # MLflow retries a failing HTTP request 7 times with exponential backoff (minutes in all) and
 # waits 120 s for each answer. A pipeline stage should fail in seconds instead; a user who wants
@@ -239,7 +239,7 @@ class TrainingRun:
 
     def write_pointer(self, path: Path) -> None:
         """models/mlflow_run.json: how evaluate and promote find this run and its model."""
-        from nriqa.shards import write_json
+        from nriqa.stage import write_json
 
         write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id,
                           "tracking_uri": self.tracking_uri, "model_uri": self.model_uri})
@@ -266,8 +266,8 @@ def example_crops(shard_dir: Path, preprocessing: dict, count: int = 1):
     """A real input for the model: the first crop(s) of the first validation image."""
     import numpy as np
 
-    from nriqa.imaging import crops_for_prediction
-    from nriqa.shards import read_split
+    from nriqa.model.imaging import crops_for_prediction
+    from nriqa.data.shards import read_split
 
     image, *_ = next(read_split(shard_dir, "val").take(1).as_numpy_iterator())
     return crops_for_prediction(image, preprocessing)[:count].astype(np.float32)
@@ -294,7 +294,7 @@ def log_trained_model(model, model_dir: Path, example) -> str:
                           as `input_example=` it makes mlflow 3.17 + keras 3.15 fail
                           (FileNotFoundError), so it is written here instead
       code/nriqa/         the custom layer's source, what `code_paths` gives other flavors:
-                          put `code/` on sys.path and `import nriqa.model` to load it anywhere
+                          put `code/` on sys.path and `import nriqa.model.network` to load it anywhere
     """
     from importlib.metadata import version
 
@@ -313,8 +313,8 @@ def log_trained_model(model, model_dir: Path, example) -> str:
         shutil.copy2(model_dir / "model.json", extra / "model.json")
         (extra / "input_example.json").write_text(json.dumps({"inputs": example.tolist()}))
         package = Path(nriqa.__file__).parent
-        (extra / "code" / "nriqa").mkdir(parents=True)
         for name in MODEL_CODE:
+            (extra / "code" / "nriqa" / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(package / name, extra / "code" / "nriqa" / name)
         mlflow.MlflowClient().log_model_artifacts(info.model_id, str(extra))
     return info.model_uri

@@ -1,8 +1,8 @@
 """The example images of the web page: a clean photo and distorted versions of it.
 
-Made at package time (`nriqa.packaging.save_to_store` puts them beside the model, so the Bento
-carries them) from the project's own generator: a reference photo of `nriqa.synthetic` and
-distortions of `nriqa.distortions`, the kinds of images the model was trained on.
+Made at package time (`nriqa.ops.packaging.save_to_store` puts them beside the model, so the Bento
+carries them) from the project's own generator: a reference photo of `nriqa.data.synthetic` and
+distortions of `nriqa.data.distortions`, the kinds of images the model was trained on.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-REFERENCE = 2                # nriqa.synthetic's cup of coffee
+REFERENCE = 2                # nriqa.data.synthetic's cup of coffee
 IMAGE_SIZE = (320, 240)      # width, height: small enough for any serve.max_pixels in use
 SEED = 12
 # (TID2013 type, level): blur and noise cover the whole image; JPEG transmission errors are
@@ -23,9 +23,9 @@ INDEX = "examples.json"
 
 def write_examples(folder: str | Path) -> list[dict]:
     """Write the examples as PNG files and `examples.json` (file and title of each, in order)."""
-    from nriqa.distortions import DISTORTIONS as TYPES
-    from nriqa.distortions import distort
-    from nriqa.synthetic import image_rng, load_reference
+    from nriqa.data.distortions import DISTORTIONS as TYPES
+    from nriqa.data.distortions import distort
+    from nriqa.data.synthetic import image_rng, load_reference
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Scoring images with a trained model: the one function evaluate, the service and the CLI call.
 
 An image's predicted MOS is the mean of the model's scores over a fixed grid of crops
-(`nriqa.imaging.crops_for_prediction`); crops of many images go through the model in one
+(`nriqa.model.imaging.crops_for_prediction`); crops of many images go through the model in one
 batched call.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nriqa.imaging import crops_for_prediction
+from nriqa.model.imaging import crops_for_prediction
 
 
 def predict_mos(model, images: list[np.ndarray], preprocessing: dict,
@@ -40,7 +40,7 @@ def score_images(model, crop_sets: list[np.ndarray], batch_size: int = 256):
 
 def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256):
     """`score_images`'s (MOS, probabilities) and, third, each image's crop scores: the MOS of
-    every crop, whose mean is the image's MOS (the quality map, `nriqa.quality_map`)."""
+    every crop, whose mean is the image's MOS (the quality map, `nriqa.serving.quality_map`)."""
     if not crop_sets:
         return np.zeros(0, dtype=np.float32), None, []
     outputs = predict_crops(model, np.concatenate(crop_sets), batch_size)
@@ -58,7 +58,7 @@ def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256):
 
 def top_distortions(probabilities: np.ndarray, count: int = 3) -> list[dict]:
     """The `count` likeliest TID2013 distortion types of one image, likeliest first."""
-    from nriqa.distortions import DISTORTIONS
+    from nriqa.data.distortions import DISTORTIONS
 
     order = np.argsort(-probabilities)[:count]
     return [{"type": int(k) + 1, "name": DISTORTIONS[int(k) + 1].name,
@@ -94,7 +94,7 @@ def load_model(model_dir: str | Path):
     """Load `model.keras` and its `model.json` (which holds the preprocessing) from a folder."""
     import keras
 
-    import nriqa.model  # noqa: F401  registers the custom layers before loading
+    import nriqa.model.network  # noqa: F401  registers the custom layers before loading
 
     model_dir = Path(model_dir)
     info = json.loads((model_dir / "model.json").read_text())

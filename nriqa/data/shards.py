@@ -2,13 +2,12 @@
 
 Splitting is by reference content: every distorted version of one reference lands in the
 same split, because random per-image splits let the network see the test content during
-training and inflate the scores. Images are decoded once (`nriqa.imaging`) and stored as
+training and inflate the scores. Images are decoded once (`nriqa.model.imaging`) and stored as
 raw uint8 pixels after the preprocess policy, so training only crops and flips.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nriqa.errors import NriqaError
-from nriqa.imaging import apply_policy, decode_image
-from nriqa.stage import written_aside
+from nriqa.model.imaging import apply_policy, decode_image
 
 SPLITS = ("train", "val", "test")
 
@@ -126,9 +124,3 @@ def load_split_arrays(shard_dir: Path, split: str):
         names.append(name.decode())
         types.append(distortion)
     return images, np.array(mos, dtype=np.float32), names, np.array(types, dtype=np.int64)
-
-
-def write_json(path: Path, payload) -> None:
-    """Written aside and renamed: a crash never leaves half a JSON file."""
-    with written_aside(path) as aside:
-        aside.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -3,7 +3,7 @@
 Each epoch draws `crops_per_image` random crops (with random horizontal flips) from every
 training image, each labelled with its image's MOS. Colour or blur jitter would change the
 quality the label describes, so there is none. Validation scores whole images exactly as
-evaluation and the service do (`nriqa.predict`), and early stopping watches that SRCC.
+evaluation and the service do (`nriqa.model.prediction`), and early stopping watches that SRCC.
 
 `train.strategy` spreads the training over devices with `tf.distribute`: `mirrored` over this
 machine's GPUs (`MirroredStrategy`), `multi_worker` over machines (`MultiWorkerMirroredStrategy`,
@@ -29,10 +29,10 @@ import tensorflow as tf
 from scipy import stats
 
 from nriqa.errors import NriqaError
-from nriqa.imaging import crops_for_prediction
-from nriqa.model import model_from_params
-from nriqa.predict import score_images
-from nriqa.shards import load_split_arrays, read_split
+from nriqa.model.imaging import crops_for_prediction
+from nriqa.model.network import model_from_params
+from nriqa.model.prediction import score_images
+from nriqa.data.shards import load_split_arrays, read_split
 
 LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
 STRATEGIES = ("none", "mirrored", "multi_worker")

@@ -1,11 +1,11 @@
 """`python -m nriqa score PATH...`: score image files or folders with the local champion model.
 
 Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). Scores come
-from `nriqa.predict.score_images` on `nriqa.imaging.crops_for_prediction`, the two steps of
+from `nriqa.model.prediction.score_images` on `nriqa.model.imaging.crops_for_prediction`, the two steps of
 `predict_images` (behind `predict_mos`, which evaluation uses) and of the service, so the CLI,
 the reports and the service agree. Beside each MOS come the three likeliest TID2013 distortion
 types (empty for a model without the distortion-type head). `--map DIR` also writes each
-image's quality map (`nriqa.quality_map`: its crop scores, whose mean is its MOS) over the image
+image's quality map (`nriqa.serving.quality_map`: its crop scores, whose mean is its MOS) over the image
 as DIR/<name>.png, with a 0..9 colour legend along the bottom.
 Rows are written as they are scored (CSV, or JSON lines with `--format jsonl`), so a crash
 keeps what was done. A file that fails for any reason is named on stderr and skipped; the exit
@@ -82,14 +82,14 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
     crops at once, so memory holds one image and one chunk of crops, however many files there
     are. A file that fails for any reason is passed to `on_error(path, message)` and skipped.
     A row is `{"path", "mos", "category", "distortions"}`; `distortions` is the
-    `nriqa.predict.top_distortions` list, or None when the model has no distortion-type head.
+    `nriqa.model.prediction.top_distortions` list, or None when the model has no distortion-type head.
     With `map_dir`, each image's quality map is written there and the row's `map` names it.
     """
     from tqdm import tqdm
 
-    from nriqa.imaging import crops_for_prediction, decode_image
-    from nriqa.metrics import categorize
-    from nriqa.predict import score_crop_sets, top_distortions
+    from nriqa.model.imaging import crops_for_prediction, decode_image
+    from nriqa.evaluation.metrics import categorize
+    from nriqa.model.prediction import score_crop_sets, top_distortions
 
     maps = MapWriter(map_dir, preprocessing) if map_dir is not None else None
 
@@ -132,7 +132,7 @@ class MapWriter:
     """Writes quality maps as PNGs into one folder, one per image, named after it.
 
     Between decoding and scoring it keeps a small copy of each image (the map's resolution,
-    `nriqa.quality_map.MAX_MAP_SIDE`) and its crop layout, not the decoded image; `write`
+    `nriqa.serving.quality_map.MAX_MAP_SIDE`) and its crop layout, not the decoded image; `write`
     takes them in the order `keep` got them.
     """
 
@@ -145,8 +145,8 @@ class MapWriter:
     def keep(self, image) -> None:
         from PIL import Image
 
-        from nriqa.imaging import prediction_layout
-        from nriqa.quality_map import MAX_MAP_SIDE
+        from nriqa.model.imaging import prediction_layout
+        from nriqa.serving.quality_map import MAX_MAP_SIDE
 
         small = Image.fromarray(image)
         small.thumbnail((MAX_MAP_SIDE, MAX_MAP_SIDE))
@@ -155,7 +155,7 @@ class MapWriter:
     def write(self, path: Path, crop_scores) -> Path:
         import numpy as np
 
-        from nriqa.quality_map import map_overlay, quality_map
+        from nriqa.serving.quality_map import map_overlay, quality_map
 
         small, (width, height, corners) = self.pending.pop(0)
         grid = quality_map(width, height, corners, self.preprocessing["crop_size"], crop_scores)
@@ -209,7 +209,7 @@ def _csv_row(row: dict) -> dict:
 
 
 def _settings(params_path: Path) -> tuple[dict, str | None]:
-    from nriqa.metrics import DEFAULT_THRESHOLDS
+    from nriqa.evaluation.metrics import DEFAULT_THRESHOLDS
 
     if not params_path.is_file():
         return dict(DEFAULT_THRESHOLDS), None
@@ -217,20 +217,20 @@ def _settings(params_path: Path) -> tuple[dict, str | None]:
     thresholds = params.get("evaluate", {}).get("categories") or DEFAULT_THRESHOLDS
     if "mlflow" not in params:
         return dict(thresholds), None  # MLflow then reads MLFLOW_TRACKING_URI itself
-    from nriqa.tracking import resolve_tracking_uri
+    from nriqa.ops.tracking import resolve_tracking_uri
 
     return dict(thresholds), resolve_tracking_uri(params, params_path.resolve().parent)
 
 
 def _load(args, tracking_uri: str | None, workdir: str):
-    from nriqa.predict import load_model
+    from nriqa.model.prediction import load_model
 
     if args.model_uri:
-        from nriqa.packaging import fetch_mlflow_model
+        from nriqa.ops.packaging import fetch_mlflow_model
 
         model_dir = fetch_mlflow_model(args.model_uri, workdir, tracking_uri=tracking_uri)
     else:
-        from nriqa.packaging import check_model_dir
+        from nriqa.ops.packaging import check_model_dir
 
         model_dir = check_model_dir(args.model_dir)
     return load_model(model_dir)

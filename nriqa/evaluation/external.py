@@ -4,10 +4,10 @@
 `python -m nriqa evaluate PATH --format ...` measures one of them. Both go through the same
 three steps the test split does, so the numbers are comparable with `test.*`:
 
-1. the folder is indexed by the dataset readers (`nriqa.datasets.build_index`);
-2. its images are scored by `nriqa.evaluation.score_index`, i.e. `nriqa.predict.predict_mos`
-   on images decoded by `nriqa.imaging.decode_image`;
-3. SRCC, PLCC, ... come from `nriqa.metrics.quality_metrics`, and SRCC per distortion type from
+1. the folder is indexed by the dataset readers (`nriqa.data.formats.build_index`);
+2. its images are scored by `nriqa.evaluation.report.score_index`, i.e. `nriqa.model.prediction.predict_mos`
+   on images decoded by `nriqa.model.imaging.decode_image`;
+3. SRCC, PLCC, ... come from `nriqa.evaluation.metrics.quality_metrics`, and SRCC per distortion type from
    `per_group_srcc` where the dataset has types (KonIQ-10k has none, so it gets no such table).
 
 Scoring, metrics and plotting modules are imported inside the functions that use them, so that
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nriqa.datasets import FORMATS, build_index
+from nriqa.data.formats import FORMATS, build_index
 from nriqa.errors import NriqaError
 
 ENTRY_FIELDS = ("name", "path", "format")
@@ -125,8 +125,8 @@ def open_folder(path: Path, fmt: str, name: str = "", label: str = "") -> Labell
 def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
                     progress: bool = True) -> ExternalResult:
     """Score every image of the folder and measure the scores against its MOS."""
-    from nriqa.evaluation import distortion_metrics, score_index
-    from nriqa.metrics import per_group_srcc, quality_metrics
+    from nriqa.evaluation.report import distortion_metrics, score_index
+    from nriqa.evaluation.metrics import per_group_srcc, quality_metrics
 
     try:
         scored = score_index(model, preprocessing, folder.index, folder.path,
@@ -191,7 +191,7 @@ def add_evaluate_command(subparsers) -> None:
 
 def run_evaluate(args) -> int:
     # The model is loaded exactly as `python -m nriqa score` loads it.
-    from nriqa.scoring import _load, _settings
+    from nriqa.serving.scoring import _load, _settings
 
     try:
         # Indexed first: a wrong path or format fails before the model is loaded.

@@ -21,10 +21,10 @@ References
     field (4), the retina (3), the astronaut and Grace Hopper photos (2 each).
 
 Distortions
-    :mod:`nriqa.distortions`, calibrated to TID2013's median PSNR per type and level.
+    :mod:`nriqa.data.distortions`, calibrated to TID2013's median PSNR per type and level.
 
 Labels (pseudo-MOS)
-    :func:`nriqa.labels.level_mos`: TID2013's median MOS for the image's (type, level), on TID2013's
+    :func:`nriqa.data.labels.level_mos`: TID2013's median MOS for the image's (type, level), on TID2013's
     0..9 scale.  ``mos_std`` is a per-level constant: the median over TID2013's 24 types of
     (max MOS - min MOS) / 4, a range-based standard deviation of how much MOS varies at that level.
 
@@ -50,9 +50,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from nriqa.distortions import DISTORTIONS, LEVELS, MIN_SIDE, distort
+from nriqa.data.distortions import DISTORTIONS, LEVELS, MIN_SIDE, distort
 from nriqa.errors import NriqaError
-from nriqa.labels import level_mos
+from nriqa.data.labels import level_mos
 
 MAX_REFERENCES = 25
 

@@ -3,7 +3,7 @@
 The page posts uploads to `/score` (with `map=true`, for the heat map) and `/score_batch`, so
 it scores exactly as the API does and shows the API's own error messages. This ASGI app only
 serves the page, its example images, and previews: every upload is previewed as
-`nriqa.imaging.decode_image` decodes it (TIFF and 16-bit files too, which browsers do not show,
+`nriqa.model.imaging.decode_image` decodes it (TIFF and 16-bit files too, which browsers do not show,
 upright as EXIF says, transparency on white), the pixels the model scores.
 """
 
@@ -21,11 +21,11 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from nriqa.errors import NriqaError
-from nriqa.examples import read_index
-from nriqa.imaging import decode_image
-from nriqa.labels import MOS_RANGE
-from nriqa.metrics import ordered_categories
-from nriqa.quality_map import RAMP
+from nriqa.data.examples import read_index
+from nriqa.model.imaging import decode_image
+from nriqa.data.labels import MOS_RANGE
+from nriqa.evaluation.metrics import ordered_categories
+from nriqa.serving.quality_map import RAMP
 
 PAGE = Path(__file__).with_name("webpage.html")
 PREVIEW_SIDE = 1024  # longest side of a preview; the page shows it at most this large
