@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m nriqa", description=__doc__,
+    # The commands and the exit status; the notes below them are for developers.
+    root = argparse.ArgumentParser(prog="python -m nriqa",
+                                   description="\n\n".join(__doc__.split("\n\n")[:3]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
     add_runs(commands)

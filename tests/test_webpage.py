@@ -3,7 +3,8 @@ image and read its preview, score on its scale, heat map, distortions and model 
 a damaged upload's message; a batch table that sorts; the example images.
 
 Playwright drives Debian's chromium (`make system-deps` installs it; `playwright install`
-cannot download browsers here). The servers are conftest.py's `served` and `served_plain`, shared with test_service.py.
+cannot download browsers here). The servers are conftest.py's `served` and `served_plain`,
+shared with test_service.py.
 NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example scored, there
 (the README's).
 """

@@ -40,7 +40,8 @@ def load_served_model(stored) -> tuple:
 
 class UploadScorer:
     """Scores uploaded files for the service's APIs; holds what they share once it has started:
-    the settings, the model's batcher and the decoding threads (the web page's previews use them too)."""
+    the settings, the model's batcher and the decoding threads (the web page's previews use
+    them too)."""
 
     def __init__(self, score_crop_sets: Callable, settings: ServingSettings) -> None:
         self.settings = settings
@@ -89,7 +90,8 @@ class UploadScorer:
         """Decode and crop (path, client's name) pairs in threads, then score with the other
         requests' images."""
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self.decoder, self.crops, path, name) for path, name in uploads]
+        jobs = [loop.run_in_executor(self.decoder, self.crops, path, name)
+                for path, name in uploads]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, InputError):
@@ -106,7 +108,8 @@ class UploadScorer:
         preprocessing = self.settings.preprocessing
         try:
             image = decode_image(path, name=name, max_pixels=self.settings.max_pixels)
-            return crops_for_prediction(image, preprocessing), prediction_layout(image, preprocessing)
+            return (crops_for_prediction(image, preprocessing),
+                    prediction_layout(image, preprocessing))
         except NriqaError as error:
             raise InputError(str(error)) from error
         except MemoryError as error:
@@ -117,7 +120,8 @@ class UploadScorer:
                              ) from error
 
     def answer(self, output: tuple, layout: tuple | None) -> Score:
-        """The answer for one image from its model output; with its crop layout, the quality map too."""
+        """The answer for one image from its model output; with its crop layout, its quality
+        map too."""
         mos, probabilities, crop_scores = output
         distortions = None  # a model without the distortion-type head: nothing to say
         if probabilities is not None:

@@ -1,4 +1,4 @@
-"""ASGI middleware of the service: uploads are checked for size and shape before BentoML parses them."""
+"""The service's ASGI middleware: uploads checked for size and shape before BentoML parses them."""
 
 from __future__ import annotations
 
