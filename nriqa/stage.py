@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from nriqa.errors import NriqaError
+from nriqa.errors import reporting_errors
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -20,17 +20,16 @@ def load_params(path: str | Path = "params.yaml") -> dict:
 
 
 def stage_main(main):
-    """Run a stage's main(); a NriqaError prints `error: ...` and exits 1 without a traceback."""
+    """Run a stage's main(); a NriqaError prints `error: ...` and exits with ExitCode.ERROR (2),
+    without a traceback, as the command line does (`nriqa.errors.reporting_errors`)."""
+    run = reporting_errors(main)
 
     @functools.wraps(main)
-    def run():
-        try:
-            main()
-        except NriqaError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
+    def stage():
+        if code := run():
+            sys.exit(code)
 
-    return run
+    return stage
 
 
 @contextlib.contextmanager

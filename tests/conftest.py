@@ -142,3 +142,32 @@ def write_tiny_shards(out_dir: Path, *, train: int = 24, val: int = 8, seed: int
                 rows.append(row)
     pd.DataFrame(rows).to_csv(out_dir / "splits.csv", index=False)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small untrained model with the distortion-type head (`helpers.make_tiny_model`)."""
+    from helpers import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """A running `bentoml serve` of a packaged tiny model (`helpers.Server`), for test_service.py
+    and test_webpage.py: started once per session, since start-up costs tens of seconds."""
+    from helpers import Server
+
+    server = Server(tmp_path_factory.mktemp("served"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def served_plain(tmp_path_factory):
+    """The same, for a model without the distortion-type head."""
+    from helpers import Server
+
+    server = Server(tmp_path_factory.mktemp("served_plain"), distortion_types=0)
+    yield server
+    server.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -14,87 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PROJECT, run, tool_env
-
-TINY_PREPROCESSING = {"mode": "native", "resize": [224, 224], "crop_size": 32, "stride": 32,
-                      "max_crops": 4}
-
-
-def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4) -> Path:
-    """A small untrained model whose scores still depend on the image.
-
-    Fresh weights give every image almost exactly the initial MOS, which would make score
-    comparisons pass for any image; a large random output layer spreads them out. The same
-    for the distortion-type logits (with `distortion_types` > 0), so the type probabilities
-    are far from uniform and their order is clear.
-    """
-    import keras
-
-    from nriqa.model.network import make_model
-
-    keras.utils.set_random_seed(3)
-    model = make_model(input_size=32, width=0.25, depth=2, head_units=(8,),
-                       distortion_types=distortion_types)
-    for seed, name in enumerate(["mos", "distortion_logits"][:1 + bool(distortion_types)], 3):
-        head = model.get_layer(name)
-        kernel, bias = head.get_weights()
-        head.set_weights([np.random.default_rng(seed).normal(0, 3000.0, kernel.shape)
-                          .astype("float32"), bias])
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
-    preprocessing = dict(TINY_PREPROCESSING, max_crops=max_crops)
-    (folder / "model.json").write_text(json.dumps({"preprocessing": preprocessing}))
-    return folder
-
-
-def textured(seed: int, size=(96, 64)) -> Image.Image:
-    """A noisy, blurred-in-places picture, different for each seed."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-    image = Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
-    noise = rng.normal(0, 4 + 6 * (seed % 5), (height, width, 3))
-    return Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
-
-
-def check_distortions(distortions, probabilities=None, atol: float = 1e-3) -> None:
-    """Three `{type, name, probability}`, likeliest first, named as nriqa.data.distortions names
-    them; with `probabilities` (the image's 24 type probabilities from `score_images`), each
-    probability is the model's for that type and no type left out is likelier."""
-    from nriqa.data.distortions import DISTORTIONS
-
-    assert isinstance(distortions, list) and len(distortions) == 3, distortions
-    for entry in distortions:
-        assert set(entry) == {"type", "name", "probability"}
-        assert entry["type"] in DISTORTIONS and entry["name"] == DISTORTIONS[entry["type"]].name
-        assert 0.0 <= entry["probability"] <= 1.0
-    shown = [entry["probability"] for entry in distortions]
-    assert shown == sorted(shown, reverse=True)
-    assert len({entry["type"] for entry in distortions}) == 3
-    if probabilities is not None:
-        for entry in distortions:
-            assert entry["probability"] == pytest.approx(probabilities[entry["type"] - 1],
-                                                         abs=atol)
-        left_out = np.delete(probabilities, [entry["type"] - 1 for entry in distortions])
-        assert left_out.max() <= shown[-1] + atol
-
-
-def local_scores(model_dir: Path, files: list[Path]):
-    """(MOS, type probabilities or None) computed in this process, the reference values."""
-    from nriqa.model.imaging import crops_for_prediction, decode_image
-    from nriqa.model.prediction import load_model, predict_mos, score_images
-
-    model, info = load_model(model_dir)
-    images = [decode_image(f) for f in files]
-    mos = predict_mos(model, images, info["preprocessing"])
-    _, probabilities = score_images(
-        model, [crops_for_prediction(image, info["preprocessing"]) for image in images])
-    return mos, probabilities
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+from helpers import check_distortions, local_scores, make_tiny_model, read_jsonl, score_cli, textured
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +33,6 @@ def image_tree(tmp_path_factory) -> Path:
     (root / "nested" / "broken.png").write_bytes((root / "a.png").read_bytes()[:200])
     (root / "notes.txt").write_text("not an image, and not picked up from a folder")
     return root
-
-
-def score_cli(args: list[str], check: bool = True):
-    return run([sys.executable, "-m", "nriqa", "score", *args], cwd=PROJECT,
-               env=tool_env(), check=check, timeout=300)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_folder_jsonl_output_skips_and_names_broken_file(tiny_model, image_tree, tmp_path):
@@ -243,7 +153,7 @@ class Crash(BaseException):
 def test_rows_already_scored_survive_a_crash(tiny_model, image_tree, tmp_path, monkeypatch):
     from nriqa.model import imaging
     from nriqa.serving import scoring
-    from nriqa.__main__ import main
+    from nriqa.cli import main
 
     files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"] * scoring.CHUNK
     real_decode, decoded = imaging.decode_image, []
@@ -268,7 +178,7 @@ def test_any_error_on_one_file_is_named_and_the_rest_scored(tiny_model, image_tr
     """Not only NriqaError: whatever a decoder raises for one file (here a KeyError, as PIL
     raises for some malformed TIFF tags) skips that file alone, and the exit status says so."""
     from nriqa.model import imaging
-    from nriqa.__main__ import main
+    from nriqa.cli import main
 
     bad = image_tree / "nested" / "b.JPG"
     real_decode = imaging.decode_image
@@ -318,3 +228,32 @@ def test_only_the_known_banners_are_filtered(capfd):
     with filtered_stderr(banner_pattern(gpu_expected=True)):
         os.write(2, b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n")
     assert "cuInit" in capfd.readouterr().err
+
+
+def test_one_error_path_gives_the_documented_exit_codes(capsys):
+    """`nriqa.errors.reporting_errors` is the one NriqaError -> exit path of the CLI and the
+    stages: 0 done, 1 some inputs failed, 2 nothing done (`error: ...` on stderr)."""
+    from nriqa.cli import main
+    from nriqa.errors import ExitCode, NriqaError, reporting_errors
+    from nriqa.stage import stage_main
+
+    assert [ExitCode.OK, ExitCode.PARTIAL, ExitCode.ERROR] == [0, 1, 2]
+
+    def fails():
+        raise NriqaError("params.yaml train.lr: must be positive")
+
+    assert reporting_errors(lambda: None)() == 0
+    assert reporting_errors(lambda: ExitCode.PARTIAL)() == 1
+    assert reporting_errors(fails)() == 2
+    assert capsys.readouterr().err == "error: params.yaml train.lr: must be positive\n"
+
+    stage_main(lambda: None)()  # a stage that succeeds does not exit
+    with pytest.raises(SystemExit) as stopped:
+        stage_main(fails)()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "error: params.yaml train.lr: must be positive\n"
+
+    with pytest.raises(SystemExit) as stopped:  # a usage error, as argparse reports it
+        main(["score", "photo.jpg", "--format", "xml"])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'xml'" in capsys.readouterr().err

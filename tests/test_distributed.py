@@ -148,6 +148,6 @@ def test_multi_worker_without_tf_config_stops_before_tracking(tmp_path):
     env.pop("TF_CONFIG", None)
     result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=clone, env=env,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # ExitCode.ERROR
     assert "error: train.strategy multi_worker: TF_CONFIG is not set" in result.stderr
     assert not (clone / "mlflow.db").exists()  # no run was opened

@@ -17,14 +17,9 @@ from scipy import stats
 from conftest import PROJECT, run, tool_env
 from nriqa.errors import NriqaError
 from nriqa.evaluation.external import evaluate_folder, open_folder, open_folders, parse_entries, write_reports
-from test_cli import make_tiny_model, textured
+from helpers import textured
 
 TYPES = [1, 8, 10]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +177,7 @@ def test_stage_stops_on_a_missing_folder_before_the_test_split(tmp_path):
          "model_uri": "models:/m-0"}))
     result = run([sys.executable, "-m", "stages.evaluate"], cwd=tmp_path, check=False,
                  env=tool_env(PYTHONPATH=str(PROJECT), TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # ExitCode.ERROR
     assert "Traceback" not in result.stderr
     assert f"error: evaluate.external[0] 'elsewhere' ({tmp_path / 'missing/set'}, kadid10k)" \
         in result.stderr
@@ -217,7 +212,7 @@ def test_cli_missing_folder(tiny_model, tmp_path):
     missing = tmp_path / "no_such_set"
     result = evaluate_cli([str(missing), "--format", "kadid10k", "--model-dir", str(tiny_model)],
                           check=False)
-    assert result.returncode != 0
+    assert result.returncode == 2  # ExitCode.ERROR
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     assert f"error: {missing} (kadid10k): dataset folder {missing} does not exist" in result.stderr

@@ -1,24 +1,16 @@
 """The packaged Bento served by a real `bentoml serve` process, called over HTTP.
 
-One server for this module and test_webpage.py (start-up costs tens of seconds): a tiny model
-is packaged with `python -m stages.package --model-dir` into a temporary BentoML home, and the built
-Bento is served on a free port with small limits (env overrides) so the limit cases are cheap.
-Its model has the distortion-type head; a second, started only for the tests that need it,
-serves a model without one.
+One server for this module and test_webpage.py (start-up costs tens of seconds): the `served`
+fixture of conftest.py (`helpers.Server`: a tiny model packaged into a temporary BentoML home, its
+Bento served on a free port with small limits). Its model has the distortion-type head; a second,
+`served_plain`, started only for the tests that need it, serves a model without one.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import signal
-import struct
-import subprocess
-import sys
-import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,140 +20,10 @@ import requests
 import yaml
 from PIL import Image
 
-from conftest import PROJECT, VENV_BIN, free_port, run, tool_env
-from test_cli import check_distortions, local_scores, make_tiny_model, score_cli, textured
-
-MAX_PIXELS = 100_000          # NRIQA_MAX_PIXELS for the test server
-MAX_UPLOAD_BYTES = 2_000_000  # NRIQA_MAX_UPLOAD_BYTES for the test server
-MAX_BATCH_IMAGES = 4          # NRIQA_MAX_BATCH_IMAGES for the test server
-MAX_BATCH_PIXELS = 200_000    # NRIQA_MAX_BATCH_PIXELS for the test server
-_shared: dict = {}
-
-
-def _encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def good_images() -> dict[str, bytes]:
-    """Every format and colour mode the service promises to read."""
-    rotated = textured(16, (64, 96))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
-    gray16 = Image.fromarray((np.asarray(textured(13).convert("L"), dtype=np.uint16) * 257))
-    return {
-        "photo.jpg": _encode(textured(10), "JPEG", quality=90),
-        "photo.png": _encode(textured(11), "PNG"),
-        "photo.bmp": _encode(textured(12), "BMP"),
-        "photo.webp": _encode(textured(13), "WEBP", quality=90),
-        "photo.tiff": _encode(textured(14), "TIFF"),
-        "gray.png": _encode(textured(15).convert("L"), "PNG"),
-        "rgba.png": _encode(textured(17).convert("RGBA"), "PNG"),
-        "palette.png": _encode(textured(18).convert("P"), "PNG"),
-        "gray16.png": _encode(gray16, "PNG"),
-        "cmyk.jpg": _encode(textured(19).convert("CMYK"), "JPEG"),
-        "rotated.jpg": _encode(rotated, "JPEG", exif=exif),
-    }
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims a huge image: a decompression bomb."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
-
-
-def png_with_broken_checksum() -> bytes:
-    """A good PNG whose image data (IDAT) checksum has one byte flipped."""
-    data = bytearray(_encode(textured(2), "PNG"))
-    start = data.index(b"IDAT") - 4
-    data[start + 8 + int.from_bytes(data[start:start + 4], "big")] ^= 0xFF
-    return bytes(data)
-
-
-class Server:
-    def __init__(self, root: Path, distortion_types: int = 24):
-        self.root = root
-        # Up to 48 crops an image, as params.yaml has it: the example images' quality maps
-        # are then thinned grids (test_webpage.py).
-        self.model_dir = make_tiny_model(root / "model", distortion_types=distortion_types,
-                                         max_crops=48)
-        self.env = tool_env(BENTOML_HOME=str(root / "bentoml_home"), TF_CPP_MIN_LOG_LEVEL="2",
-                            NRIQA_MAX_PIXELS=str(MAX_PIXELS),
-                            NRIQA_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
-                            NRIQA_MAX_BATCH_IMAGES=str(MAX_BATCH_IMAGES),
-                            NRIQA_MAX_BATCH_PIXELS=str(MAX_BATCH_PIXELS))
-        run([sys.executable, "-m", "stages.package", "--model-dir", str(self.model_dir),
-             "--run-id", "run-abc123", "--version", "3", "--report", str(root / "bento.json")],
-            cwd=PROJECT, env=self.env, timeout=600)
-        self.report = json.loads((root / "bento.json").read_text())
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = (root / "serve.log").open("w")
-        # Its own process group, so teardown stops the server and all its workers.
-        self.process = subprocess.Popen(
-            [str(VENV_BIN / "bentoml"), "serve", self.report["bento_tag"], "--host", "127.0.0.1",
-             "--port", str(port)], cwd=root, env=self.env, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_until_scoring()
-
-    def _wait_until_scoring(self, timeout: float = 300) -> None:
-        # /readyz answers before the model worker has loaded; a real request proves both are up.
-        image = _encode(textured(0), "PNG")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"bentoml serve exited:\n{self.logs()[-6000:]}")
-            try:
-                if requests.post(f"{self.url}/score", files={"image": ("x.png", image)},
-                                 timeout=30).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        raise AssertionError(f"the service did not answer in {timeout}s:\n{self.logs()[-6000:]}")
-
-    def logs(self) -> str:
-        self.log.flush()
-        return (self.root / "serve.log").read_text()
-
-    def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.log.close()
-
-    def score(self, name: str, content: bytes, **kwargs) -> requests.Response:
-        return requests.post(f"{self.url}/score", files={"image": (name, content)}, timeout=60,
-                             **kwargs)
-
-
-@pytest.fixture(scope="session")
-def served(tmp_path_factory):
-    """The running server; test_webpage.py imports this fixture and gets the same one."""
-    owner = "server" not in _shared
-    if owner:
-        _shared["server"] = Server(tmp_path_factory.mktemp("served"))
-    yield _shared["server"]
-    if owner:
-        _shared.pop("server").stop()
-
-
-@pytest.fixture(scope="session")
-def served_plain(tmp_path_factory):
-    """A server whose model has no distortion-type head; shared with test_webpage.py."""
-    owner = "plain" not in _shared
-    if owner:
-        _shared["plain"] = Server(tmp_path_factory.mktemp("served_plain"), distortion_types=0)
-    yield _shared["plain"]
-    if owner:
-        _shared.pop("plain").stop()
+from conftest import PROJECT
+from helpers import (MAX_BATCH_IMAGES, MAX_BATCH_PIXELS, MAX_UPLOAD_BYTES, check_distortions,
+                     encode, good_images, local_scores, png_claiming, png_with_broken_checksum,
+                     score_cli, textured)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +93,7 @@ def test_quality_map_is_the_crops_averaged_into_the_score(served, corpus):
     preprocessing = json.loads((served.model_dir / "model.json").read_text())["preprocessing"]
     uploads = {name: (corpus / name).read_bytes() for name in ("photo.png", "rotated.jpg",
                                                                 "gray16.png")}
-    uploads["large.png"] = _encode(textured(7, (320, 240)), "PNG")  # 80 crops, thinned to 48
+    uploads["large.png"] = encode(textured(7, (320, 240)), "PNG")  # 80 crops, thinned to 48
     for name, data in uploads.items():
         response = served.score(name, data, data={"map": "true"})
         assert response.status_code == 200, response.text
@@ -289,14 +151,14 @@ def test_score_batch_keeps_order_and_reports_bad_images(served, corpus):
 BAD_INPUTS = [
     # (case, request keyword arguments, expected status, words the error message must contain)
     ("text file", {"files": {"image": ("notes.txt", b"just some text")}}, 400, "not an image"),
-    ("truncated PNG", {"files": {"image": ("cut.png", _encode(textured(1), "PNG")[:300])}},
+    ("truncated PNG", {"files": {"image": ("cut.png", encode(textured(1), "PNG")[:300])}},
      400, "truncated"),
-    ("truncated JPEG", {"files": {"image": ("cut.jpg", _encode(textured(1), "JPEG")[:500])}},
+    ("truncated JPEG", {"files": {"image": ("cut.jpg", encode(textured(1), "JPEG")[:500])}},
      400, "truncated"),
     ("zero bytes", {"files": {"image": ("empty.jpg", b"")}}, 400, "empty"),
     ("broken PNG checksum", {"files": {"image": ("cracked.png", png_with_broken_checksum())}},
      400, "cracked.png: the file is damaged"),
-    ("1x1 image", {"files": {"image": ("dot.png", _encode(Image.new("RGB", (1, 1)), "PNG"))}},
+    ("1x1 image", {"files": {"image": ("dot.png", encode(Image.new("RGB", (1, 1)), "PNG"))}},
      400, "too small"),
     ("decompression bomb", {"files": {"image": ("bomb.png", png_claiming(50_000, 50_000))}},
      400, "decompression bomb"),
@@ -306,11 +168,11 @@ BAD_INPUTS = [
      413, "more than the limit of 2000000"),
     ("text instead of a file", {"files": {"image": (None, "http://example.com/x.jpg")}},
      400, "must be a file upload"),
-    ("wrong field", {"files": {"picture": ("a.png", _encode(textured(1), "PNG"))}},
+    ("wrong field", {"files": {"picture": ("a.png", encode(textured(1), "PNG"))}},
      400, "unexpected form field `picture`"),
-    ("map not true or false", {"files": {"image": ("a.png", _encode(textured(1), "PNG"))},
+    ("map not true or false", {"files": {"image": ("a.png", encode(textured(1), "PNG"))},
                                "data": {"map": "please"}}, 400, "`map` must be true or false"),
-    ("two images to score", {"files": [("image", ("a.png", _encode(textured(1), "PNG")))] * 2},
+    ("two images to score", {"files": [("image", ("a.png", encode(textured(1), "PNG")))] * 2},
      400, "use `score_batch`"),
     ("JSON body", {"json": {"image": "/etc/passwd"}}, 415, "multipart/form-data"),
     ("no body", {}, 415, "multipart/form-data"),
@@ -338,13 +200,13 @@ def test_bad_batches(served):
 
 
 def test_score_batch_caps_files_and_pixels(served):
-    small = _encode(textured(3), "PNG")  # 96x64
+    small = encode(textured(3), "PNG")  # 96x64
     response = requests.post(f"{served.url}/score_batch", timeout=60,
                              files=[("images", (f"{i}.png", small))
                                     for i in range(MAX_BATCH_IMAGES + 1)])
     assert response.status_code == 413, response.text
     assert f"more than {MAX_BATCH_IMAGES} images in one request" in response.json()["error"]
-    wide = _encode(textured(4, (300, 200)), "PNG")  # each within the per-image pixel limit
+    wide = encode(textured(4, (300, 200)), "PNG")  # each within the per-image pixel limit
     response = requests.post(f"{served.url}/score_batch", timeout=60,
                              files=[("images", (f"{i}.png", wide)) for i in range(4)])
     assert response.status_code == 413, response.text
@@ -362,11 +224,11 @@ def test_colour_key_transparency_scores_like_alpha(served):
     alpha = Image.fromarray(np.where(np.asarray(gray) == key, 0, 255).astype(np.uint8))
     rgba = gray.convert("RGBA")
     rgba.putalpha(alpha)
-    keyed = served.score("keyed.png", _encode(gray, "PNG", transparency=key))
-    composited = served.score("alpha.png", _encode(rgba, "PNG"))
+    keyed = served.score("keyed.png", encode(gray, "PNG", transparency=key))
+    composited = served.score("alpha.png", encode(rgba, "PNG"))
     assert keyed.status_code == composited.status_code == 200, (keyed.text, composited.text)
     assert keyed.json()["mos"] == pytest.approx(composited.json()["mos"], abs=1e-4)
-    opaque = served.score("opaque.png", _encode(gray, "PNG")).json()["mos"]
+    opaque = served.score("opaque.png", encode(gray, "PNG")).json()["mos"]
     assert abs(opaque - keyed.json()["mos"]) > 1e-3  # the key changed what was scored
 
 
@@ -375,7 +237,7 @@ def test_still_serving_after_bad_input(served):
     for _, request_kwargs, _, _ in BAD_INPUTS:
         requests.post(f"{served.url}/score", timeout=60, **request_kwargs)
     assert served.process.poll() is None
-    assert served.score("ok.png", _encode(textured(5), "PNG")).status_code == 200
+    assert served.score("ok.png", encode(textured(5), "PNG")).status_code == 200
     new_logs = served.logs()[log_start:]
     assert not re.search(r"Traceback|status=5\d\d", new_logs), new_logs[-4000:]
 

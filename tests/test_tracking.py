@@ -233,16 +233,11 @@ def test_promotion_gate_on_two_real_runs(pipeline, client):
 
 
 def test_runs_command_lists_best_first_with_differing_params(pipeline, monkeypatch, capsys):
-    import argparse
-
-    from nriqa.ops import tracking
+    from nriqa.cli import main
 
     monkeypatch.chdir(pipeline["clone"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline["uri"])
-    parser = argparse.ArgumentParser()
-    tracking.add_runs_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["runs", "--max-results", "5"])
-    assert args.handler(args) == 0
+    assert main(["runs", "--max-results", "5"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     header = lines[0].split()
     assert {"test_srcc", "baseline_srcc", "train.lr"} <= set(header)
@@ -250,6 +245,17 @@ def test_runs_command_lists_best_first_with_differing_params(pipeline, monkeypat
     assert len(lines) == 3
     srcc = [float(line.split()[header.index("test_srcc")]) for line in lines[1:]]
     assert srcc == sorted(srcc, reverse=True)
+
+
+def test_runs_command_on_an_unreachable_server_is_an_error(tmp_path, monkeypatch, capsys):
+    from nriqa.cli import main
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["runs"]) == 2  # ExitCode.ERROR
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and uri in captured.err
 
 
 # --- Failures -----------------------------------------------------------------------------------
@@ -262,7 +268,7 @@ def test_unreachable_server_stops_training_before_it_starts(pipeline):
     started = time.monotonic()
     result = run([PYTHON, "-m", "stages.train"], cwd=clone,
                  env=stage_env(clone, MLFLOW_TRACKING_URI=uri), check=False, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2  # ExitCode.ERROR
     assert uri in result.stderr and "error:" in result.stderr
     assert "Traceback" not in result.stderr
     assert "Epoch" not in result.stdout + result.stderr

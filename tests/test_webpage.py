@@ -3,7 +3,8 @@ image and read its preview, score on its scale, heat map, distortions and model 
 a damaged upload's message; a batch table that sorts; the example images.
 
 Playwright drives Debian's chromium (`make system-deps` installs it; `playwright install`
-cannot download browsers here). The server is the one test_service.py starts.
+cannot download browsers here). The servers are conftest.py's `served` and `served_plain`,
+shared with test_service.py.
 NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example scored, there
 (the README's).
 """
@@ -20,9 +21,7 @@ import requests
 
 from nriqa.serving.quality_map import map_values
 
-from test_cli import textured
-from test_service import MAX_UPLOAD_BYTES, _encode
-from test_service import served, served_plain  # noqa: F401  the servers test_service.py starts
+from helpers import MAX_UPLOAD_BYTES, encode, textured
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -71,7 +70,7 @@ def check_score_shown(page, expected: dict) -> None:
     assert category.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
 
 
-def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):  # noqa: F811
+def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):
     # TIFF, which browsers cannot show: the preview is the image as the service decodes it.
     image = tmp_path / "holiday.tiff"
     textured(21, (240, 160)).save(image)
@@ -110,7 +109,7 @@ def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):  #
     page.close()
 
 
-def test_no_distortions_shown_without_type_head(served_plain, browser, tmp_path):  # noqa: F811
+def test_no_distortions_shown_without_type_head(served_plain, browser, tmp_path):
     image = tmp_path / "holiday.jpg"
     textured(21).save(image, quality=90)
     expected = api_score(served_plain, image)
@@ -123,7 +122,7 @@ def test_no_distortions_shown_without_type_head(served_plain, browser, tmp_path)
     page.close()
 
 
-TRUNCATED_PNG = _encode(textured(22), "PNG")[:300]
+TRUNCATED_PNG = encode(textured(22), "PNG")[:300]
 BAD_UPLOADS = [  # (file name, its bytes, the start of the message the page shows)
     ("broken.png", TRUNCATED_PNG, "broken.png: the image data is damaged or truncated"),
     ("notes.jpg", b"just some text", "notes.jpg: not an image in a format we read"),
@@ -132,7 +131,7 @@ BAD_UPLOADS = [  # (file name, its bytes, the start of the message the page show
 
 
 @pytest.mark.parametrize("name, content, message", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
-def test_bad_upload_shows_the_api_message(served, browser, tmp_path,  # noqa: F811
+def test_bad_upload_shows_the_api_message(served, browser, tmp_path,
                                           name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
@@ -145,7 +144,7 @@ def test_bad_upload_shows_the_api_message(served, browser, tmp_path,  # noqa: F8
     page.close()
 
 
-def test_preview_and_examples_refuse_bad_requests(served):  # noqa: F811
+def test_preview_and_examples_refuse_bad_requests(served):
     response = requests.post(f"{served.url}/ui/preview?name=broken.png", data=TRUNCATED_PNG,
                              timeout=30)
     assert response.status_code == 400
@@ -154,7 +153,7 @@ def test_preview_and_examples_refuse_bad_requests(served):  # noqa: F811
     assert response.status_code == 404 and "no example image" in response.json()["error"]
 
 
-def test_several_files_give_a_sortable_table(served, browser, tmp_path):  # noqa: F811
+def test_several_files_give_a_sortable_table(served, browser, tmp_path):
     paths = []
     for seed in (30, 31, 32):
         paths.append(tmp_path / f"photo{seed}.png")
@@ -188,7 +187,7 @@ def test_several_files_give_a_sortable_table(served, browser, tmp_path):  # noqa
     page.close()
 
 
-def test_example_images_score_in_one_click(served, browser, tmp_path):  # noqa: F811
+def test_example_images_score_in_one_click(served, browser, tmp_path):
     page = open_page(served, browser, "/ui")  # as the README gives it, without the slash
     buttons = page.locator("#examples button")
     assert buttons.count() == 5

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,45 +169,22 @@ def reset_dir(out_dir: Path) -> None:
 
 # --- `python -m nriqa evaluate PATH --format ...` -----------------------------------------------
 
-def add_evaluate_command(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "evaluate", help="measure the model against one labelled dataset folder",
-        description="SRCC, KRCC, PLCC and RMSE of the model's scores against the human MOS of "
-                    "a dataset folder, and SRCC per distortion type where the dataset has types; "
-                    "the figures the evaluate stage reports for evaluate.external.")
-    parser.add_argument("path", type=Path, metavar="PATH",
-                        help="the dataset folder, laid out as the original distribution")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="the folder's layout")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model-dir", type=Path, default=Path("models"),
-                        help="folder with model.keras and model.json (default: models)")
-    source.add_argument("--model-uri", help="an MLflow model instead, e.g. models:/nriqa@champion")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the MLflow tracking URI is read from here if it exists")
-    parser.set_defaults(handler=run_evaluate)
-
-
-def run_evaluate(args) -> int:
-    # The model is loaded exactly as `python -m nriqa score` loads it.
+def run_evaluate(args) -> None:
+    """`python -m nriqa evaluate`, its arguments parsed by `nriqa.cli`; the model is loaded
+    exactly as `python -m nriqa score` loads it."""
     from nriqa.serving.scoring import _load, _settings
 
-    try:
-        # Indexed first: a wrong path or format fails before the model is loaded.
-        folder = open_folder(args.path, args.format)
-        _, tracking_uri = _settings(args.params)
-        with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
-            model, info = _load(args, tracking_uri, workdir)
-            result = evaluate_folder(model, info["preprocessing"], folder)
-    except NriqaError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # Indexed first: a wrong path or format fails before the model is loaded.
+    folder = open_folder(args.path, args.format)
+    _, tracking_uri = _settings(args.params)
+    with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
+        model, info = _load(args, tracking_uri, workdir)
+        result = evaluate_folder(model, info["preprocessing"], folder)
     if args.json:
         print(json.dumps({"path": str(args.path), "format": args.format, **result.metrics},
                          indent=2))
     else:
         print(format_result(folder, result))
-    return 0
 
 
 def format_result(folder: LabelledFolder, result: ExternalResult) -> str:

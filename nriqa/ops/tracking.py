@@ -381,27 +381,6 @@ def log_evaluation(pointer: dict, metrics: dict, artifacts: dict[str, list[Path]
 
 # --- `python -m nriqa runs` ---------------------------------------------------------------------
 
-def add_runs_command(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "runs", help="compare the experiment's MLflow runs, best test SRCC first",
-        description="The experiment's runs, best test SRCC first, with the params that differ "
-                    "between them. Uses MLFLOW_TRACKING_URI, else params.yaml's mlflow section.")
-    parser.add_argument("--max-results", type=int, default=10, help="runs to show (default 10)")
-    parser.add_argument("--experiment", default=None,
-                        help="experiment name (default: mlflow.experiment in params.yaml)")
-    parser.add_argument("--params", default="params.yaml", help="the project's params file")
-    parser.set_defaults(handler=runs_command)
-
-
-def runs_command(args) -> int:
-    try:
-        print(runs_table(args.params, args.experiment, args.max_results))
-    except NriqaError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def runs_table(params_path: str | Path = "params.yaml", experiment: str | None = None,
                max_results: int = 10) -> str:
     import mlflow

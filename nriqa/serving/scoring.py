@@ -9,7 +9,8 @@ image's quality map (`nriqa.serving.quality_map`: its crop scores, whose mean is
 as DIR/<name>.png, with a 0..9 colour legend along the bottom.
 Rows are written as they are scored (CSV, or JSON lines with `--format jsonl`), so a crash
 keeps what was done. A file that fails for any reason is named on stderr and skipped; the exit
-status is 1 if any file failed, 2 if nothing could start (no files, no model).
+status (`nriqa.errors.ExitCode`) is 1 if any file failed, 2 if nothing could start (no files, no
+model). Its arguments are parsed in `nriqa.cli`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Iterator
 
 import yaml
 
-from nriqa.errors import NriqaError
+from nriqa.errors import ExitCode, NriqaError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # Images scored per model call: enough to batch crops well. Only their crops (at most
@@ -35,31 +36,6 @@ TOP_DISTORTIONS = 3
 CSV_FIELDS = ["path", "mos", "category"] + [
     f"{column}_{rank}" for rank in range(1, TOP_DISTORTIONS + 1)
     for column in ("distortion", "p")]
-
-
-def add_score_command(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "score", help="score image files or folders with the trained model",
-        description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="image files and/or folders (searched recursively)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model-dir", type=Path, default=Path("models"),
-                        help="folder with model.keras and model.json (default: models)")
-    source.add_argument("--model-uri",
-                        help="an MLflow model instead, e.g. models:/nriqa@champion")
-    parser.add_argument("--format", choices=("csv", "jsonl"), default="csv",
-                        help="csv (default) or jsonl, one JSON object per line; each row is "
-                             "written as soon as it is scored")
-    parser.add_argument("--output", "-o", type=Path,
-                        help="write the scores to this file instead of stdout")
-    parser.add_argument("--map", type=Path, metavar="DIR", dest="map_dir",
-                        help="also write each image's quality map over it as DIR/<name>.png "
-                             "(the JSON lines rows name the file)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="category thresholds (evaluate.categories) and the MLflow "
-                             "tracking URI are read from here if it exists")
-    parser.set_defaults(handler=run_score)
 
 
 def find_images(paths: list[Path]) -> list[Path]:
@@ -240,7 +216,8 @@ def _open_output(path: Path | None):
     return contextlib.nullcontext(sys.stdout) if path is None else path.open("w", newline="")
 
 
-def run_score(args) -> int:
+def run_score(args) -> ExitCode:
+    """`python -m nriqa score`, its arguments parsed by `nriqa.cli`."""
     from tqdm import tqdm
 
     failed = []
@@ -249,22 +226,18 @@ def run_score(args) -> int:
         failed.append(path)
         tqdm.write(f"skipped {message}", file=sys.stderr)  # above the progress bar
 
-    try:
-        thresholds, tracking_uri = _settings(args.params)
-        files = find_images(args.paths)
-        if not files:
-            raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
-        with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
-            model, info = _load(args, tracking_uri, workdir)
-            with _open_output(args.output) as stream:
-                writer = RowWriter(args.format, stream)
-                for row in score_files(model, info["preprocessing"], files, thresholds, skip,
-                                       map_dir=args.map_dir):
-                    writer.write(row)
-    except NriqaError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    thresholds, tracking_uri = _settings(args.params)
+    files = find_images(args.paths)
+    if not files:
+        raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
+    with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
+        model, info = _load(args, tracking_uri, workdir)
+        with _open_output(args.output) as stream:
+            writer = RowWriter(args.format, stream)
+            for row in score_files(model, info["preprocessing"], files, thresholds, skip,
+                                   map_dir=args.map_dir):
+                writer.write(row)
     print(f"scored {writer.rows} of {len(files)} images"
           + (f"; skipped {len(failed)} that could not be scored" if failed else ""),
           file=sys.stderr)
-    return 1 if failed else 0
+    return ExitCode.PARTIAL if failed else ExitCode.OK

@@ -1,0 +1,152 @@
+"""The scoring APIs' work: uploaded files in, a `Score` or a client error out.
+
+Each upload is decoded and cut into its crop grid in a thread (`nriqa.model.imaging`, the same
+path training and the CLI use); every failure there is the client's bad input and becomes a
+4xx or, in a batch, that image's `{"error": ...}`. The crops go through the model together
+with the other requests' (`nriqa.serving.batching`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from starlette.responses import JSONResponse
+
+from nriqa.errors import NriqaError
+from nriqa.evaluation.metrics import categorize
+from nriqa.model.imaging import crops_for_prediction, decode_image, prediction_layout
+from nriqa.model.prediction import top_distortions
+from nriqa.serving.batching import ModelBatcher
+from nriqa.serving.quality_map import quality_map
+from nriqa.serving.responses import Distortion, ImageError, InputError, QualityMap, Score
+from nriqa.serving.settings import ServingSettings, serving_settings, stored_model
+
+
+def load_served_model(stored) -> tuple:
+    """(Keras model, its model.json) of a model in the BentoML store: the one place the service
+    loads a model."""
+    from nriqa.model.prediction import load_model
+
+    return load_model(stored.path)
+
+
+class UploadScorer:
+    """Scores uploaded files for the service's APIs; holds what they share once it has started:
+    the settings, the model's batcher and the decoding threads (the web page's previews use
+    them too)."""
+
+    def __init__(self, score_crop_sets: Callable, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.batcher = ModelBatcher(score_crop_sets, settings.max_batch_size)
+        # Decoding runs outside the event loop, a few images at a time: a decoded image can take
+        # max_pixels * 3 bytes, so this bounds the memory a burst of large uploads can claim.
+        self.decoder = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
+                                          thread_name_prefix="decode")
+
+    @classmethod
+    def for_model(cls, bento_model) -> UploadScorer:
+        """Load the model a `bentoml.models.BentoModel` names, and its settings."""
+        from nriqa.model.prediction import score_crop_sets
+
+        stored = stored_model(bento_model)
+        model, info = load_served_model(stored)
+        return cls(functools.partial(score_crop_sets, model), serving_settings(stored, info))
+
+    async def score(self, image: Path, with_map: bool = False) -> Score | JSONResponse:
+        """One uploaded file's score; a 400 (413) if it cannot be scored."""
+        try:
+            (result,) = await self.score_uploads([(image, upload_name(image))], with_map)
+        except InputError as error:
+            return error.response()
+        if isinstance(result, ImageError):
+            return InputError(result.error).response()
+        return result
+
+    async def score_batch(self, images: list[Path]) -> list[Score | ImageError] | JSONResponse:
+        """Each file's score or error, in order; a 400 (413) for the request as a whole."""
+        if not images:
+            return InputError("no images in the request (send them as `images` fields)").response()
+        # UploadGuard has capped the number of files; this caps the decoding work. Images over
+        # the per-image limit are refused unread, so they cost nothing.
+        limit = self.settings.max_batch_pixels
+        pixels = sum(n for n in map(header_pixels, images) if n <= self.settings.max_pixels)
+        if pixels > limit:
+            return InputError(
+                f"the images of this request have {pixels} pixels in all, more than the limit "
+                f"of {limit} per request (serve.max_batch_pixels); send fewer or smaller images "
+                "per request", HTTPStatus.REQUEST_ENTITY_TOO_LARGE).response()
+        return await self.score_uploads([(path, upload_name(path)) for path in images])
+
+    async def score_uploads(self, uploads: list[tuple[Path, str]],
+                            with_map: bool = False) -> list[Score | ImageError]:
+        """Decode and crop (path, client's name) pairs in threads, then score with the other
+        requests' images."""
+        loop = asyncio.get_running_loop()
+        jobs = [loop.run_in_executor(self.decoder, self.crops, path, name)
+                for path, name in uploads]
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, InputError):
+                raise outcome
+        good = [crops for crops, _ in (o for o in outcomes if not isinstance(o, InputError))]
+        scores = iter(await self.batcher.score(good) if good else [])
+        return [ImageError(error=str(outcome)) if isinstance(outcome, InputError)
+                else self.answer(next(scores), outcome[1] if with_map else None)
+                for outcome in outcomes]
+
+    def crops(self, path: Path, name: str) -> tuple[np.ndarray, tuple]:
+        """The crop grid of one uploaded file and where its crops lie (`prediction_layout`);
+        every failure is the client's bad input."""
+        preprocessing = self.settings.preprocessing
+        try:
+            image = decode_image(path, name=name, max_pixels=self.settings.max_pixels)
+            return (crops_for_prediction(image, preprocessing),
+                    prediction_layout(image, preprocessing))
+        except NriqaError as error:
+            raise InputError(str(error)) from error
+        except MemoryError as error:
+            raise InputError(f"{name}: too large to score with the memory free now; send a "
+                             "smaller image", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
+        except Exception as error:  # a decoder bug on hostile bytes is still a bad image
+            raise InputError(f"{name}: cannot decode this image ({type(error).__name__}: {error})"
+                             ) from error
+
+    def answer(self, output: tuple, layout: tuple | None) -> Score:
+        """The answer for one image from its model output; with its crop layout, its quality
+        map too."""
+        mos, probabilities, crop_scores = output
+        distortions = None  # a model without the distortion-type head: nothing to say
+        if probabilities is not None:
+            distortions = [Distortion(**entry) for entry in top_distortions(probabilities)]
+        grid = None
+        if layout is not None:
+            width, height, corners = layout
+            grid = QualityMap(**quality_map(width, height, corners,
+                                            self.settings.preprocessing["crop_size"], crop_scores))
+        return Score(mos=round(mos, 6), category=categorize(mos, self.settings.categories),
+                     distortions=distortions, model_version=self.settings.model_version,
+                     mlflow_run_id=self.settings.mlflow_run_id, quality_map=grid)
+
+
+def header_pixels(path: Path) -> int:
+    """Width x height as the file's header states it; 0 for what is not an image (its own
+    error comes when it is decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    except Exception:
+        return 0
+
+
+def upload_name(path: Path) -> str:
+    # BentoML keeps each upload in a NamedTemporaryFile whose name is "tmp" + 8 random
+    # characters + the client's filename; error messages should name the client's file.
+    return path.name[11:] if path.name.startswith("tmp") and len(path.name) > 11 else "upload"

@@ -1,0 +1,261 @@
+"""The pieces of the service (`nriqa.serving`) on their own, without a packaged model or a server:
+settings and their overrides, the upload checks, the batcher, uploads to scores, the page app.
+test_service.py checks them together, behind a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+from starlette.responses import JSONResponse
+
+from conftest import PROJECT, run, tool_env
+from helpers import TINY_PREPROCESSING, encode, png_claiming, textured
+from nriqa.errors import NriqaError
+from nriqa.evaluation.metrics import DEFAULT_THRESHOLDS, categorize
+from nriqa.serving.api import UploadScorer
+from nriqa.serving.batching import ModelBatcher
+from nriqa.serving.middleware import UploadGuard
+from nriqa.serving.responses import ImageError, Score
+from nriqa.serving.settings import ServingSettings, model_tag, serving_settings, stored_model
+from nriqa.serving.webpage import webpage_app
+
+SERVE = {"max_upload_bytes": 200_000, "max_pixels": 20_000, "max_batch_images": 3,
+         "max_batch_pixels": 30_000, "max_batch_size": 2}
+
+
+def stored(folder: Path, serve: dict = SERVE) -> SimpleNamespace:
+    """What the service reads of a model in the BentoML store: tag, folder, metadata."""
+    return SimpleNamespace(tag="nriqa:abc", path=str(folder), info=SimpleNamespace(metadata={
+        "registry_version": "3", "mlflow_run_id": "run-abc123", "serve": serve,
+        "categories": dict(DEFAULT_THRESHOLDS)}))
+
+
+def settings(folder: Path) -> ServingSettings:
+    return serving_settings(stored(folder), {"preprocessing": TINY_PREPROCESSING}, environ={})
+
+
+# --- Settings -------------------------------------------------------------------------------------
+
+def test_model_tag_from_the_environment_then_the_bento_then_the_default(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    assert model_tag(src, environ={}) == "nriqa:latest"
+    (tmp_path / "bento.yaml").write_text("labels:\n  model_tag: nriqa:v7\n")
+    assert model_tag(src, environ={}) == "nriqa:v7"
+    assert model_tag(src, environ={"NRIQA_MODEL_TAG": "nriqa:v2"}) == "nriqa:v2"
+
+
+def test_settings_come_from_the_model_and_the_environment_overrides_limits(tmp_path):
+    read = settings(tmp_path)
+    assert (read.model_tag, read.model_version, read.mlflow_run_id) == ("nriqa:abc", "3", "run-abc123")
+    assert read.examples_dir == tmp_path / "examples"
+    assert read.preprocessing == TINY_PREPROCESSING and read.max_pixels == 20_000
+    overridden = serving_settings(stored(tmp_path), {"preprocessing": TINY_PREPROCESSING},
+                                  environ={"NRIQA_MAX_PIXELS": "500", "NRIQA_MODEL_TAG": "x"})
+    assert overridden.max_pixels == 500 and overridden.max_batch_size == 2
+
+
+def test_settings_errors_say_what_to_do(tmp_path):
+    old = {key: value for key, value in SERVE.items() if key != "max_batch_pixels"}
+    with pytest.raises(NriqaError, match=r"packaged without serve.max_batch_pixels.*"
+                                         r"NRIQA_MAX_BATCH_PIXELS"):
+        serving_settings(stored(tmp_path, old), {"preprocessing": TINY_PREPROCESSING}, environ={})
+    assert serving_settings(stored(tmp_path, old), {"preprocessing": TINY_PREPROCESSING},
+                            environ={"NRIQA_MAX_BATCH_PIXELS": "9"}).max_batch_pixels == 9
+    with pytest.raises(NriqaError, match="NRIQA_MAX_PIXELS='lots': expected a whole number"):
+        serving_settings(stored(tmp_path), {"preprocessing": {}}, environ={"NRIQA_MAX_PIXELS": "lots"})
+    missing = SimpleNamespace(tag="nriqa:nope", stored=None)  # a BentoModel the store lacks
+    with pytest.raises(NriqaError, match="model nriqa:nope is not in the BentoML model store"):
+        stored_model(missing)
+    with pytest.raises(NriqaError, match="dvc repro package"):
+        UploadScorer.for_model(missing)  # at service start: no model is loaded
+
+
+def test_service_imports_without_a_model_store(tmp_path):
+    """The model store is read when the service starts, not when service.py is imported."""
+    home = tmp_path / "bentoml_home"
+    result = run([sys.executable, "-c", "import service; svc = service.NRIQA; "
+                  "print(svc.inner.bento_model.tag, sorted(svc.apis))"], cwd=PROJECT,
+                 env=tool_env(BENTOML_HOME=str(home), NRIQA_MODEL_TAG="nriqa:abc123"), timeout=120)
+    assert result.stdout.split("\n")[0] == "nriqa:abc123 ['score', 'score_batch']"
+    assert not (home / "models").exists() or not any((home / "models").iterdir())
+
+
+# --- Upload checks --------------------------------------------------------------------------------
+
+def request(app, method: str, path: str, **kwargs) -> httpx.Response:
+    """One request to an ASGI app, in this process."""
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://nriqa") as client:
+            return await client.request(method, path, **kwargs)
+    return asyncio.run(send())
+
+
+async def chunks():
+    yield b"sent without a Content-Length"
+
+
+async def echo(scope, receive, send) -> None:
+    """An app that answers with the size of the body it got."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+
+@pytest.fixture
+def guarded(tmp_path) -> UploadGuard:
+    return UploadGuard(echo, settings=lambda: settings(tmp_path))
+
+
+PNG = encode(textured(1), "PNG")
+REFUSED = [
+    # (path, request keyword arguments, status, words of the message)
+    ("/score", {"content": b"x" * 200_001}, 413, "200001 bytes, more than the limit of 200000"),
+    ("/score", {"content": chunks()}, 411, "Content-Length"),
+    ("/score", {"json": {"image": "/etc/passwd"}}, 415, "multipart/form-data upload in the field `image`"),
+    ("/score", {"files": {"image": (None, "http://example.com/x.jpg")}}, 400, "must be a file upload"),
+    ("/score", {"files": {"picture": ("a.png", PNG)}}, 400, "unexpected form field `picture`"),
+    ("/score", {"files": {"image": ("a.png", PNG)}, "data": {"map": "please"}}, 400,
+     "`map` must be true or false"),
+    ("/score", {"files": [("image", ("a.png", PNG))] * 2}, 400, "use `score_batch`"),
+    ("/score_batch", {"files": [("images", ("a.png", PNG))] * 4}, 413,
+     "more than 3 images in one request"),
+    ("/score_batch", {"files": {"comment": (None, "none")}}, 400, "unexpected form field `comment`"),
+]
+
+
+@pytest.mark.parametrize("path, request_kwargs, status, words", REFUSED,
+                         ids=[f"{case[0]} {case[2]} {case[3][:20]}" for case in REFUSED])
+def test_upload_guard_refuses_before_bentoml_parses(guarded, path, request_kwargs, status, words):
+    response = request(guarded, "POST", path, **request_kwargs)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+
+
+def test_upload_guard_passes_good_uploads_whole(guarded):
+    response = request(guarded, "POST", "/score", files={"image": ("a.png", PNG)},
+                       data={"map": "true"})
+    assert response.status_code == 200 and int(response.text) > len(PNG)  # the form, replayed
+    response = request(guarded, "POST", "/score_batch", files=[("images", ("a.png", PNG))] * 3)
+    assert response.status_code == 200
+    assert request(guarded, "GET", "/ui/").status_code == 200  # not an upload: untouched
+    # Not a scoring API: only its size is checked.
+    assert request(guarded, "POST", "/ui/preview", content=PNG).text == str(len(PNG))
+
+
+# --- Batching -------------------------------------------------------------------------------------
+
+def fake_model(calls: list[int], fail: bool = False):
+    """`score_crop_sets` of a pretend model: each crop's score is its mean grey level on 0..9."""
+    def score_crop_sets(crop_sets):
+        calls.append(len(crop_sets))
+        if fail:
+            raise RuntimeError("the model fell over")
+        crop_scores = [np.asarray(crops, dtype=np.float32).reshape(len(crops), -1).mean(axis=1)
+                       / 255 * 9 for crops in crop_sets]
+        mos = np.array([scores.mean() for scores in crop_scores])
+        probabilities = np.tile(np.linspace(1, 24, 24) / 300, (len(crop_sets), 1))
+        return mos, probabilities, crop_scores
+    return score_crop_sets
+
+
+def test_batcher_merges_concurrent_requests_up_to_its_limit():
+    calls: list[int] = []
+    batcher = ModelBatcher(fake_model(calls), max_images=3)
+    crop_sets = [np.full((2, 4), value, dtype=np.uint8) for value in range(0, 250, 50)]
+
+    async def five_requests():
+        return await asyncio.gather(*(batcher.score([crops]) for crops in crop_sets))
+
+    results = asyncio.run(five_requests())
+    assert calls == [3, 2]  # all five were waiting when the first call began
+    assert [mos for ((mos, _, _),) in results] == pytest.approx(
+        [v / 255 * 9 for v in range(0, 250, 50)])
+
+
+def test_batcher_gives_a_model_error_to_every_waiting_request():
+    batcher = ModelBatcher(fake_model([], fail=True), max_images=4)
+
+    async def two_requests():
+        return await asyncio.gather(batcher.score([np.zeros((1, 4))]),
+                                    batcher.score([np.zeros((1, 4))]), return_exceptions=True)
+
+    assert [str(result) for result in asyncio.run(two_requests())] == ["the model fell over"] * 2
+
+
+# --- Uploads to scores ----------------------------------------------------------------------------
+
+def upload(folder: Path, name: str, data: bytes) -> Path:
+    """An upload as BentoML keeps it: "tmp" + 8 random characters + the client's file name."""
+    path = folder / f"tmpa1b2c3d4{name}"
+    path.write_bytes(data)
+    return path
+
+
+def test_scorer_answers_scores_and_names_bad_files(tmp_path):
+    calls: list[int] = []
+    scorer = UploadScorer(fake_model(calls), settings(tmp_path))
+    good = upload(tmp_path, "photo.png", PNG)
+    answer = asyncio.run(scorer.score(good, with_map=True))
+    assert isinstance(answer, Score) and answer.model_version == "3"
+    assert answer.category == categorize(answer.mos, DEFAULT_THRESHOLDS)
+    assert [d.type for d in answer.distortions] == [24, 23, 22]
+    values = [v for row in answer.quality_map.scores for v in row if v is not None]
+    assert np.mean(values) == pytest.approx(answer.mos, abs=1e-5)
+    assert asyncio.run(scorer.score(good)).quality_map is None
+
+    for name, data, words in [("notes.txt", b"hello", "notes.txt: not an image"),
+                              ("big.png", png_claiming(400, 300), "big.png: ")]:
+        refused = asyncio.run(scorer.score(upload(tmp_path, name, data)))
+        assert isinstance(refused, JSONResponse) and refused.status_code == HTTPStatus.BAD_REQUEST
+        assert json.loads(refused.body)["error"].startswith(words)
+    assert calls == [1, 1]  # bad files never reach the model
+
+
+def test_scorer_batches_keep_order_and_cap_pixels(tmp_path):
+    scorer = UploadScorer(fake_model([]), settings(tmp_path))
+    small = [upload(tmp_path, f"{i}.png", encode(textured(i), "PNG")) for i in range(3)]  # 96x64
+    bad = upload(tmp_path, "cut.png", PNG[:300])
+    answers = asyncio.run(scorer.score_batch([small[0], bad, small[1]]))
+    assert [type(answer) for answer in answers] == [Score, ImageError, Score]
+    assert answers[1].error.startswith("cut.png: ")
+    too_many = asyncio.run(scorer.score_batch(small + small[:2]))  # 5 x 6144 > 30000 pixels
+    assert too_many.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert "30720 pixels in all, more than the limit of 30000" in json.loads(too_many.body)["error"]
+    assert asyncio.run(scorer.score_batch([])).status_code == HTTPStatus.BAD_REQUEST
+
+
+# --- The page app ---------------------------------------------------------------------------------
+
+def test_page_app_shows_the_running_models_settings_examples_and_previews(tmp_path):
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "examples.json").write_text(json.dumps([{"file": "clean.png", "title": "clean"}]))
+    textured(5).save(examples / "clean.png")
+    running = SimpleNamespace(settings=settings(tmp_path), decoder=ThreadPoolExecutor(1))
+    asked = []
+    app = webpage_app(lambda: asked.append(1) or running)
+    assert not asked  # built before the service starts, asks for it only when called
+    page = request(app, "GET", "/")
+    assert page.status_code == 200 and '"model_version": "3"' in page.text
+    assert '"examples": [{"file": "clean.png", "title": "clean"}]' in page.text
+    assert request(app, "GET", "/examples/clean.png").headers["content-type"] == "image/png"
+    assert request(app, "GET", "/examples/examples.json").status_code == 404
+    preview = request(app, "POST", "/preview?name=a.png", content=PNG)
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    broken = request(app, "POST", "/preview?name=cut.png", content=PNG[:300])
+    assert broken.status_code == 400 and broken.json()["error"].startswith("cut.png: ")
+    running.decoder.shutdown()
