@@ -34,7 +34,7 @@ def tid_folder(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tid_like")
     generate_tid2013_like(root, num_references=2, image_size=(96, 64), distortion_types=TYPES,
-                          levels=[1, 3, 5], progress=False)
+                          levels=[1, 3, 5], seed=2013, progress=False)
     return root
 
 
