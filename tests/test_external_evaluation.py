@@ -180,7 +180,8 @@ def test_stage_stops_on_a_missing_folder_before_the_test_split(tmp_path):
     (tmp_path / "models" / "mlflow_run.json").write_text(json.dumps(
         {"run_id": "0" * 32, "experiment_id": "1", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
          "model_uri": "models:/m-0"}))
-    result = run([sys.executable, "-m", "stages.evaluate"], cwd=tmp_path, check=False,
+    stage = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["evaluate"]
+    result = run([sys.executable, *stage["cmd"].split()[1:]], cwd=tmp_path, check=False,
                  env=tool_env(PYTHONPATH=str(PROJECT), TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
