@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from nriqa.data.distortions import DISTORTIONS
-from nriqa.data.labels import rgb_psnr
 from nriqa.data.synthetic import MAX_REFERENCES, image_rng, load_reference
+from nriqa.evaluation.metrics import rgb_psnr
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "tid2013_levels.csv"
 SIZE = (512, 384)

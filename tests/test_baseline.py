@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from nriqa.evaluation.baseline import N_FEATURES, BrisqueSVR, brisque_features, feature_names, features_for_paths
+from nriqa.evaluation.baseline import (N_FEATURES, BrisqueSVR, brisque_features, feature_names,
+                                      features_for_paths, predict_test_split)
 from nriqa.errors import NriqaError
 
 
@@ -119,3 +120,34 @@ def test_svr_input_checks():
         BrisqueSVR().fit(np.zeros((4, 35)), np.zeros(4))
     with pytest.raises(NriqaError, match="MOS"):
         BrisqueSVR().fit(np.zeros((4, 36)), np.zeros(3))
+
+
+def test_baseline_predicts_the_test_rows_in_order_and_repeatably(tmp_path):
+    """What the baseline stage writes and evaluate reads (nriqa.evaluation.report.add_baseline):
+    a fit on the training rows, predictions for the test rows, the same on every run."""
+    import pandas as pd
+
+    from nriqa.evaluation.report import add_baseline
+
+    rows = []
+    for number in range(9):
+        sigma = 6.0 * (number % 3)
+        image = add_noise(natural_image(number, size=64), sigma, seed=number)
+        folder = tmp_path / ("train" if number < 6 else "raw")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(image).save(folder / f"{number}.png")
+        rows.append({"image": f"{number}.png", "path": f"{number}.png", "root": str(folder),
+                     "mos": 6.0 - sigma / 6, "split": "train" if number < 6 else "test"})
+    splits = pd.DataFrame(rows).iloc[::-1].reset_index(drop=True)  # order is the table's
+    first = predict_test_split(splits)
+    assert list(first.columns) == ["image", "baseline_pred"]
+    assert first["image"].tolist() == ["8.png", "7.png", "6.png"]
+    assert np.all(np.isfinite(first["baseline_pred"]))
+    pd.testing.assert_frame_equal(predict_test_split(splits), first)
+
+    first.to_csv(tmp_path / "baseline.csv", index=False)
+    test = splits[splits["split"] == "test"].reset_index(drop=True)
+    joined = add_baseline(test, tmp_path / "baseline.csv")
+    np.testing.assert_array_equal(joined["baseline_pred"], first["baseline_pred"])
+    with pytest.raises(NriqaError, match="dvc repro baseline"):
+        add_baseline(test.iloc[::-1], tmp_path / "baseline.csv")

@@ -151,16 +151,15 @@ class Crash(BaseException):
 
 
 def test_rows_already_scored_survive_a_crash(tiny_model, image_tree, tmp_path, monkeypatch):
-    from nriqa.model import imaging
-    from nriqa.serving import scoring
     from nriqa.cli import main
+    from nriqa.model import imaging, prediction
 
-    files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"] * scoring.CHUNK
+    files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"] * prediction.CHUNK
     real_decode, decoded = imaging.decode_image, []
 
     def decode_then_crash(path, **kwargs):
         decoded.append(path)
-        if len(decoded) > scoring.CHUNK + 1:  # in the second chunk
+        if len(decoded) > prediction.CHUNK + 1:  # in the second chunk
             raise Crash()
         return real_decode(path, **kwargs)
 
@@ -170,7 +169,7 @@ def test_rows_already_scored_survive_a_crash(tiny_model, image_tree, tmp_path, m
         main(["score", *map(str, files), "--model-dir", str(tiny_model), "--format", "jsonl",
               "-o", str(out)])
     rows = read_jsonl(out)
-    assert [row["path"] for row in rows] == [str(f) for f in files[:scoring.CHUNK]]
+    assert [row["path"] for row in rows] == [str(f) for f in files[:prediction.CHUNK]]
 
 
 def test_any_error_on_one_file_is_named_and_the_rest_scored(tiny_model, image_tree, tmp_path,

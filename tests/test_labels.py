@@ -7,7 +7,7 @@ import pytest
 
 from nriqa.data.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION
 from nriqa.errors import NriqaError
-from nriqa.data.labels import _TID2013_MOS, level_mos, rgb_psnr
+from nriqa.data.labels import _TID2013_MOS, level_mos
 
 
 @pytest.mark.parametrize("distortion_type", [1, 2, 8, 10, 11, 22])
@@ -44,14 +44,6 @@ def test_contrast_raised_is_liked_more_than_contrast_reduced():
 
 def test_local_blockwise_distortions_get_the_types_median():
     assert {level_mos(15, level) for level in (1, 3, 5)} == {float(np.median(_TID2013_MOS[15]))}
-
-
-def test_rgb_psnr_sees_colour_errors():
-    reference = np.full((8, 8, 3), 100, np.uint8)
-    shifted = reference.copy()
-    shifted[..., 2] += 10  # blue only: luma barely moves, RGB PSNR does
-    assert rgb_psnr(reference, shifted) == pytest.approx(10 * np.log10(255**2 / (100 / 3)))
-    assert rgb_psnr(reference, reference) == float("inf")
 
 
 def test_unknown_type_is_refused():

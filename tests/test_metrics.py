@@ -19,6 +19,8 @@ from nriqa.evaluation.metrics import (
     logistic_5,
     per_group_srcc,
     quality_metrics,
+    rgb_psnr,
+    srcc,
 )
 
 KEYS = {"srcc", "krcc", "plcc", "rmse", "plcc_logistic", "rmse_logistic"}
@@ -209,3 +211,19 @@ def test_plots_write_identical_pngs(tmp_path):
         assert first.exists() and first.stat().st_size > 1000, name
         assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert first.read_bytes() == second.read_bytes(), f"{name} PNG is not deterministic"
+
+
+def test_rgb_psnr_sees_colour_errors():
+    reference = np.full((8, 8, 3), 100, np.uint8)
+    shifted = reference.copy()
+    shifted[..., 2] += 10  # blue only: luma barely moves, RGB PSNR does
+    assert rgb_psnr(reference, shifted) == pytest.approx(10 * np.log10(255**2 / (100 / 3)))
+    assert rgb_psnr(reference, reference) == float("inf")
+
+
+def test_srcc_is_spearman_and_zero_for_constant_input():
+    """The one Spearman: evaluation, the baseline's model selection and training's val_srcc."""
+    mos, pred = [1.0, 2.0, 3.0, 4.0], np.array([0.1, 0.4, 0.3, 0.9], np.float32)
+    assert srcc(mos, pred) == pytest.approx(stats.spearmanr(mos, pred).statistic)
+    assert srcc(mos, np.full(4, 0.5)) == 0.0
+    assert srcc(np.full(4, 3.0), pred) == 0.0

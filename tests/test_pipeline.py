@@ -93,7 +93,7 @@ def test_dvc_status_sees_a_change_to_a_module_a_stage_imports(tiny_project, modu
 
 
 def test_data_stages_rebuild_identical_outputs(tiny_project):
-    for stage in ("fetch", "trainset", "normalize", "preprocess"):
+    for stage in ("fetch", "trainset", "normalize", "preprocess", "baseline"):
         run([DVC, "repro", "--force", "--single-item", stage], cwd=tiny_project,
             env=project_env(tiny_project))
     # Byte-identical outputs leave everything downstream up to date.
@@ -107,13 +107,29 @@ def test_same_params_give_the_same_metrics(tiny_project):
     assert (tiny_project / "reports/metrics.json").read_text() == before
 
 
+def test_a_model_change_reuses_the_baseline(tiny_project):
+    """The baseline stage's predictions depend on the data alone: a new CNN is evaluated
+    against them without fitting the baseline again, and its numbers stay the same."""
+    baseline_before = json.loads((tiny_project / "reports/metrics.json").read_text())["baseline"]
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run([DVC, "status", "--json"], cwd=tiny_project,
+                            env=project_env(tiny_project)).stdout)
+    assert "train" in status and "baseline" not in status
+    output = run([DVC, "repro"], cwd=tiny_project, env=project_env(tiny_project)).stdout
+    assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output
+    assert "Running stage 'baseline'" not in output
+    assert json.loads((tiny_project / "reports/metrics.json").read_text())["baseline"] == baseline_before
+
+
 def test_preprocess_param_reruns_only_what_follows(tiny_project):
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["preprocess"]["seed"] = params["preprocess"]["seed"] + 1
     (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = run([DVC, "repro"], cwd=tiny_project, env=project_env(tiny_project)).stdout
     assert "Running stage 'preprocess'" in output
-    assert "Running stage 'train'" in output
+    assert "Running stage 'train'" in output and "Running stage 'baseline'" in output
     assert "Running stage 'fetch'" not in output
     assert "Running stage 'normalize'" not in output
 

@@ -13,7 +13,8 @@ from nriqa.data.distortions import DISTORTIONS, distort
 from nriqa.errors import NriqaError
 from nriqa.data.synthetic import generate_tid2013_like, load_reference
 
-TINY = dict(num_references=2, image_size=(96, 64), distortion_types=(1, 2, 11, 13, 17), progress=False)
+TINY = dict(num_references=2, image_size=(96, 64), distortion_types=(1, 2, 11, 13, 17),
+            levels=(1, 2, 3, 4, 5), seed=2013, progress=False)
 
 
 @pytest.fixture(scope="module")

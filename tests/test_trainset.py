@@ -17,7 +17,7 @@ from nriqa.data.synthetic import REFERENCE_SOURCES
 from nriqa.data.labels import PRISTINE_MOS
 from nriqa.data.trainset import TRAINING_PHOTOS, check_photos, generate_training_set, make_image
 
-TINY = dict(num_images=12, image_size=(64, 48), seed=3, progress=False)
+TINY = dict(num_images=12, image_size=(64, 48), seed=3, pristine_fraction=0.0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_index_and_images(tiny_trainset):
 
 
 def test_pristine_images_are_undistorted_untyped_and_labelled_best(tmp_path):
-    index = generate_training_set(tmp_path, **{**TINY, "num_images": 40}, pristine_fraction=0.3)
+    index = generate_training_set(tmp_path, **{**TINY, "num_images": 40, "pristine_fraction": 0.3})
     pristine = index[index["distortion"] == 0]
     assert 5 <= len(pristine) <= 20  # 30% of 40, drawn per image
     assert pristine["level"].isna().all() and (pristine["mos"] == round(PRISTINE_MOS, 5)).all()
@@ -57,7 +57,7 @@ def test_pristine_images_are_undistorted_untyped_and_labelled_best(tmp_path):
         image, _ = make_image(TINY["seed"], number, TINY["image_size"], tuple(DISTORTIONS), 0.3)
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / row.path)), image)
     with pytest.raises(NriqaError, match="pristine_fraction"):
-        generate_training_set(tmp_path / "x", **TINY, pristine_fraction=1.0)
+        generate_training_set(tmp_path / "x", **{**TINY, "pristine_fraction": 1.0})
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tiny_trainset, tmp_path):

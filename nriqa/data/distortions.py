@@ -89,8 +89,8 @@ MIN_SIDE = 32  # smallest height or width every distortion supports
 # Reference area that event counts (patches, blocks, bit errors) are specified for.
 _REFERENCE_AREA = 512 * 384
 
-# BT.601 luma weights, the usual "Y" of image quality work.
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+# BT.601 luma weights, the usual "Y" of image quality work (and MATLAB's rgb2gray).
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,14 +101,16 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _luma(image: np.ndarray) -> np.ndarray:
-    return image.astype(np.float64) @ _LUMA_WEIGHTS
+def luma(image: np.ndarray) -> np.ndarray:
+    """BT.601 luma of an HxWx3 RGB (or HxWx4 RGBA, alpha ignored) image: float64, on the image's
+    scale (0-255 for uint8)."""
+    return np.asarray(image)[..., :3].astype(np.float64) @ LUMA_WEIGHTS
 
 
 def _rgb_to_ycbcr(image: np.ndarray) -> np.ndarray:
     """Full-range BT.601 YCbCr (JPEG's), float."""
     rgb = image.astype(np.float64)
-    y = rgb @ _LUMA_WEIGHTS
+    y = luma(rgb)
     cb = 128.0 + (rgb[..., 2] - y) * 0.564
     cr = 128.0 + (rgb[..., 0] - y) * 0.713
     return np.stack([y, cb, cr], axis=-1)
@@ -118,7 +120,8 @@ def _ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
     y, cb, cr = ycc[..., 0], ycc[..., 1] - 128.0, ycc[..., 2] - 128.0
     r = y + cr / 0.713
     b = y + cb / 0.564
-    g = (y - 0.299 * r - 0.114 * b) / 0.587
+    weight_r, weight_g, weight_b = LUMA_WEIGHTS
+    g = (y - weight_r * r - weight_b * b) / weight_g
     return np.stack([r, g, b], axis=-1)
 
 
@@ -188,9 +191,9 @@ def _spatially_correlated_noise(image, noise_std, rng):
 
 
 def _masked_noise(image, noise_std, rng):
-    luma = _luma(image)
-    local_mean = ndimage.gaussian_filter(luma, 2.0)
-    local_std = np.sqrt(np.maximum(ndimage.gaussian_filter(luma**2, 2.0) - local_mean**2, 0.0))
+    brightness = luma(image)
+    local_mean = ndimage.gaussian_filter(brightness, 2.0)
+    local_std = np.sqrt(np.maximum(ndimage.gaussian_filter(brightness**2, 2.0) - local_mean**2, 0.0))
     # Normalize the mask to unit RMS so noise_std is the overall noise level.
     mask = local_std / max(float(np.sqrt(np.mean(local_std**2))), 1e-6)
     noise = _gaussian_noise(rng, image.shape) * mask[..., None]
@@ -317,7 +320,7 @@ def _mean_shift(image, shift, rng):
 
 
 def _contrast_change(image, contrast_factor, rng):
-    pivot = float(_luma(image).mean())
+    pivot = float(luma(image).mean())
     return _to_uint8(pivot + (image.astype(np.float32) - pivot) * contrast_factor)
 
 

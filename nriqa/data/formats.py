@@ -34,11 +34,11 @@ from pathlib import Path
 import pandas as pd
 
 from nriqa.errors import NriqaError
+from nriqa.model.imaging import IMAGE_SUFFIXES
 
 INDEX_COLUMNS = ["image", "reference", "distortion", "level", "mos", "mos_std", "path"]
 
 FORMATS = ("tid2013", "kadid10k", "koniq10k")
-IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
 # How many names an error message or log line spells out before "and N more".
 _SHOWN = 10

@@ -71,12 +71,6 @@ MOS_RANGE = (0.0, 9.0)  # TID2013's scale
 PRISTINE_MOS = max(mos[0] for distortion_type, mos in _TID2013_MOS.items() if distortion_type != 17)
 
 
-def rgb_psnr(reference: np.ndarray, distorted: np.ndarray) -> float:
-    """PSNR in dB over all RGB values (inf when identical); calibrates the generator's strengths."""
-    mse = float(np.mean((reference.astype(np.float64) - distorted.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0.0 else 10.0 * np.log10(255.0**2 / mse)
-
-
 def _curve(x_value: float, points_x, points_y) -> float:
     """Piecewise-linear y(x) through the points (x ascending); beyond them the end slopes go on
     for at most one step, then hold."""

@@ -151,14 +151,14 @@ def _build_synthetic(data_params: dict, tmp: Path) -> Path:
     from nriqa.data.synthetic import generate_tid2013_like
 
     options = dict(
-        num_references=int(data_params.get("num_references", 25)),
-        image_size=tuple(data_params.get("image_size", (512, 384))),
-        levels=data_params.get("levels", [1, 2, 3, 4, 5]),
-        seed=int(data_params.get("seed", 0)),
+        num_references=int(data_params["num_references"]),
+        image_size=tuple(data_params["image_size"]),
+        levels=data_params["levels"],
+        seed=int(data_params["seed"]),
         progress=True,
     )
     # "all" is params.yaml's word for the generator's default: every type it knows.
-    types = data_params.get("distortion_types", "all")
+    types = data_params["distortion_types"]
     if types != "all":
         options["distortion_types"] = types
     root = tmp / "dataset"

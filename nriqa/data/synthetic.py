@@ -229,11 +229,11 @@ def _validated(values: Iterable[int], allowed: Sequence[int], what: str) -> tupl
 def generate_tid2013_like(
     out_dir: Path,
     *,
-    num_references: int = 25,
-    image_size: tuple[int, int] = (512, 384),
+    num_references: int,
+    image_size: tuple[int, int],
+    levels: Sequence[int],
+    seed: int,
     distortion_types: Sequence[int] = range(1, 25),
-    levels: Sequence[int] = (1, 2, 3, 4, 5),
-    seed: int = 2013,
     progress: bool = True,
 ) -> None:
     """Write a TID2013-format dataset of synthetic distortions into the existing, empty ``out_dir``.

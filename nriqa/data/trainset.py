@@ -94,7 +94,7 @@ def reference_crop(rng: np.random.Generator, image_size: tuple[int, int]) -> tup
 
 
 def make_image(seed: int, number: int, image_size: tuple[int, int], types: Sequence[int],
-               pristine_fraction: float = 0.0):
+               pristine_fraction: float):
     """Image ``number``: (uint8 RGB image, index row without the path)."""
     rng = np.random.default_rng([seed, number])
     photo, reference = reference_crop(rng, image_size)
@@ -122,9 +122,10 @@ def _make_chunk(args) -> list[dict]:
     return rows
 
 
-def generate_training_set(out_dir: Path, *, num_images: int, image_size=(256, 192), seed: int = 0,
+def generate_training_set(out_dir: Path, *, num_images: int, image_size: tuple[int, int],
+                          seed: int, pristine_fraction: float,
                           distortion_types: Sequence[int] = tuple(DISTORTIONS),
-                          pristine_fraction: float = 0.0, progress: bool = True) -> pd.DataFrame:
+                          progress: bool = True) -> pd.DataFrame:
     """Write ``images/T00000.png``... and ``index.csv`` (`nriqa.data.formats` columns) into the
     existing, empty ``out_dir``; returns the index."""
     if not isinstance(num_images, int) or num_images < 1:

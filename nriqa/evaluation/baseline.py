@@ -41,11 +41,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from scipy import special, stats
+import pandas as pd
+from scipy import special
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.metrics import make_scorer
 from sklearn.model_selection import GridSearchCV, KFold
@@ -53,9 +55,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 
+from nriqa.data.distortions import luma
 from nriqa.errors import NriqaError
+from nriqa.evaluation.metrics import srcc
 
-__all__ = ["N_FEATURES", "BrisqueSVR", "brisque_features", "features_for_paths", "feature_names"]
+__all__ = ["N_FEATURES", "BrisqueSVR", "brisque_features", "features_for_paths", "feature_names",
+           "predict_test_split"]
 
 N_FEATURES = 36
 _MIN_SIDE = 16  # below this the half-scale image is too small for a 7x7 window to mean anything
@@ -96,8 +101,7 @@ def _luminance(image: np.ndarray) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 3 and img.shape[2] in (3, 4):
-        rgb = img[:, :, :3].astype(np.float64)
-        img = rgb @ np.array([0.299, 0.587, 0.114])
+        img = luma(img)
     if img.ndim != 2:
         raise NriqaError(f"Expected a greyscale or RGB image, got an array of shape {np.shape(image)}.")
     if min(img.shape) < _MIN_SIDE:
@@ -228,13 +232,6 @@ def features_for_paths(paths: Sequence[str | PathLike], n_jobs: int = 2, progres
 # --------------------------------------------------------------------------- #
 
 
-def _srcc(y_true, y_pred) -> float:
-    """Spearman correlation as a model-selection score (0.0 for constant predictions)."""
-    if np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:
-        return 0.0
-    return float(stats.spearmanr(y_true, y_pred)[0])
-
-
 class BrisqueSVR:
     """MOS regressor on BRISQUE features: standardise -> RBF SVR.
 
@@ -309,7 +306,7 @@ class BrisqueSVR:
             search = GridSearchCV(
                 model,
                 self.GRID,
-                scoring=make_scorer(_srcc),
+                scoring=make_scorer(srcc),
                 cv=KFold(n_splits=5, shuffle=True, random_state=self.cv_seed),
                 refit=True,
             )
@@ -329,3 +326,23 @@ class BrisqueSVR:
         x = np.asarray(features, dtype=np.float64)
         x = self._check_features(x.reshape(1, -1) if x.ndim == 1 else x)
         return np.asarray(self.model_.predict(x), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- #
+# The pipeline's baseline (the `baseline` stage)
+# --------------------------------------------------------------------------- #
+
+
+def predict_test_split(splits: pd.DataFrame) -> pd.DataFrame:
+    """The baseline fitted on the training split and scored on the test split of a
+    ``splits.csv`` table (each row's file is ``root/path``): columns ``image`` and
+    ``baseline_pred``, in the test split's order. Fitting is deterministic, so the same
+    images give the same predictions."""
+    def files(rows):
+        return [Path(root) / path for root, path in zip(rows["root"], rows["path"])]
+
+    train = splits[splits["split"] == "train"]
+    test = splits[splits["split"] == "test"]
+    model = BrisqueSVR().fit(features_for_paths(files(train)), train["mos"].to_numpy())
+    return pd.DataFrame({"image": test["image"].to_numpy(),
+                         "baseline_pred": model.predict(features_for_paths(files(test)))})

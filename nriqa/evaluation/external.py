@@ -5,8 +5,8 @@
 three steps the test split does, so the numbers are comparable with `test.*`:
 
 1. the folder is indexed by the dataset readers (`nriqa.data.formats.build_index`);
-2. its images are scored by `nriqa.evaluation.report.score_index`, i.e. `nriqa.model.prediction.predict_mos`
-   on images decoded by `nriqa.model.imaging.decode_image`;
+2. its images are scored by `nriqa.evaluation.report.score_index`, i.e.
+   `nriqa.model.prediction.score_paths`, the CLI's scoring loop;
 3. SRCC, PLCC, ... come from `nriqa.evaluation.metrics.quality_metrics`, and SRCC per distortion type from
    `per_group_srcc` where the dataset has types (KonIQ-10k has none, so it gets no such table).
 

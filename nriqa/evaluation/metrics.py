@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize, special, stats
-from sklearn.metrics import confusion_matrix
-
 from nriqa.errors import NriqaError
 
 __all__ = [
@@ -45,6 +43,8 @@ __all__ = [
     "logistic_5",
     "per_group_srcc",
     "quality_metrics",
+    "rgb_psnr",
+    "srcc",
 ]
 
 #: Verbal quality categories, best first. The last one is the catch-all below
@@ -162,6 +162,19 @@ def _correlation(fn, a: np.ndarray, b: np.ndarray) -> float:
     return value if np.isfinite(value) else 0.0
 
 
+def srcc(mos, pred) -> float:
+    """Spearman's rank correlation of two score vectors; 0.0 when either is constant."""
+    return _correlation(stats.spearmanr, np.asarray(mos, dtype=np.float64).ravel(),
+                        np.asarray(pred, dtype=np.float64).ravel())
+
+
+def rgb_psnr(reference: np.ndarray, distorted: np.ndarray) -> float:
+    """PSNR in dB over all RGB values (inf when identical), the full-reference measure that
+    calibrates the synthetic distortions' strengths (scripts/calibrate_synthetic.py)."""
+    mse = float(np.mean((reference.astype(np.float64) - distorted.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0.0 else 10.0 * np.log10(255.0**2 / mse)
+
+
 def quality_metrics(mos, pred) -> dict[str, float]:
     """SRCC, KRCC, PLCC and RMSE of ``pred`` against ``mos``, raw and after logistic mapping.
 
@@ -177,7 +190,7 @@ def quality_metrics(mos, pred) -> dict[str, float]:
     mos, pred = _as_pair(mos, pred, minimum=2)
     mapped = logistic_5(pred, *fit_logistic(pred, mos))
     return {
-        "srcc": _correlation(stats.spearmanr, mos, pred),
+        "srcc": srcc(mos, pred),
         "krcc": _correlation(stats.kendalltau, mos, pred),
         "plcc": _correlation(stats.pearsonr, mos, pred),
         "rmse": float(np.sqrt(np.mean((mos - pred) ** 2))),
@@ -204,7 +217,7 @@ def per_group_srcc(frame, group_col: str, mos_col: str = "mos", pred_col: str = 
             continue
         mos, pred = _as_pair(group[mos_col], group[pred_col], minimum=3)
         key = key.item() if isinstance(key, np.generic) else key
-        result[key] = _correlation(stats.spearmanr, mos, pred)
+        result[key] = srcc(mos, pred)
     return result
 
 
@@ -263,6 +276,8 @@ def category_metrics(mos, pred, thresholds: Mapping[str, float] = DEFAULT_THRESH
     square over all categories, including empty ones, so matrices from
     different runs line up.
     """
+    from sklearn.metrics import confusion_matrix  # here: training imports this module for srcc
+
     mos, pred = _as_pair(mos, pred, minimum=1)
     labels, _ = ordered_categories(thresholds)
     true_cat = categorize(mos, thresholds)

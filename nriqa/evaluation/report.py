@@ -1,8 +1,9 @@
 """Evaluation on the content-disjoint test split: the CNN beside a classical baseline.
 
 Test images are decoded from the raw dataset by the same path the service and the CLI use,
-so the numbers describe what users get. The BRISQUE + SVR baseline is trained on the same
-training split and scored on the same test images, so every run shows what the CNN adds.
+so the numbers describe what users get. The BRISQUE + SVR baseline's predictions for the same
+test images come from the `baseline` stage (`nriqa.evaluation.baseline.predict_test_split`),
+so every run shows what the CNN adds without fitting it again.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from nriqa.evaluation.baseline import BrisqueSVR, features_for_paths
-from nriqa.model.imaging import decode_image
+from nriqa.errors import NriqaError
 from nriqa.evaluation.metrics import categorize, category_metrics, per_group_srcc, quality_metrics
-from nriqa.model.prediction import predict_images
+from nriqa.model.prediction import score_paths
 
 
-def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: Path,
-                     batch_images: int = 16) -> pd.DataFrame:
+def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: Path) -> pd.DataFrame:
     test = splits[splits["split"] == "test"].reset_index(drop=True)
-    return score_index(model, preprocessing, test, raw_dir, batch_images, desc="predict test")
+    return score_index(model, preprocessing, test, raw_dir, desc="predict test")
 
 
 def test_set_digest(splits: pd.DataFrame, raw_dir: Path) -> str:
@@ -38,27 +36,25 @@ def test_set_digest(splits: pd.DataFrame, raw_dir: Path) -> str:
 
 
 def score_index(model, preprocessing: dict, index: pd.DataFrame, raw_dir: Path,
-                batch_images: int = 16, desc: str = "predict", progress: bool = True) -> pd.DataFrame:
+                desc: str = "predict", progress: bool = True) -> pd.DataFrame:
     """A copy of a dataset index (`nriqa.data.formats`: image, path, mos, ...) with a `pred` column,
     and, for models with a type head, `pred_distortion` (the likeliest TID2013 type) and
     `pred_top3` (the three likeliest, space-separated).
 
-    The test split and every external dataset go through this one loop, so their numbers are
-    comparable. The progress bar counts images on stderr.
+    The test split and every external dataset go through this one loop, and it through the
+    CLI's (`nriqa.model.prediction.score_paths`), so their numbers are comparable. An image
+    that cannot be scored stops it with its error. The progress bar counts images on stderr.
     """
     scored = index.reset_index(drop=True).copy()
-    preds, probabilities = [], []
-    with tqdm(total=len(scored), desc=desc, unit="image", disable=not progress) as bar:
-        for start in range(0, len(scored), batch_images):
-            rows = scored.iloc[start:start + batch_images]
-            images = [decode_image(raw_dir / p, name=n) for p, n in zip(rows["path"], rows["image"])]
-            mos, types = predict_images(model, images, preprocessing)
-            preds.append(mos)
-            probabilities.append(types)
-            bar.update(len(rows))
-    scored["pred"] = np.concatenate(preds) if preds else []
-    if preds and probabilities[0] is not None:
-        top3 = np.argsort(-np.concatenate(probabilities), axis=1)[:, :3] + 1
+    results = []
+    for result in score_paths(model, preprocessing, [raw_dir / path for path in scored["path"]],
+                              names=list(scored["image"]), desc=desc, progress=progress):
+        if result.error is not None:
+            raise result.error
+        results.append(result)
+    scored["pred"] = np.array([result.mos for result in results], dtype=np.float32)
+    if results and results[0].probabilities is not None:
+        top3 = np.argsort(-np.stack([result.probabilities for result in results]), axis=1)[:, :3] + 1
         scored["pred_distortion"] = top3[:, 0]
         scored["pred_top3"] = [" ".join(map(str, row)) for row in top3]
     return scored
@@ -90,16 +86,13 @@ def add_categories(test: pd.DataFrame, thresholds: dict) -> pd.DataFrame:
                        predicted_category=categorize(test["pred"].to_numpy(), thresholds))
 
 
-def add_baseline(test: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
-    """The BRISQUE + SVR baseline, fitted on the training split (each row's file is `root`/`path`)."""
-    def files(rows):
-        return [Path(root) / path for root, path in zip(rows["root"], rows["path"])]
-
-    train = splits[splits["split"] == "train"]
-    baseline = BrisqueSVR().fit(features_for_paths(files(train)), train["mos"].to_numpy())
-    test = test.copy()
-    test["baseline_pred"] = baseline.predict(features_for_paths(files(test)))
-    return test
+def add_baseline(test: pd.DataFrame, predictions_csv: Path) -> pd.DataFrame:
+    """The test split with the baseline stage's predictions (`baseline_pred`) beside its own."""
+    baseline = pd.read_csv(predictions_csv)  # pandas reads back the very floats it wrote
+    if baseline["image"].astype(str).tolist() != test["image"].astype(str).tolist():
+        raise NriqaError(f"{predictions_csv} does not score the test split's images; "
+                         "run `dvc repro baseline` after a change to the split")
+    return test.assign(baseline_pred=baseline["baseline_pred"].to_numpy())
 
 
 def summarize(test: pd.DataFrame, thresholds: dict) -> dict:

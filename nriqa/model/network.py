@@ -158,9 +158,9 @@ def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Mod
         width=float(model_params["width"]), depth=int(model_params["depth"]),
         dropout=float(model_params["dropout"]), head_units=tuple(model_params["head_units"]),
         input_norm=model_params["input_norm"],
-        lcn_epsilon=float(model_params.get("lcn_epsilon", 1e-2)), weights=model_params.get("weights"),
-        initial_mos=initial_mos, distortion_types=int(model_params.get("distortion_types", 0)),
-        mos_head=model_params.get("mos_head", "direct"))
+        lcn_epsilon=float(model_params["lcn_epsilon"]), weights=model_params["weights"],
+        initial_mos=initial_mos, distortion_types=int(model_params["distortion_types"]),
+        mos_head=model_params["mos_head"])
 
 
 def save_model(model: keras.Model, path) -> None:

@@ -1,31 +1,92 @@
-"""Scoring images with a trained model: the one function evaluate, the service and the CLI call.
+"""Scoring images with a trained model: the functions evaluate, the service and the CLI call.
 
 An image's predicted MOS is the mean of the model's scores over a fixed grid of crops
 (`nriqa.model.imaging.crops_for_prediction`); crops of many images go through the model in one
-batched call.
+batched call. `score_paths` scores files: the evaluate stage (test split, evaluate.external) and
+`python -m nriqa score` both go through it.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from nriqa.model.imaging import crops_for_prediction
+from nriqa.model import imaging
+
+# Files decoded and scored per model call. Their crops (at most predict.max_crops each) fill
+# the model's batches well, and only one chunk of crops waits in memory, never the decoded
+# images. 16 images of 48 crops are three full batches of 256 crops.
+CHUNK = 16
+
+
+@dataclass
+class FileScore:
+    """One file's scores, or why it has none."""
+
+    path: Path
+    mos: np.float32 | None = None
+    probabilities: np.ndarray | None = None  # the type head's, column k-1 is type k; None without
+    crop_scores: np.ndarray | None = None  # each crop's MOS, whose mean is `mos`
+    kept: Any = None  # what `score_paths`'s `keep` returned for the decoded image
+    error: Exception | None = None  # set when the file could not be decoded or scored
+
+
+def score_paths(model, preprocessing: dict, paths: list[Path], *, names: list[str] | None = None,
+                keep: Callable | None = None, desc: str | None = None,
+                progress: bool = True) -> Iterator[FileScore]:
+    """Yield each file's `FileScore`, in order, as each chunk of `CHUNK` files is scored.
+
+    Files are decoded only when their chunk comes up, and each decoded image is reduced to its
+    crops at once (and to `keep(image)`, if given, e.g. a thumbnail), so memory holds one image
+    and one chunk of crops however many files there are. A file that fails for any reason gets
+    its exception as `error`, and the others are scored; callers decide whether to go on.
+    `names` label the files in decoding errors (default: their paths). A progress bar counts
+    files on stderr.
+    """
+    from tqdm import tqdm
+
+    paths = list(paths)
+    names = list(names) if names is not None else [None] * len(paths)
+    with tqdm(total=len(paths), desc=desc, unit="image", file=sys.stderr,
+              disable=not progress or len(paths) < 2) as bar:
+        for start in range(0, len(paths), CHUNK):
+            results, crop_sets = [], []
+            for path, name in zip(paths[start:start + CHUNK], names[start:start + CHUNK]):
+                try:
+                    image = imaging.decode_image(path, name=name)
+                    crops = imaging.crops_for_prediction(image, preprocessing)
+                    kept = keep(image) if keep else None
+                except Exception as error:  # noqa: BLE001  one bad file must not stop the rest
+                    results.append(FileScore(path, error=error))
+                    continue
+                crop_sets.append(crops)
+                results.append(FileScore(path, kept=kept))
+            decoded = [result for result in results if result.error is None]
+            try:
+                # One model pass per chunk gives the MOS, the type probabilities and the map.
+                mos, probabilities, crop_scores = score_crop_sets(model, crop_sets)
+            except Exception as error:  # noqa: BLE001
+                for result in decoded:
+                    result.error = error
+            else:
+                for i, result in enumerate(decoded):
+                    result.mos, result.crop_scores = mos[i], crop_scores[i]
+                    result.probabilities = None if probabilities is None else probabilities[i]
+            yield from results
+            bar.update(len(results))
 
 
 def predict_mos(model, images: list[np.ndarray], preprocessing: dict,
                 batch_size: int = 256) -> np.ndarray:
     """Predicted MOS for each decoded image (uint8 HxWx3), in order."""
-    return predict_images(model, images, preprocessing, batch_size)[0]
-
-
-def predict_images(model, images: list[np.ndarray], preprocessing: dict, batch_size: int = 256):
-    """(MOS, distortion-type probabilities or None) for decoded images; see `score_images`."""
-    return score_images(model, [crops_for_prediction(image, preprocessing) for image in images],
-                        batch_size)
+    crop_sets = [imaging.crops_for_prediction(image, preprocessing) for image in images]
+    return score_images(model, crop_sets, batch_size)[0]
 
 
 def score_images(model, crop_sets: list[np.ndarray], batch_size: int = 256):

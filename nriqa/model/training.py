@@ -26,9 +26,9 @@ from typing import Callable
 import keras
 import numpy as np
 import tensorflow as tf
-from scipy import stats
 
 from nriqa.errors import NriqaError
+from nriqa.evaluation.metrics import srcc
 from nriqa.model.imaging import crops_for_prediction
 from nriqa.model.network import model_from_params
 from nriqa.model.prediction import score_images
@@ -80,7 +80,7 @@ def is_chief(params: dict, environ=os.environ) -> bool:
     """Whether this process writes the outputs (model, history, MLflow run): always, except in
     a multi_worker training, where only the chief does (the `chief` task if the cluster names
     one, else worker 0), as tf.distribute decides it."""
-    if params["train"].get("strategy", "none") != "multi_worker":
+    if params["train"]["strategy"] != "multi_worker":
         return True
     kind, index, has_chief = cluster_task(environ)
     return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
@@ -272,8 +272,7 @@ class ValidationSRCC(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         pred = score_images(self.crop_model, self.crop_sets)[0]
-        srcc = stats.spearmanr(self.mos, pred).statistic if np.ptp(pred) > 0 else 0.0
-        values = [float(np.nan_to_num(srcc)), float(np.sqrt(np.mean((self.mos - pred) ** 2)))]
+        values = [srcc(self.mos, pred), float(np.sqrt(np.mean((self.mos - pred) ** 2)))]
         if self.strategy is not None:
             values = self._chiefs(epoch, values)
         logs["val_srcc"], logs["val_rmse"] = values
@@ -358,8 +357,8 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     """Train from the shards; returns (model with the best epoch's weights, or the last
     epoch's with `keep_best_epoch` false, as short screening runs compare them; history dict)."""
     train_params = params["train"]
-    set_threads(train_params.get("threads"))
-    strategy = distribution_strategy(train_params.get("strategy", "none"))
+    set_threads(train_params["threads"])
+    strategy = distribution_strategy(train_params["strategy"])
     if strategy is not None and int(train_params["batch_size"]) % strategy.num_replicas_in_sync:
         raise NriqaError(f"train.batch_size {train_params['batch_size']} is the global batch: it "
                          f"must divide evenly across the {strategy.num_replicas_in_sync} replicas")

@@ -1,9 +1,8 @@
 """`python -m nriqa score PATH...`: score image files or folders with the local champion model.
 
-Folders are searched recursively for image files (JPEG, PNG, BMP, WebP, TIFF). Scores come
-from `nriqa.model.prediction.score_images` on `nriqa.model.imaging.crops_for_prediction`, the two steps of
-`predict_images` (behind `predict_mos`, which evaluation uses) and of the service, so the CLI,
-the reports and the service agree. Beside each MOS come the three likeliest TID2013 distortion
+Folders are searched recursively for image files (`nriqa.model.imaging.IMAGE_SUFFIXES`). Scores
+come from `nriqa.model.prediction.score_paths`, as the evaluate stage's do, on the crops and
+model pass the service uses too, so the CLI, the reports and the service agree. Beside each MOS come the three likeliest TID2013 distortion
 types (empty for a model without the distortion-type head). `--map DIR` also writes each
 image's quality map (`nriqa.serving.quality_map`: its crop scores, whose mean is its MOS) over the image
 as DIR/<name>.png, with a 0..9 colour legend along the bottom.
@@ -27,10 +26,6 @@ import yaml
 
 from nriqa.errors import ExitCode, NriqaError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-# Images scored per model call: enough to batch crops well. Only their crops (at most
-# predict.max_crops each) wait for the call, never the decoded images.
-CHUNK = 32
 # How many of the likeliest distortion types each row names.
 TOP_DISTORTIONS = 3
 CSV_FIELDS = ["path", "mos", "category"] + [
@@ -40,6 +35,8 @@ CSV_FIELDS = ["path", "mos", "category"] + [
 
 def find_images(paths: list[Path]) -> list[Path]:
     """Files as given (whatever their suffix); folders expanded to their image files, sorted."""
+    from nriqa.model.imaging import IMAGE_SUFFIXES
+
     found = []
     for path in paths:
         if path.is_dir():
@@ -52,73 +49,46 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
                 on_error, progress: bool = True, map_dir: Path | None = None) -> Iterator[dict]:
-    """Yield one row per scored file, in file order, as each chunk is scored.
+    """Yield one row per scored file, in file order, as `nriqa.model.prediction.score_paths`
+    scores each chunk (so memory holds one chunk of crops, however many files there are).
 
-    Files are decoded only when their chunk comes up, and each decoded image is reduced to its
-    crops at once, so memory holds one image and one chunk of crops, however many files there
-    are. A file that fails for any reason is passed to `on_error(path, message)` and skipped.
+    A file that fails for any reason is passed to `on_error(path, message)` and skipped.
     A row is `{"path", "mos", "category", "distortions"}`; `distortions` is the
     `nriqa.model.prediction.top_distortions` list, or None when the model has no distortion-type head.
     With `map_dir`, each image's quality map is written there and the row's `map` names it.
     """
-    from tqdm import tqdm
-
-    from nriqa.model.imaging import crops_for_prediction, decode_image
     from nriqa.evaluation.metrics import categorize
-    from nriqa.model.prediction import score_crop_sets, top_distortions
+    from nriqa.model.prediction import score_paths, top_distortions
 
     maps = MapWriter(map_dir, preprocessing) if map_dir is not None else None
-
-    with tqdm(total=len(files), unit="image", disable=not progress or len(files) < 2,
-              file=sys.stderr) as bar:
-        for start in range(0, len(files), CHUNK):
-            chunk = files[start:start + CHUNK]
-            names, crop_sets = [], []
-            for path in chunk:
-                try:
-                    image = decode_image(path)
-                    crops = crops_for_prediction(image, preprocessing)
-                    if maps is not None:
-                        maps.keep(image)
-                    crop_sets.append(crops)
-                    names.append(path)
-                except Exception as error:  # noqa: BLE001  one bad file must not stop the rest
-                    on_error(path, _describe(path, error))
-            try:
-                # One model pass per chunk gives the MOS, the type probabilities and the map.
-                mos, probabilities, crop_scores = score_crop_sets(model, crop_sets)
-            except Exception as error:  # noqa: BLE001
-                for path in names:
-                    on_error(path, _describe(path, error))
-                names = []
-                if maps is not None:
-                    maps.pending.clear()
-            for i, path in enumerate(names):
-                row = {"path": str(path), "mos": round(float(mos[i]), 6),
-                       "category": categorize(float(mos[i]), thresholds),
-                       "distortions": None if probabilities is None else
-                       top_distortions(probabilities[i], TOP_DISTORTIONS)}
-                if maps is not None:
-                    row["map"] = str(maps.write(path, crop_scores[i]))
-                yield row
-            bar.update(len(chunk))
+    for scored in score_paths(model, preprocessing, files, progress=progress,
+                              keep=maps.keep if maps is not None else None):
+        if scored.error is not None:
+            on_error(scored.path, _describe(scored.path, scored.error))
+            continue
+        row = {"path": str(scored.path), "mos": round(float(scored.mos), 6),
+               "category": categorize(float(scored.mos), thresholds),
+               "distortions": None if scored.probabilities is None else
+               top_distortions(scored.probabilities, TOP_DISTORTIONS)}
+        if maps is not None:
+            row["map"] = str(maps.write(scored.path, scored.kept, scored.crop_scores))
+        yield row
 
 
 class MapWriter:
     """Writes quality maps as PNGs into one folder, one per image, named after it.
 
-    Between decoding and scoring it keeps a small copy of each image (the map's resolution,
-    `nriqa.serving.quality_map.MAX_MAP_SIDE`) and its crop layout, not the decoded image; `write`
-    takes them in the order `keep` got them.
+    Between decoding and scoring, `keep` reduces each image to a small copy (the map's
+    resolution, `nriqa.serving.quality_map.MAX_MAP_SIDE`) and its crop layout; `write` draws
+    the map from that and the image's crop scores.
     """
 
     def __init__(self, folder: Path, preprocessing: dict):
         self.folder, self.preprocessing = folder, preprocessing
-        self.pending: list[tuple] = []
         self.used: set[str] = set()
         folder.mkdir(parents=True, exist_ok=True)
 
-    def keep(self, image) -> None:
+    def keep(self, image) -> tuple:
         from PIL import Image
 
         from nriqa.model.imaging import prediction_layout
@@ -126,14 +96,14 @@ class MapWriter:
 
         small = Image.fromarray(image)
         small.thumbnail((MAX_MAP_SIDE, MAX_MAP_SIDE))
-        self.pending.append((small, prediction_layout(image, self.preprocessing)))
+        return small, prediction_layout(image, self.preprocessing)
 
-    def write(self, path: Path, crop_scores) -> Path:
+    def write(self, path: Path, kept: tuple, crop_scores) -> Path:
         import numpy as np
 
         from nriqa.serving.quality_map import map_overlay, quality_map
 
-        small, (width, height, corners) = self.pending.pop(0)
+        small, (width, height, corners) = kept
         grid = quality_map(width, height, corners, self.preprocessing["crop_size"], crop_scores)
         name, number = f"{path.stem}.png", 1
         while name in self.used:  # two images with one name, from different folders
