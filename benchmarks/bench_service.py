@@ -37,7 +37,7 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 sys.path.insert(0, str(PROJECT / "tests"))
-from conftest import free_port  # noqa: E402
+from helpers import free_port  # noqa: E402  (tests/helpers.py)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import check_distortions, local_scores, make_tiny_model, read_jsonl, score_cli, textured
+from service_helpers import check_distortions, local_scores, make_tiny_model, read_jsonl, score_cli, textured
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from scipy import stats
 from conftest import PROJECT, run, tool_env
 from nriqa.errors import NriqaError
 from nriqa.evaluation.external import evaluate_folder, open_folder, open_folders, parse_entries, write_reports
-from helpers import textured
+from service_helpers import textured
 
 TYPES = [1, 8, 10]
 

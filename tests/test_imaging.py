@@ -28,18 +28,53 @@ def test_lossless_formats_round_trip(fmt):
     np.testing.assert_array_equal(decoded, RGB)
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16"])
-def test_other_modes_become_rgb(mode):
-    if mode == "I;16":
-        image = Image.fromarray((RGB[..., 0].astype(np.uint16) * 257))
-        fmt = "PNG"
-    else:
-        image = Image.fromarray(RGB).convert(mode)
-        fmt = "TIFF" if mode == "CMYK" else "PNG"
+def decoded_as(image: Image.Image, fmt: str = "PNG") -> np.ndarray:
     decoded = decode_image(encode(image, fmt))
-    assert decoded.shape == (40, 60, 3) and decoded.dtype == np.uint8
-    if mode == "I;16":  # 16-bit scaled to 8 bits, not clipped
-        np.testing.assert_array_equal(decoded[..., 0], RGB[..., 0])
+    assert decoded.dtype == np.uint8 and decoded.shape == (*image.size[::-1], 3)
+    return decoded
+
+
+def test_grayscale_and_one_bit_become_equal_channels():
+    gray = np.asarray(Image.fromarray(RGB).convert("L"))
+    np.testing.assert_array_equal(decoded_as(Image.fromarray(gray)), np.dstack([gray] * 3))
+    bits = Image.fromarray(RGB[..., 0] > 127)  # mode "1"
+    assert bits.mode == "1"
+    np.testing.assert_array_equal(decoded_as(bits), np.dstack([np.where(RGB[..., 0] > 127, 255, 0)] * 3))
+
+
+def test_palette_pixels_are_their_palette_colours():
+    image = Image.fromarray(RGB).quantize(colors=16)
+    assert image.mode == "P"
+    palette = np.asarray(image.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    np.testing.assert_array_equal(decoded_as(image), palette[np.asarray(image)])
+
+
+def test_cmyk_is_converted_as_pillow_converts_it():
+    cmyk = Image.fromarray(RNG.integers(0, 256, (40, 60, 4), dtype=np.uint8), mode="CMYK")
+    ink = np.asarray(cmyk, dtype=float)
+    # Pillow's (12) conversion: each colour is what its ink and the black ink leave of white.
+    expected = (255 - ink[..., :3]) * (255 - ink[..., 3:]) / 255
+    assert np.abs(decoded_as(cmyk, "TIFF") - expected).max() <= 0.5
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    values = RNG.integers(0, 65536, (40, 60), dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode.startswith("I;16")
+    expected = np.round(values / 65535 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(decoded_as(image), np.dstack([expected] * 3))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_partial_alpha_is_composited_on_white(mode):
+    """Documented in decode_image: alpha blends each pixel with white, alpha/255 of the colour."""
+    colour = RGB if mode == "RGBA" else np.dstack([np.asarray(Image.fromarray(RGB).convert("L"))] * 3)
+    alpha = RNG.integers(0, 256, (40, 60), dtype=np.uint8)
+    layers = [colour[..., 0]] if mode == "LA" else [colour[..., i] for i in range(3)]
+    image = Image.fromarray(np.dstack([*layers, alpha]), mode=mode)
+    expected = (colour * (alpha[..., None] / 255.0) + 255.0 * (1 - alpha[..., None] / 255.0))
+    difference = np.abs(decoded_as(image).astype(float) - expected)
+    assert difference.max() <= 1.0  # Pillow's integer rounding
 
 
 def test_rgba_transparency_is_composited_on_white():

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from conftest import PROJECT
-from helpers import (MAX_BATCH_IMAGES, MAX_BATCH_PIXELS, MAX_UPLOAD_BYTES, check_distortions,
+from service_helpers import (MAX_BATCH_IMAGES, MAX_BATCH_PIXELS, MAX_UPLOAD_BYTES, check_distortions,
                      encode, good_images, local_scores, png_claiming, png_with_broken_checksum,
                      score_cli, textured)
 

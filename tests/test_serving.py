@@ -18,7 +18,7 @@ import pytest
 from starlette.responses import JSONResponse
 
 from conftest import PROJECT, run, tool_env
-from helpers import TINY_PREPROCESSING, encode, png_claiming, textured
+from service_helpers import TINY_PREPROCESSING, encode, png_claiming, textured
 from nriqa.errors import NriqaError
 from nriqa.evaluation.metrics import DEFAULT_THRESHOLDS, categorize
 from nriqa.serving.api import UploadScorer

@@ -587,50 +587,59 @@ def test_local_missing_or_empty_folder_is_named(tmp_path):
 
 
 @pytest.fixture
-def fake_synthetic(monkeypatch):
-    """Stands in for nriqa.data.synthetic, so these tests pin down only the call."""
-    calls = []
-
+def failing_synthetic(monkeypatch):
+    """A generator that writes half a file, then fails: what a crash mid-way leaves."""
     def generate_tid2013_like(out_dir, **kwargs):
-        calls.append(kwargs)
-        assert Path(out_dir).is_dir() and not any(Path(out_dir).iterdir())  # its contract
-        if kwargs["seed"] == 13:
-            (Path(out_dir) / "half-written.bmp").write_bytes(b"")
-            raise RuntimeError("generator failed")
-        (Path(out_dir) / "mos_with_names.txt").write_text("")
+        (Path(out_dir) / "half-written.bmp").write_bytes(b"")
+        raise RuntimeError("generator failed")
 
     module = types.ModuleType("nriqa.data.synthetic")
     module.generate_tid2013_like = generate_tid2013_like
     monkeypatch.setitem(sys.modules, "nriqa.data.synthetic", module)
-    return calls
 
 
-def test_synthetic_passes_params_to_the_generator(tmp_path, fake_synthetic):
-    params = {"source": "synthetic", "seed": 2013, "num_references": 3, "image_size": [64, 48],
-              "distortion_types": [1, 2], "levels": [1, 3]}
-    fetch_dataset(params, tmp_path / "raw")
-    assert (tmp_path / "raw" / "mos_with_names.txt").exists()
-    assert fake_synthetic == [dict(num_references=3, image_size=(64, 48), distortion_types=[1, 2],
-                                   levels=[1, 3], seed=2013, progress=True)]
+def test_synthetic_source_generates_what_its_params_ask(tmp_path):
+    """Every data param reaches the generator: references, size, types, levels and the seed."""
+    from PIL import Image
 
-
-def test_synthetic_all_types_leaves_the_choice_to_the_generator(tmp_path, fake_synthetic):
-    fetch_dataset({"source": "synthetic", "seed": 1, "distortion_types": "all"}, tmp_path / "raw")
-    assert "distortion_types" not in fake_synthetic[0]
-
-
-def test_real_synthetic_generator_output_indexes_cleanly(tmp_path):
-    pytest.importorskip("nriqa.data.synthetic")
     from nriqa.data.formats import build_index
+    from nriqa.data.synthetic import generate_tid2013_like
 
-    params = {"source": "synthetic", "seed": 5, "num_references": 2, "image_size": [64, 48],
+    params = {"source": "synthetic", "seed": 2013, "num_references": 2, "image_size": [40, 32],
               "distortion_types": [1, 8], "levels": [1, 3]}
     fetch_dataset(params, tmp_path / "raw")
     index, report = build_index(tmp_path / "raw", "tid2013")
     assert len(index) == 2 * 2 * 2 and report["unscored"] == []
+    assert sorted(index["reference"].unique()) == ["I01", "I02"]
+    assert sorted(index["distortion"].unique()) == [1, 8]
+    assert sorted(index["level"].unique()) == [1, 3]
+    for path in index["path"]:
+        with Image.open(tmp_path / "raw" / path) as image:
+            assert image.size == (40, 32)
+    # The seed too: the same call to the generator writes the same bytes; another seed does not.
+    direct = tmp_path / "direct"
+    direct.mkdir()
+    generate_tid2013_like(direct, num_references=2, image_size=(40, 32), distortion_types=[1, 8],
+                          levels=[1, 3], seed=2013, progress=False)
+    # Type 1, additive noise, is drawn from the seed.
+    noisy = index.set_index(["reference", "distortion", "level"]).loc[("I01", 1, 3), "path"]
+    assert (tmp_path / "raw" / noisy).read_bytes() == (direct / noisy).read_bytes()
+    fetch_dataset({**params, "seed": 2014}, tmp_path / "other")
+    assert (tmp_path / "other" / noisy).exists()
+    assert (tmp_path / "other" / noisy).read_bytes() != (direct / noisy).read_bytes()
 
 
-def test_a_failing_generator_leaves_nothing(tmp_path, fake_synthetic):
+def test_synthetic_all_types_generates_every_type(tmp_path):
+    from nriqa.data.distortions import DISTORTIONS
+    from nriqa.data.formats import build_index
+
+    fetch_dataset({"source": "synthetic", "seed": 1, "num_references": 1, "image_size": [32, 32],
+                   "distortion_types": "all", "levels": [1]}, tmp_path / "raw")
+    index, _ = build_index(tmp_path / "raw", "tid2013")
+    assert sorted(index["distortion"]) == sorted(DISTORTIONS) and len(DISTORTIONS) == 24
+
+
+def test_a_failing_generator_leaves_nothing(tmp_path, failing_synthetic):
     (tmp_path / "raw").mkdir()  # from an earlier run
     with pytest.raises(RuntimeError):
         fetch_dataset({"source": "synthetic", "seed": 13}, tmp_path / "raw")

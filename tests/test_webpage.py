@@ -21,7 +21,7 @@ import requests
 
 from nriqa.serving.quality_map import map_values
 
-from helpers import MAX_UPLOAD_BYTES, encode, textured
+from service_helpers import MAX_UPLOAD_BYTES, encode, textured
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
