@@ -1,6 +1,6 @@
-"""Helpers shared by the serving tests (test_cli, test_service, test_webpage, test_serving; fixtures are in conftest.py): tiny models, test
-pictures and uploads, the `python -m nriqa score` command, and a packaged model served by a real
-`bentoml serve`."""
+"""Helpers shared by the serving tests (test_cli, test_service, test_webpage, test_serving;
+their fixtures are in conftest.py): tiny models, test pictures and uploads, the
+`python -m nriqa score` command, and a packaged model served by a real `bentoml serve`."""
 
 from __future__ import annotations
 
