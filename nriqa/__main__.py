@@ -10,10 +10,10 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     from nriqa.evaluation import external
-    from nriqa.ops import tracking
+    from nriqa.ops.runs import add_runs_command
     from nriqa.serving import scoring
 
-    tracking.add_runs_command(commands)
+    add_runs_command(commands)
     scoring.add_score_command(commands)
     external.add_evaluate_command(commands)
     args = parser.parse_args(argv)

@@ -1,13 +1,11 @@
 """The model factory and the shared prediction function."""
 
-import json
-
 import numpy as np
 import pytest
 
 from nriqa.errors import NriqaError
-from nriqa.model.network import make_model, save_model
-from nriqa.model.prediction import load_model, predict_mos
+from nriqa.model.network import make_model
+from nriqa.model.prediction import predict_mos
 
 PREPROCESSING = {"mode": "native", "resize": [32, 32], "crop_size": 32, "stride": 32,
                  "max_crops": 6}
@@ -75,23 +73,3 @@ def test_prediction_on_odd_sizes(tiny_model):
     # One image alone scores the same as inside a batch: no cross-talk between images.
     assert np.isclose(predict_mos(tiny_model, images[1:2], PREPROCESSING)[0], scores[1], atol=1e-5)
     assert predict_mos(tiny_model, [], PREPROCESSING).shape == (0,)
-
-
-def test_saved_model_loads_with_its_preprocessing(tiny_model, tmp_path):
-    save_model(tiny_model, tmp_path / "model.keras")
-    (tmp_path / "model.json").write_text(json.dumps({"preprocessing": PREPROCESSING}))
-    loaded, info = load_model(tmp_path)
-    image = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    assert np.allclose(predict_mos(loaded, [image], info["preprocessing"]),
-                       predict_mos(tiny_model, [image], PREPROCESSING), atol=1e-5)
-
-
-def test_saved_file_is_byte_identical(tiny_model, tmp_path):
-    import time
-
-    from nriqa.model.network import save_model
-
-    save_model(tiny_model, tmp_path / "a.keras")
-    time.sleep(1.1)  # a different save time must not change the bytes
-    save_model(tiny_model, tmp_path / "b.keras")
-    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()

@@ -7,9 +7,7 @@ batched call.
 
 from __future__ import annotations
 
-import json
 import weakref
-from pathlib import Path
 
 import numpy as np
 
@@ -89,14 +87,3 @@ def _graph_function(model):
                                      input_signature=[spec])
     return _GRAPHS[model]
 
-
-def load_model(model_dir: str | Path):
-    """Load `model.keras` and its `model.json` (which holds the preprocessing) from a folder."""
-    import keras
-
-    import nriqa.model.network  # noqa: F401  registers the custom layers before loading
-
-    model_dir = Path(model_dir)
-    info = json.loads((model_dir / "model.json").read_text())
-    model = keras.saving.load_model(model_dir / "model.keras")
-    return model, info
