@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
+from conftest import PROJECT
 from nriqa.errors import NriqaError
 from nriqa.model import bundle
 from nriqa.model.network import make_model
@@ -55,6 +58,23 @@ def test_saving_twice_in_two_places_gives_identical_bytes(tiny_model, tmp_path):
     second = bundle.save_bundle(tiny_model, tmp_path / "elsewhere" / "b", INFO)
     for name in bundle.FILES:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+SAVE = """
+import sys, keras
+keras.utils.set_random_seed(5)
+from nriqa.model.network import make_model
+from nriqa.model.bundle import save_weights
+save_weights(make_model(input_size=32, width=0.25, depth=2, head_units=(8,)), sys.argv[1])
+"""
+
+
+def test_two_processes_save_identical_bytes(tmp_path):
+    """Keras names shared objects by memory address, which each process places elsewhere."""
+    for name in ("a.keras", "b.keras"):
+        subprocess.run([sys.executable, "-c", SAVE, str(tmp_path / name)], cwd=PROJECT,
+                       check=True, capture_output=True)
+    assert sha(tmp_path / "a.keras") == sha(tmp_path / "b.keras")
 
 
 @pytest.mark.parametrize("breakage, words", [

@@ -61,8 +61,10 @@ def save_bundle(model, folder: str | Path, info: dict) -> Path:
 def save_weights(model, path: str | Path) -> None:
     """`model.save`, made byte-identical for identical weights so DVC sees no spurious change.
 
-    A .keras file is a zip whose metadata carries the save time and whose entries carry
-    timestamps; both are pinned here. The weights themselves are already deterministic.
+    A .keras file is a zip whose metadata carries the save time, whose entries carry
+    timestamps, and whose config names each object shared between layers (the dtype policy) by
+    its memory address, which differs from one process to the next. The time is pinned and the
+    shared objects are numbered in order of appearance. The weights are already deterministic.
     """
     with tempfile.TemporaryDirectory() as scratch:
         raw = os.path.join(scratch, WEIGHTS)
@@ -74,8 +76,27 @@ def save_weights(model, path: str | Path) -> None:
                     metadata = json.loads(data)
                     metadata["date_saved"] = "1980-01-01@00:00:00"
                     data = json.dumps(metadata).encode()
+                elif entry.filename == "config.json":
+                    data = json.dumps(_number_shared_objects(json.loads(data))).encode()
                 out.writestr(zipfile.ZipInfo(entry.filename, date_time=_PINNED_TIME), data,
                              compress_type=zipfile.ZIP_DEFLATED)
+
+
+def _number_shared_objects(config, numbers: dict | None = None):
+    """The config with each `shared_object_id` replaced by 1, 2, ... in order of appearance;
+    Keras only matches equal ids when loading, so the numbering keeps what is shared."""
+    numbers = {} if numbers is None else numbers
+    if isinstance(config, list):
+        return [_number_shared_objects(item, numbers) for item in config]
+    if not isinstance(config, dict):
+        return config
+    out = {}
+    for key, value in config.items():
+        if key == "shared_object_id":
+            out[key] = numbers.setdefault(value, len(numbers) + 1)
+        else:
+            out[key] = _number_shared_objects(value, numbers)
+    return out
 
 
 def type_names(model) -> list[str]:

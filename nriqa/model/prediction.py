@@ -87,3 +87,10 @@ def _graph_function(model):
                                      input_signature=[spec])
     return _GRAPHS[model]
 
+
+
+def load_model(model_dir):
+    """Transitional: service.py's import until it calls `nriqa.model.bundle.load_bundle`."""
+    from nriqa.model.bundle import load_model as load
+
+    return load(model_dir)
