@@ -72,7 +72,8 @@ def model_folder(workdir: Path) -> tuple[Path, str]:
 
 def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
     from nriqa.model.imaging import crops_for_prediction, decode_image
-    from nriqa.model.prediction import load_model, predict_mos
+    from nriqa.model.bundle import load_model
+    from nriqa.model.prediction import predict_mos
 
     model, info = load_model(folder)
     pre = info["preprocessing"]

@@ -62,7 +62,7 @@ def main() -> None:
     if args.model_dir:
         from nriqa.data.formats import build_index
         from nriqa.evaluation.report import score_index
-        from nriqa.model.prediction import load_model
+        from nriqa.model.bundle import load_model
 
         model, info = load_model(args.model_dir)
         index, _ = build_index(args.set, "tid2013")

@@ -34,7 +34,8 @@ def main() -> None:
     from nriqa.evaluation.report import score_index
     from nriqa.model.imaging import preprocessing_config
     from nriqa.evaluation.metrics import per_group_srcc, quality_metrics
-    from nriqa.model.network import save_model
+    from nriqa.data.labels import MOS_RANGE
+    from nriqa.model.bundle import save_bundle
     from nriqa.model.training import train
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,9 +58,7 @@ def main() -> None:
     model, result = train(args.shards, params, preprocessing,
                           keep_best_epoch=not args.final_epoch)
     out = ROOT / "benchmarks" / "trials" / args.name
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(model, out / "model.keras")
-    (out / "model.json").write_text(json.dumps({"preprocessing": preprocessing}))
+    save_bundle(model, out, {"preprocessing": preprocessing, "mos_range": list(MOS_RANGE)})
 
     build(args.set)
     people, _ = build_index(args.set, "tid2013")

@@ -35,7 +35,8 @@ from bench_service import make_images, model_folder, serving  # noqa: E402
 
 def expected_scores(folder: Path, images: list[bytes]) -> list[float]:
     from nriqa.model.imaging import decode_image
-    from nriqa.model.prediction import load_model, predict_mos
+    from nriqa.model.bundle import load_model
+    from nriqa.model.prediction import predict_mos
 
     model, info = load_model(folder)
     return predict_mos(model, [decode_image(data) for data in images],

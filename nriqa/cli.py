@@ -1,6 +1,6 @@
 """The command line, `python -m nriqa COMMAND`:
 
-  runs      compare the experiment's MLflow runs, best test SRCC first (nriqa.ops.tracking)
+  runs      compare the experiment's MLflow runs, best test SRCC first (nriqa.ops.runs)
   score     score image files or folders with the trained model (nriqa.serving.scoring)
   evaluate  measure the model against one labelled dataset folder (nriqa.evaluation.external)
 
@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def runs(args) -> None:
-    from nriqa.ops.tracking import runs_table
+    from nriqa.ops.runs import runs_table
 
     print(runs_table(args.params, args.experiment, args.max_results))
 

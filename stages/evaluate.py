@@ -16,7 +16,7 @@ from nriqa.evaluation.report import (add_baseline, add_categories, distortion_co
                               per_distortion_table, per_level_table, rounded, score_test_split,
                               summarize, test_set_digest)
 from nriqa.evaluation.metrics import CATEGORY_NAMES
-from nriqa.model.prediction import load_model
+from nriqa.model.bundle import load_model
 from nriqa.stage import load_params, stage_main, write_json
 
 

@@ -1,16 +1,21 @@
-"""DVC stage `fetch`: the raw dataset in its own layout, under data/raw (written atomically)."""
+"""DVC stage `fetch`: the raw dataset in its own layout (written atomically).
 
+    python -m stages.fetch RAW_DIR
+"""
+
+import argparse
 from pathlib import Path
 
 from nriqa.data.sources import fetch_dataset
 from nriqa.stage import load_params, stage_main
 
-RAW_DIR = Path("data/raw")
-
 
 @stage_main
 def main():
-    fetch_dataset(load_params()["data"], RAW_DIR)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("raw_dir", type=Path, help="where the dataset goes (data/raw)")
+    args = parser.parse_args()
+    fetch_dataset(load_params()["data"], args.raw_dir)
 
 
 if __name__ == "__main__":

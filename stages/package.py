@@ -1,9 +1,13 @@
-"""DVC stage `package`: the MLflow champion -> BentoML model store -> a Bento; writes reports/bento.json.
+"""DVC stage `package`: the MLflow champion -> BentoML model store -> a Bento; writes a report.
 
-The champion is the exact registry version the promote stage recorded in
-reports/promotion.json (`models:/<registered_model>/<version>`), not whatever the alias points at
-now, so the labels name the weights that are served. `--model-dir DIR` packages a model folder instead
-(model.keras + model.json), for trying the service without a registry.
+    python -m stages.package --promotion PROMOTION_JSON --report BENTO_JSON
+    python -m stages.package --model-dir DIR [--run-id ID] [--version N] --report BENTO_JSON
+
+The champion is the exact registry version the promote stage recorded in its report
+(`models:/<registered_model>/<version>`), not whatever the alias points at now, so the labels
+name the weights that are served. `--model-dir DIR` packages a model bundle folder instead
+(model.keras + model.json), for trying the service without a registry. Either way the model
+store gets the bundle's files as they are (`nriqa.model.bundle`).
 
 BentoML's store is the project's `bentoml_home/` unless BENTOML_HOME says otherwise, so that
 `make serve` finds what this stage built.
@@ -18,36 +22,37 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_HOME", str(PROJECT / "bentoml_home"))  # before bentoml is imported
 
-from nriqa.ops.packaging import fetch_mlflow_model, package, promoted_version  # noqa: E402
-from nriqa.stage import load_params, stage_main, write_json  # noqa: E402
+from nriqa.model.bundle import fetch_bundle  # noqa: E402
+from nriqa.ops.packaging import package, promoted_version  # noqa: E402
 from nriqa.ops.tracking import resolve_tracking_uri  # noqa: E402
-
-PROMOTION = PROJECT / "reports/promotion.json"
-REPORT = PROJECT / "reports/bento.json"
+from nriqa.stage import load_params, stage_main, write_json  # noqa: E402
 
 
 @stage_main
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path,
-                        help="package this model folder instead of the MLflow champion")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--promotion", type=Path,
+                        help="the promote stage's report, naming the champion to package")
+    source.add_argument("--model-dir", type=Path,
+                        help="package this model bundle folder instead of the MLflow champion")
     parser.add_argument("--run-id", default="", help="with --model-dir: its MLflow run id")
     parser.add_argument("--version", default="", help="with --model-dir: its registry version")
-    parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument("--report", type=Path, required=True,
+                        help="what was built (reports/bento.json)")
     args = parser.parse_args()
+    # `serve`, and the category thresholds (`evaluate.categories`) the service answers with.
     params = load_params(PROJECT / "params.yaml")
 
     if args.model_dir is not None:
         report = package(args.model_dir, run_id=args.run_id, version=args.version,
                          params=params, project_dir=PROJECT)
     else:
-        model_uri, run_id, version = promoted_version(PROMOTION)
+        model_uri, run_id, version = promoted_version(args.promotion)
         with tempfile.TemporaryDirectory(prefix="nriqa-champion-") as folder:
-            model_dir = fetch_mlflow_model(model_uri, folder,
-                                           tracking_uri=resolve_tracking_uri(params))
+            model_dir = fetch_bundle(model_uri, folder, tracking_uri=resolve_tracking_uri(params))
             report = package(model_dir, run_id=run_id, version=version, params=params,
                              project_dir=PROJECT, model_uri=model_uri)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.report, report)
     print(f"Built Bento {report['bento_tag']} with model {report['model_tag']} "
           f"(MLflow run {report['mlflow_run_id'] or '-'}, version {report['registry_version'] or '-'})",

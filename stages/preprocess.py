@@ -4,8 +4,11 @@ The generated training set (`trainset` stage) joins the training split when the 
 labels are on its scale (TID2013's 0..9: the synthetic and TID2013-layout sets). With the
 synthetic dataset it replaces that dataset's training share: every synthetic reference goes
 to validation or test, so no validation or test content is ever trained on.
+
+    python -m stages.preprocess RAW_DIR TRAINSET_DIR INDEX_CSV OUT_DIR
 """
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -13,35 +16,37 @@ import pandas as pd
 
 from nriqa.data.formats import dataset_format
 from nriqa.data.shards import split_by_reference, write_shards
-from nriqa.stage import load_params, stage_main, write_json
 from nriqa.data.trainset import INDEX_NAME
-
-RAW_DIR = Path("data/raw")
-TRAINSET_DIR = Path("data/trainset")
-INDEX = Path("data/interim/index.csv")
-OUT_DIR = Path("data/processed")
+from nriqa.stage import load_params, stage_main, write_json
 
 
 @stage_main
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("raw_dir", type=Path, help="the dataset (data/raw)")
+    parser.add_argument("trainset_dir", type=Path, help="the generated images (data/trainset)")
+    parser.add_argument("index", type=Path, help="the dataset's index (data/interim/index.csv)")
+    parser.add_argument("out_dir", type=Path, help="shards, splits.csv, summary.json (data/processed)")
+    args = parser.parse_args()
+    raw_dir, trainset_dir, out_dir = args.raw_dir, args.trainset_dir, args.out_dir
     params = load_params()
     settings = params["preprocess"]
     with_trainset = uses_trainset(params)
     ratios = dict(settings["split"])
     if with_trainset and params["data"]["source"] == "synthetic":
         ratios["train"] = 0.0
-    index = split_by_reference(pd.read_csv(INDEX), ratios, int(settings["seed"]))
+    index = split_by_reference(pd.read_csv(args.index), ratios, int(settings["seed"]))
     # The type head speaks TID2013's 24 types; KADID-10k numbers its 25 differently and
     # KonIQ-10k has none, so their images train the MOS only (their `distortion` stays for
     # the per-type tables).
     tid2013_types = dataset_format(params["data"]) == "tid2013"
-    index = index.assign(root=str(RAW_DIR), type_label=index["distortion"] if tid2013_types else None)
+    index = index.assign(root=str(raw_dir), type_label=index["distortion"] if tid2013_types else None)
     if with_trainset:
-        generated = pd.read_csv(TRAINSET_DIR / INDEX_NAME)
-        generated = generated.assign(split="train", root=str(TRAINSET_DIR), type_label=generated["distortion"])
+        generated = pd.read_csv(trainset_dir / INDEX_NAME)
+        generated = generated.assign(split="train", root=str(trainset_dir), type_label=generated["distortion"])
         index = pd.concat([index, generated], ignore_index=True)
     # Built aside and renamed at the end: a failed run leaves no half-written shards behind.
-    staging = OUT_DIR.with_name(".tmp-processed")
+    staging = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -53,8 +58,8 @@ def main():
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(OUT_DIR, ignore_errors=True)
-    staging.rename(OUT_DIR)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
     print({split: info["images"] for split, info in summary.items()})
 
 

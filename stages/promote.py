@@ -1,27 +1,52 @@
 """DVC stage `promote`: register the trained model; it takes the `champion` alias only if its
 test SRCC beats the current champion's on the same test set, or if `mlflow.force_promote` is
-true (see `nriqa.ops.registry`)."""
+true (see `nriqa.ops.registry`).
 
+    python -m stages.promote POINTER_JSON METRICS_JSON REPORT_JSON
+
+The candidate's SRCC is the one in its metrics file; the champion's comes from the registry.
+"""
+
+import argparse
+import json
 from pathlib import Path
 
+from nriqa.errors import NriqaError
 from nriqa.ops import registry, tracking
 from nriqa.stage import load_params, stage_main, write_json
-
-REPORT = Path("reports/promotion.json")
 
 
 @stage_main
 def main():
-    params = load_params()
-    pointer = tracking.open_pointer(Path("models/mlflow_run.json"))
-    report = registry.promote(pointer, params["mlflow"]["registered_model"],
-                              force=bool(params["mlflow"].get("force_promote", False)))
-    REPORT.parent.mkdir(exist_ok=True)
-    write_json(REPORT, report)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pointer", type=Path, help="the training's run (models/mlflow_run.json)")
+    parser.add_argument("metrics", type=Path, help="its test metrics (reports/metrics.json)")
+    parser.add_argument("report", type=Path, help="the decision (reports/promotion.json)")
+    args = parser.parse_args()
+    settings = load_params()["mlflow"]
+    srcc = candidate_srcc(args.metrics)
+    pointer = tracking.open_pointer(args.pointer)
+    report = registry.promote(pointer, settings["registered_model"], srcc,
+                              force=bool(settings.get("force_promote", False)))
+    write_json(args.report, report)
     verdict = "promoted to champion" if report["promoted"] else "not promoted"
     print(f"{report['registered_model']} v{report['candidate_version']} "
           f"(test SRCC {report['candidate_srcc']:.4f}): {verdict}, {report['reason']}; "
           f"champion is v{report['champion_version']}")
+
+
+def candidate_srcc(metrics_path: Path) -> float:
+    """`test.srcc` of the evaluate stage's metrics file."""
+    if not metrics_path.is_file():
+        raise NriqaError(f"{metrics_path}: missing; run the evaluate stage first")
+    try:
+        srcc = json.loads(metrics_path.read_text())["test"]["srcc"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise NriqaError(f"{metrics_path}: has no test.srcc ({type(error).__name__}: {error}); "
+                         "run the evaluate stage again") from error
+    if not isinstance(srcc, (int, float)):
+        raise NriqaError(f"{metrics_path}: test.srcc must be a number, got {srcc!r}")
+    return float(srcc)
 
 
 if __name__ == "__main__":

@@ -1,59 +1,72 @@
 """DVC stage `train`: fit the model on the training shards; keep the best validation epoch.
 
-The whole stage is one MLflow run (`nriqa.ops.tracking`): a tracking store that cannot be reached
-stops the stage before training, and a crash marks the run FAILED. Once training starts, the
-previous outputs are removed; each new one is written aside and renamed, the run pointer last,
-so a crash leaves no old pointer beside a new model.
+    python -m stages.train SHARD_DIR MODEL_DIR HISTORY_CSV
+
+MODEL_DIR receives the model bundle (`nriqa.model.bundle`: model.keras + model.json) and
+mlflow_run.json, the pointer to the MLflow run. The whole stage is one MLflow run
+(`nriqa.ops.tracking`): a tracking store that cannot be reached stops the stage before
+training, and a crash marks the run FAILED. Once training starts, the previous outputs are
+removed; each new one is written aside and renamed, the run pointer last, so a crash leaves no
+old pointer beside a new model.
 
 With `train.strategy: multi_worker` every worker runs this stage (the chief through `dvc repro`,
-the others as `python -m stages.train`; README: Running as a team). Only the chief opens the
-MLflow run and writes the outputs; another worker trains alongside it, saves into a temporary
-folder that is then deleted (TensorFlow's pattern for multi-worker saving) and leaves the
-project's outputs and the tracking store alone.
+the others as `python -m stages.train ...` with the same arguments; README: Running as a team).
+Only the chief opens the MLflow run and writes the outputs; another worker trains alongside it,
+saves into a temporary folder that is then deleted (TensorFlow's pattern for multi-worker
+saving) and leaves the project's outputs and the tracking store alone.
 """
 
+import argparse
 import csv
 import tempfile
 from pathlib import Path
 
-from nriqa.ops import tracking
+from nriqa.data.formats import MOS_SCALES, dataset_format
+from nriqa.data.shards import example_crops
+from nriqa.model.bundle import INFO, WEIGHTS, log_bundle, save_bundle
 from nriqa.model.imaging import preprocessing_config
-from nriqa.model.network import save_model
-from nriqa.stage import load_params, remove_stale, stage_main, write_json, written_aside
 from nriqa.model.training import check_strategy, is_chief, train
+from nriqa.ops import tracking
+from nriqa.stage import load_params, remove_stale, stage_main, written_aside
 
-SHARDS = Path("data/processed")
-MODEL_DIR = Path("models")
-HISTORY = Path("reports/train_history.csv")
-POINTER = MODEL_DIR / "mlflow_run.json"
+POINTER = "mlflow_run.json"
 
 
 @stage_main
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shard_dir", type=Path, help="the training shards (data/processed)")
+    parser.add_argument("model_dir", type=Path, help="the model bundle and run pointer (models)")
+    parser.add_argument("history", type=Path, help="per-epoch loss and validation scores "
+                                                   "(reports/train_history.csv)")
+    args = parser.parse_args()
+    # Every param, because the MLflow run records them all; the training reads `model`,
+    # `train` and `predict`, and model.json records the preprocessing and the label scale.
     params = load_params()
     preprocessing = preprocessing_config(params)
     check_strategy(params["train"].get("strategy", "none"))  # before a run is opened
     if not is_chief(params):
         with tempfile.TemporaryDirectory(prefix="nriqa-worker-") as scratch:
-            model, result = train(SHARDS, params, preprocessing)
+            model, result = train(args.shard_dir, params, preprocessing)
             save_outputs(model, params, preprocessing, result, Path(scratch) / "models",
                          Path(scratch) / "train_history.csv")
         print("worker: trained; outputs are the chief's to write")
         return
-    with tracking.training_run(params, SHARDS) as run:
-        remove_stale(POINTER, MODEL_DIR / "model.keras", MODEL_DIR / "model.json", HISTORY)
-        model, result = train(SHARDS, params, preprocessing, extra_callbacks=[run.epoch_logger()])
-        save_outputs(model, params, preprocessing, result)
+    with tracking.training_run(params, args.shard_dir) as run:
+        remove_stale(args.model_dir / POINTER, args.model_dir / WEIGHTS, args.model_dir / INFO,
+                     args.history)
+        model, result = train(args.shard_dir, params, preprocessing,
+                              extra_callbacks=[run.epoch_logger()])
+        save_outputs(model, params, preprocessing, result, args.model_dir, args.history)
         run.log_summary(result)
-        run.log_model(model, MODEL_DIR, tracking.example_crops(SHARDS, preprocessing))
-        run.write_pointer(POINTER)
+        model_uri = log_bundle(args.model_dir, example_crops(args.shard_dir, preprocessing), model)
+        run.write_pointer(args.model_dir / POINTER, model_uri)
 
 
-def save_outputs(model, params, preprocessing, result, model_dir=MODEL_DIR, history_csv=HISTORY):
-    with written_aside(model_dir / "model.keras") as aside:
-        save_model(model, aside)
-    write_json(model_dir / "model.json", {
+def save_outputs(model, params, preprocessing, result, model_dir, history_csv):
+    save_bundle(model, model_dir, {
         "preprocessing": preprocessing,
+        "mos_range": list(MOS_SCALES[dataset_format(params["data"])]),
         "params": {key: params[key] for key in ("data", "preprocess", "model", "train")},
         "best_epoch": result["best_epoch"], "best_val_srcc": result["best_val_srcc"],
         "split_sizes": {"train": result["train_images"], "val": result["val_images"]},

@@ -1,25 +1,30 @@
-"""DVC stage `trainset`: generated training images with labels from `nriqa.data.labels` (written atomically)."""
+"""DVC stage `trainset`: generated training images with labels from `nriqa.data.labels` (written atomically).
 
+    python -m stages.trainset OUT_DIR
+"""
+
+import argparse
 import os
 from pathlib import Path
 
 from nriqa.data.sources import staging
-from nriqa.stage import load_params, stage_main
 from nriqa.data.trainset import generate_training_set
-
-OUT_DIR = Path("data/trainset")
+from nriqa.stage import load_params, stage_main
 
 
 @stage_main
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path, help="the generated images and their index (data/trainset)")
+    args = parser.parse_args()
     settings = load_params()["trainset"]
     types = settings["distortion_types"]
-    with staging(OUT_DIR) as tmp:
+    with staging(args.out_dir) as tmp:
         generate_training_set(tmp, num_images=int(settings["images"]),
                               image_size=tuple(settings["image_size"]), seed=int(settings["seed"]),
                               pristine_fraction=float(settings.get("pristine_fraction", 0.0)),
                               **({} if types == "all" else {"distortion_types": types}))
-        os.rename(tmp, OUT_DIR)
+        os.rename(tmp, args.out_dir)
 
 
 if __name__ == "__main__":

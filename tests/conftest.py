@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from helpers import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone,  # noqa: F401
-                     merge, project_env, run, stop_process_group, tool_env, write_tiny_shards)
+                     merge, project_env, run, stage_command, stop_process_group, tool_env,
+                     write_tiny_shards)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,12 @@ TINY_PARAMS = {
 }
 
 
+def stage_command(name: str, python: str = sys.executable) -> list[str]:
+    """A stage's command as dvc.yaml runs it, paths included, with this interpreter."""
+    cmd = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][name]["cmd"].split()
+    return [python, *cmd[1:]]
+
+
 def merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():

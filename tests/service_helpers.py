@@ -36,6 +36,7 @@ def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4
     """
     import keras
 
+    from nriqa.model.bundle import save_bundle
     from nriqa.model.network import make_model
 
     keras.utils.set_random_seed(3)
@@ -46,11 +47,8 @@ def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4
         kernel, bias = head.get_weights()
         head.set_weights([np.random.default_rng(seed).normal(0, 3000.0, kernel.shape)
                           .astype("float32"), bias])
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
     preprocessing = dict(TINY_PREPROCESSING, max_crops=max_crops)
-    (folder / "model.json").write_text(json.dumps({"preprocessing": preprocessing}))
-    return folder
+    return save_bundle(model, folder, {"preprocessing": preprocessing, "mos_range": [0.0, 9.0]})
 
 
 def textured(seed: int, size=(96, 64)) -> Image.Image:
@@ -88,7 +86,8 @@ def check_distortions(distortions, probabilities=None, atol: float = 1e-3) -> No
 def local_scores(model_dir: Path, files: list[Path]):
     """(MOS, type probabilities or None) computed in this process, the reference values."""
     from nriqa.model.imaging import crops_for_prediction, decode_image
-    from nriqa.model.prediction import load_model, predict_mos, score_images
+    from nriqa.model.bundle import load_model
+    from nriqa.model.prediction import predict_mos, score_images
 
     model, info = load_model(model_dir)
     images = [decode_image(f) for f in files]

@@ -99,7 +99,8 @@ def test_model_without_type_head_gives_no_distortions(plain_model, image_tree, t
 def test_quality_map_is_the_crop_scores_averaged_into_the_mos(tiny_model, image_tree):
     """One model pass gives the MOS and the map: the map's mean is the MOS."""
     from nriqa.model.imaging import crops_for_prediction, decode_image, prediction_layout
-    from nriqa.model.prediction import load_model, score_crop_sets, score_images
+    from nriqa.model.bundle import load_model
+    from nriqa.model.prediction import score_crop_sets, score_images
     from nriqa.serving.quality_map import quality_map
 
     model, info = load_model(tiny_model)

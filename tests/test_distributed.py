@@ -23,22 +23,21 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import (TINY_PARAMS, free_port, make_clone, merge, project_env, stop_process_group,
-                      write_tiny_shards)
+from conftest import (TINY_PARAMS, free_port, make_clone, merge, project_env, stage_command,
+                      stop_process_group, write_tiny_shards)
 
 PARAMS = merge(TINY_PARAMS, {"train": {"epochs": 2, "patience": 2, "batch_size": 4}})
 
 
 def start_stage(clone, log_name, **env):
     log = open(clone / log_name, "w")
-    return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=clone,
+    return subprocess.Popen(stage_command("train"), cwd=clone,
                             env=project_env(clone, **env), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True), log
 
@@ -97,7 +96,7 @@ def test_two_workers_train_what_one_device_trains(runs):
     assert np.allclose(chief["loss"], single["loss"], rtol=5e-2, atol=0)
     assert np.allclose(chief["val_rmse"], single["val_rmse"], rtol=1e-3, atol=0)
 
-    from nriqa.model.prediction import load_model
+    from nriqa.model.bundle import load_model
 
     single, chief = (load_model(runs[name] / "models")[0] for name in ("single", "chief"))  # models now
     moved = max(np.abs(w.numpy()).max() for w in single.weights if w.path.endswith("/beta"))
@@ -146,7 +145,7 @@ def test_multi_worker_without_tf_config_stops_before_tracking(tmp_path):
     clone = make_clone(tmp_path / "clone", merge(PARAMS, {"train": {"strategy": "multi_worker"}}))
     env = project_env(clone)
     env.pop("TF_CONFIG", None)
-    result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=clone, env=env,
+    result = subprocess.run(stage_command("train"), cwd=clone, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2  # ExitCode.ERROR
     assert "error: train.strategy multi_worker: TF_CONFIG is not set" in result.stderr

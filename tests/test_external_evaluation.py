@@ -49,7 +49,7 @@ def koniq_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model):
-    from nriqa.model.prediction import load_model
+    from nriqa.model.bundle import load_model
 
     return load_model(tiny_model)
 

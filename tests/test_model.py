@@ -1,13 +1,12 @@
 """The model factory and the shared prediction function."""
 
-import json
-
 import numpy as np
 import pytest
 
 from nriqa.errors import NriqaError
-from nriqa.model.network import make_model, save_model
-from nriqa.model.prediction import load_model, predict_mos
+from nriqa.model.bundle import load_model, save_bundle
+from nriqa.model.network import make_model
+from nriqa.model.prediction import predict_mos
 
 PREPROCESSING = {"mode": "native", "resize": [32, 32], "crop_size": 32, "stride": 32,
                  "max_crops": 6}
@@ -120,8 +119,7 @@ def test_prediction_on_odd_sizes(tiny_model):
 
 def test_saved_model_loads_with_its_preprocessing(trained_model, tmp_path):
     """Trained weights and BatchNormalization statistics survive the round trip exactly."""
-    save_model(trained_model, tmp_path / "model.keras")
-    (tmp_path / "model.json").write_text(json.dumps({"preprocessing": PREPROCESSING}))
+    save_bundle(trained_model, tmp_path, {"preprocessing": PREPROCESSING, "mos_range": [0.0, 9.0]})
     loaded, info = load_model(tmp_path)
     assert info["preprocessing"] == PREPROCESSING
     rng = np.random.default_rng(2)
@@ -132,13 +130,3 @@ def test_saved_model_loads_with_its_preprocessing(trained_model, tmp_path):
     np.testing.assert_allclose(predict_mos(loaded, images, info["preprocessing"]), expected,
                                rtol=0, atol=1e-6)
 
-
-def test_saved_file_is_byte_identical(tiny_model, tmp_path):
-    import time
-
-    from nriqa.model.network import save_model
-
-    save_model(tiny_model, tmp_path / "a.keras")
-    time.sleep(1.1)  # a different save time must not change the bytes
-    save_model(tiny_model, tmp_path / "b.keras")
-    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()

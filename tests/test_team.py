@@ -230,6 +230,11 @@ def test_champion_is_the_better_run_whichever_finished_last(team):
     # Its Bento serves the champion, fetched from the server's registry, lineage included.
     assert second["bento"]["mlflow_run_id"] == champion.run_id
     assert second["bento"]["registry_version"] == str(champion.version)
+    # ... and its model store holds the very model.keras the champion's clone trained.
+    name, version = second["bento"]["model_tag"].split(":")
+    stored = team["clones"]["second"] / "bentoml_home/models" / name / version / "model.keras"
+    trained = team["clones"]["second" if better is second else "first"] / "models/model.keras"
+    assert stored.read_bytes() == trained.read_bytes()
 
 
 def test_worse_model_promoted_last_leaves_the_champion(team):
@@ -239,7 +244,7 @@ def test_worse_model_promoted_last_leaves_the_champion(team):
 
     first, second = team["results"]["first"], team["results"]["second"]
     worse, better = sorted((first, second), key=lambda r: r["metrics"]["test"]["srcc"])
-    report = promote(worse["pointer"], "nriqa")
+    report = promote(worse["pointer"], "nriqa", worse["metrics"]["test"]["srcc"])
     assert not report["promoted"], report["reason"]
     assert report["champion_run_id"] == better["pointer"]["run_id"]
 

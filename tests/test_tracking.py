@@ -23,7 +23,7 @@ import requests
 import yaml
 
 from conftest import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone,
-                      project_env, run, stop_process_group)
+                      project_env, run, stage_command, stop_process_group)
 
 DVC = str(VENV_BIN / "dvc")
 PYTHON = str(VENV_BIN / "python")
@@ -68,7 +68,8 @@ def snapshot(clone: Path) -> dict:
             "promotion": json.loads((clone / "reports/promotion.json").read_text()),
             "metrics": json.loads((clone / "reports/metrics.json").read_text()),
             "history": (clone / "reports/train_history.csv").read_text(),
-            "model_json": json.loads((clone / "models/model.json").read_text())}
+            "model_json": json.loads((clone / "models/model.json").read_text()),
+            "model_keras": (clone / "models/model.keras").read_bytes()}
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +200,12 @@ def test_logged_model_carries_signature_preprocessing_example_and_code(pipeline,
     example = np.array(json.loads((local / "input_example.json").read_text())["inputs"])
     assert example.shape[1:] == (size, size, 3)
     assert (local / "code/nriqa/model/network.py").exists()
+    # The very file train wrote (the bundle's), not a second save of the model.
+    assert (local / "data/model.keras").read_bytes() == second["model_keras"]
 
 
 def test_run_model_predicts_what_the_local_model_predicts(pipeline):
-    from nriqa.model.prediction import load_model
+    from nriqa.model.bundle import load_model
 
     clone = pipeline["clone"]
     logged = load_champion(pipeline["uri"], pipeline["second"]["pointer"]["model_uri"])
@@ -266,7 +269,7 @@ def test_unreachable_server_stops_training_before_it_starts(pipeline):
     model_file = clone / "models/model.keras"
     before = model_file.stat().st_mtime_ns
     started = time.monotonic()
-    result = run([PYTHON, "-m", "stages.train"], cwd=clone,
+    result = run(stage_command("train", PYTHON), cwd=clone,
                  env=stage_env(clone, MLFLOW_TRACKING_URI=uri), check=False, timeout=300)
     assert result.returncode == 2  # ExitCode.ERROR
     assert uri in result.stderr and "error:" in result.stderr
@@ -289,7 +292,7 @@ def test_crash_mid_training_leaves_the_run_failed_and_unregistered(pipeline, cli
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = stage_env(workspace, MLFLOW_TRACKING_URI=pipeline["uri"],
                     MLFLOW_EXPERIMENT_NAME="nriqa-crash")
-    process = subprocess.Popen([PYTHON, "-m", "stages.train"], cwd=workspace, env=env,
+    process = subprocess.Popen(stage_command("train", PYTHON), cwd=workspace, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         run_id = None
@@ -334,7 +337,7 @@ def test_written_aside_keeps_the_old_file_until_the_new_one_is_complete(tmp_path
 
 def test_default_sqlite_store_keeps_everything_in_the_project(pipeline):
     """No MLFLOW_TRACKING_URI: params.yaml's sqlite:///mlflow.db, relative to the project."""
-    from nriqa.model.prediction import load_model
+    from nriqa.model.bundle import load_model
 
     clone = pipeline["clone"]
     env = stage_env(clone)
@@ -405,7 +408,7 @@ def test_gate_keeps_the_champion_against_worse_and_equal_models(tmp_path):
     client = mlflow.MlflowClient(uri)
     outcomes = []
     for srcc in (0.5, 0.4, 0.5, 0.6):
-        report = registry.promote(hand_made_candidate(uri, srcc), "gate-model")
+        report = registry.promote(hand_made_candidate(uri, srcc), "gate-model", srcc)
         champion = client.get_model_version_by_alias("gate-model", "champion")
         assert int(champion.version) == report["champion_version"]
         outcomes.append((report["candidate_version"], report["promoted"],
@@ -414,7 +417,7 @@ def test_gate_keeps_the_champion_against_worse_and_equal_models(tmp_path):
                         (4, True, 4, 0.5)]
     # Promoting the champion's run again registers nothing new and changes nothing.
     again = registry.promote({"run_id": champion.run_id, "experiment_id": "", "tracking_uri": uri,
-                              "model_uri": "unused"}, "gate-model")
+                              "model_uri": "unused"}, "gate-model", 0.6)
     assert (again["candidate_version"], again["promoted"], again["champion_version"]) == (4, False, 4)
     assert len(client.search_model_versions("name = 'gate-model'")) == 4
     assert client.get_model_version("gate-model", "2").tags["promoted"] == "false"
@@ -429,23 +432,23 @@ def test_gate_compares_only_scores_from_the_same_test_set(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
-    first = registry.promote(hand_made_candidate(uri, 0.5, "set-a"), "sets")
+    first = registry.promote(hand_made_candidate(uri, 0.5, "set-a"), "sets", 0.5)
     assert first["promoted"] and first["candidate_test_set"] == "set-a"
     # A higher number on another test set means nothing against the champion's.
-    other = registry.promote(hand_made_candidate(uri, 0.9, "set-b"), "sets")
+    other = registry.promote(hand_made_candidate(uri, 0.9, "set-b"), "sets", 0.9)
     assert not other["promoted"] and other["champion_version"] == 1
     assert "another test set" in other["reason"] and "mlflow.force_promote" in other["reason"]
     assert other["champion_test_set_before"] == "set-a"
     assert client.get_model_version("sets", "2").tags["test_set.digest"] == "set-b"
     # Forced: it takes the alias, and the run says so.
     forced_pointer = hand_made_candidate(uri, 0.3, "set-b")
-    forced = registry.promote(forced_pointer, "sets", force=True)
+    forced = registry.promote(forced_pointer, "sets", 0.3, force=True)
     assert forced["promoted"] and forced["forced"] and forced["champion_version"] == 3
     tags = client.get_run(forced_pointer["run_id"]).data.tags
     assert (tags["promotion.forced"], tags["promotion.promoted"]) == ("true", "true")
     # From then on, models measured on set-b compete with it; set-a ones no longer compare.
-    assert registry.promote(hand_made_candidate(uri, 0.4, "set-b"), "sets")["promoted"]
-    assert not registry.promote(hand_made_candidate(uri, 0.95, "set-a"), "sets")["promoted"]
+    assert registry.promote(hand_made_candidate(uri, 0.4, "set-b"), "sets", 0.4)["promoted"]
+    assert not registry.promote(hand_made_candidate(uri, 0.95, "set-a"), "sets", 0.95)["promoted"]
     assert str(client.get_model_version_by_alias("sets", "champion").version) == "4"
 
 
@@ -459,7 +462,7 @@ def test_candidate_without_test_set_is_refused(tmp_path):
     pointer = hand_made_candidate(uri, 0.5)
     mlflow.MlflowClient(uri).delete_tag(pointer["run_id"], "test_set.digest")
     with pytest.raises(NriqaError, match="test_set.digest: run the evaluate stage first"):
-        registry.promote(pointer, "untested")
+        registry.promote(pointer, "untested", 0.5)
 
 
 def test_package_fetches_the_promoted_version_even_after_the_alias_moved(tmp_path):
@@ -472,10 +475,10 @@ def test_package_fetches_the_promoted_version_even_after_the_alias_moved(tmp_pat
     from nriqa.ops.packaging import promoted_version
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = registry.promote(hand_made_candidate(uri, 0.5), "pinned")
+    first = registry.promote(hand_made_candidate(uri, 0.5), "pinned", 0.5)
     promotion = tmp_path / "promotion.json"
     promotion.write_text(json.dumps(first))
-    assert registry.promote(hand_made_candidate(uri, 0.8), "pinned")["promoted"]  # alias moves
+    assert registry.promote(hand_made_candidate(uri, 0.8), "pinned", 0.8)["promoted"]  # alias moves
 
     model_uri, run_id, version = promoted_version(promotion)
     assert (model_uri, run_id, version) == ("models:/pinned/1", first["run_id"], "1")
@@ -562,7 +565,7 @@ def test_an_unreadable_champion_stops_the_gate(server, proxies, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     client = MlflowClient(server)
-    incumbent = registry.promote(hand_made_candidate(server, 0.5, experiment="faults"), "faults")
+    incumbent = registry.promote(hand_made_candidate(server, 0.5, experiment="faults"), "faults", 0.5)
     proxy = proxies()
     candidate = {**hand_made_candidate(server, 0.9, experiment="faults"), "tracking_uri": proxy.url}
 
@@ -570,10 +573,10 @@ def test_an_unreadable_champion_stops_the_gate(server, proxies, monkeypatch):
                   ("GET", "/registered-models/alias", ".*")]
     with pytest.raises(NriqaError, match="cannot read the registered model 'faults'.*500 error"
                                          ".*alias 'champion' is unchanged"):
-        registry.promote(candidate, "faults")
+        registry.promote(candidate, "faults", 0.9)
     proxy.fail = [("GET", "/runs/get", f".*{incumbent['run_id']}.*")]
     with pytest.raises(NriqaError, match=f"cannot read the champion's run {incumbent['run_id']}"):
-        registry.promote(candidate, "faults")
+        registry.promote(candidate, "faults", 0.9)
 
     assert str(client.get_model_version_by_alias("faults", "champion").version) == "1"
     assert len(client.search_model_versions("name = 'faults'")) == 1
@@ -586,7 +589,7 @@ from nriqa.ops import registry
 print("ready", flush=True)
 while not pathlib.Path(sys.argv[2]).exists():
     time.sleep(0.02)
-print(json.dumps(registry.promote(json.loads(sys.argv[1]), "race")))
+print(json.dumps(registry.promote(json.loads(sys.argv[1]), "race", float(sys.argv[3]))))
 """
 
 
@@ -597,14 +600,14 @@ def test_concurrent_promotions_keep_the_better_model(server, proxies, tmp_path):
 
     from nriqa.ops import registry
 
-    registry.promote(hand_made_candidate(server, 0.5, experiment="race"), "race")
+    registry.promote(hand_made_candidate(server, 0.5, experiment="race"), "race", 0.5)
     go = tmp_path / "go"
     racers = []
     for srcc, delay in ((0.7, 1.0), (0.6, 3.0)):
         proxy = proxies()
         proxy.delay[("POST", "/registered-models/alias")] = delay
         pointer = {**hand_made_candidate(server, srcc, experiment="race"), "tracking_uri": proxy.url}
-        racers.append(subprocess.Popen([PYTHON, "-c", RACER, json.dumps(pointer), str(go)],
+        racers.append(subprocess.Popen([PYTHON, "-c", RACER, json.dumps(pointer), str(go), str(srcc)],
                                        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True))
     for racer in racers:

@@ -39,6 +39,9 @@ from nriqa.model.imaging import IMAGE_SUFFIXES
 INDEX_COLUMNS = ["image", "reference", "distortion", "level", "mos", "mos_std", "path"]
 
 FORMATS = ("tid2013", "kadid10k", "koniq10k")
+# Each layout's MOS scale, (lowest, highest): TID2013's 0..9 (nriqa.data.labels.MOS_RANGE),
+# KADID-10k's DMOS and KonIQ-10k's MOS 1..5.
+MOS_SCALES = {"tid2013": (0.0, 9.0), "kadid10k": (1.0, 5.0), "koniq10k": (1.0, 5.0)}
 
 # How many names an error message or log line spells out before "and N more".
 _SHOWN = 10

@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nriqa.errors import NriqaError
-from nriqa.model.imaging import apply_policy, decode_image
+from nriqa.model.imaging import apply_policy, crops_for_prediction, decode_image
 
 SPLITS = ("train", "val", "test")
 
@@ -124,3 +124,9 @@ def load_split_arrays(shard_dir: Path, split: str):
         names.append(name.decode())
         types.append(distortion)
     return images, np.array(mos, dtype=np.float32), names, np.array(types, dtype=np.int64)
+
+
+def example_crops(shard_dir: Path, preprocessing: dict, count: int = 1) -> np.ndarray:
+    """A real input for the model: the first crop(s) of the first validation image."""
+    image, *_ = next(read_split(shard_dir, "val").take(1).as_numpy_iterator())
+    return crops_for_prediction(image, preprocessing)[:count].astype(np.float32)

@@ -162,28 +162,3 @@ def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Mod
         initial_mos=initial_mos, distortion_types=int(model_params["distortion_types"]),
         mos_head=model_params["mos_head"])
 
-
-def save_model(model: keras.Model, path) -> None:
-    """`model.save`, made byte-identical for identical weights so DVC sees no spurious change.
-
-    A .keras file is a zip whose metadata carries the save time and whose weights entry carries
-    a timestamp; both are pinned here. The weights themselves are already deterministic.
-    """
-    import json
-    import os
-    import tempfile
-    import zipfile
-
-    path = os.fspath(path)
-    with tempfile.TemporaryDirectory() as scratch:
-        raw = os.path.join(scratch, "model.keras")
-        model.save(raw)
-        with zipfile.ZipFile(raw) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
-            for info in source.infolist():
-                data = source.read(info)
-                if info.filename == "metadata.json":
-                    metadata = json.loads(data)
-                    metadata["date_saved"] = "1980-01-01@00:00:00"
-                    data = json.dumps(metadata).encode()
-                out.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data,
-                             compress_type=zipfile.ZIP_DEFLATED)

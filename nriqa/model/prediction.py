@@ -8,7 +8,6 @@ batched call. `score_paths` scores files: the evaluate stage (test split, evalua
 
 from __future__ import annotations
 
-import json
 import sys
 import weakref
 from dataclasses import dataclass
@@ -149,15 +148,3 @@ def _graph_function(model):
         _GRAPHS[model] = tf.function(lambda crops: model_ref()(crops, training=False),
                                      input_signature=[spec])
     return _GRAPHS[model]
-
-
-def load_model(model_dir: str | Path):
-    """Load `model.keras` and its `model.json` (which holds the preprocessing) from a folder."""
-    import keras
-
-    import nriqa.model.network  # noqa: F401  registers the custom layers before loading
-
-    model_dir = Path(model_dir)
-    info = json.loads((model_dir / "model.json").read_text())
-    model = keras.saving.load_model(model_dir / "model.keras")
-    return model, info

@@ -1,8 +1,8 @@
 """Packaging the champion model for serving: MLflow registry -> BentoML model store -> Bento.
 
-`fetch_mlflow_model` downloads a registered model (`models:/nriqa/3`) into a plain
-folder (`model.keras` + `model.json`), the same layout the train stage writes to `models/`.
-`save_to_store` copies such a folder into the BentoML model store, labelled with the MLflow
+A model travels as its bundle (`nriqa.model.bundle`): `fetch_bundle` downloads a registered
+model (`models:/nriqa/3`) into a folder like the train stage's `models/`, and `save_to_store`
+copies such a folder, byte for byte, into the BentoML model store, labelled with the MLflow
 run id and registry version, with the serving limits (params.yaml `serve`) and the quality
 categories in its metadata: the Bento then carries its own configuration, and `service.py`
 reads it from there (environment variables still override it at run time).
@@ -16,32 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from nriqa.errors import NriqaError
 from nriqa.data.examples import write_examples
+from nriqa.errors import NriqaError
+from nriqa.model.bundle import bentoml_model
 
-MODEL_FILES = ("model.keras", "model.json")
 EXAMPLES_DIR = "examples"
 # The keys of params.yaml `serve` that the service reads; each has an environment override
 # NRIQA_<KEY upper-cased>, e.g. NRIQA_MAX_PIXELS.
 SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_images", "max_batch_pixels",
               "max_batch_size")
-
-
-def check_model_dir(model_dir: str | Path) -> Path:
-    model_dir = Path(model_dir)
-    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
-    if missing:
-        raise NriqaError(f"{model_dir}: not a model folder, {' and '.join(missing)} missing "
-                         "(run `dvc repro train` or pass the folder that holds them)")
-    info = json.loads((model_dir / "model.json").read_text())
-    if "preprocessing" not in info:
-        raise NriqaError(f"{model_dir / 'model.json'}: has no `preprocessing` section")
-    return model_dir
 
 
 def serve_settings(serve_params: dict) -> dict:
@@ -76,58 +62,19 @@ def promoted_version(promotion_path: Path) -> tuple[str, str, str]:
             version)
 
 
-def fetch_mlflow_model(model_uri: str, destination: str | Path, *,
-                       tracking_uri: str | None = None) -> Path:
-    """Download a logged or registered Keras model and its `model.json` into `destination`.
-
-    `nriqa.ops.tracking.log_trained_model` logs `model.json` inside the logged model, beside
-    `MLmodel`. The model goes through `mlflow.keras.load_model` and is saved again as `model.keras`,
-    the file `nriqa.model.prediction.load_model` reads.
-    """
-    import mlflow
-
-    import nriqa.model.network  # noqa: F401  registers the custom layers before Keras deserializes
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    destination = Path(destination)
-    destination.mkdir(parents=True, exist_ok=True)
-    download = Path(tempfile.mkdtemp(prefix="nriqa-mlflow-"))
-    try:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                             dst_path=str(download)))
-            model = mlflow.keras.load_model(str(local))
-        except Exception as error:  # MlflowException, OSError, ...: all mean "cannot get it"
-            raise NriqaError(f"{model_uri}: cannot load the model from MLflow ({error})") from error
-        model.save(destination / "model.keras")
-        if not (local / "model.json").is_file():
-            raise NriqaError(f"{model_uri} has no model.json beside the model; the service "
-                             "needs its preprocessing settings (retrain with this version)")
-        shutil.copyfile(local / "model.json", destination / "model.json")
-    finally:
-        shutil.rmtree(download, ignore_errors=True)
-    return check_model_dir(destination)
-
-
 def save_to_store(model_dir: str | Path, *, name: str, run_id: str, version: str,
                   serve: dict, categories: dict, model_uri: str = ""):
-    """Copy `model.keras` + `model.json` into the BentoML model store; returns the stored model.
+    """Copy the bundle in `model_dir` into the BentoML model store; returns the stored model.
 
     Labels (searchable with `bentoml models list`) carry the MLflow lineage; the metadata also
     carries what the service needs at run time and must not drift from the model: the
     serving limits and the category thresholds. The web page's example images
     (`nriqa.data.examples`) go in the folder `examples/` beside the model files.
     """
-    import bentoml
-
-    model_dir = check_model_dir(model_dir)
     labels = {"mlflow_run_id": str(run_id), "registry_version": str(version)}
     metadata = {**labels, "model_uri": model_uri, "serve": serve_settings(serve),
                 "categories": {key: float(value) for key, value in categories.items()}}
-    with bentoml.models.create(name, labels=labels, metadata=metadata) as stored:
-        for filename in MODEL_FILES:
-            shutil.copyfile(model_dir / filename, Path(stored.path) / filename)
+    with bentoml_model(model_dir, name, labels=labels, metadata=metadata) as stored:
         write_examples(Path(stored.path) / EXAMPLES_DIR)  # the web page's, made now
     return stored
 

@@ -163,18 +163,22 @@ def version_uri(name: str, version) -> str:
     return f"models:/{name}/{version}"
 
 
-def promote(pointer: dict, name: str, force: bool = False) -> dict:
-    """Register the pointer's run's model and apply the gate; returns the decision."""
+def promote(pointer: dict, name: str, candidate_srcc: float, force: bool = False) -> dict:
+    """Register the pointer's run's model and apply the gate; returns the decision.
+
+    `candidate_srcc` is the candidate's test SRCC as its evaluation reported it; the test set
+    it was measured on is the run's `test_set.digest` tag, set by that same evaluation.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(pointer["tracking_uri"])
     client = MlflowClient()
     run_id = pointer["run_id"]
-    candidate = evaluation(client, run_id, "the candidate's")
-    if candidate["srcc"] is None or candidate["test_set"] is None:
-        raise NriqaError(f"run {run_id} in {pointer['tracking_uri']} has no {METRIC} or "
-                         f"{TEST_SET_TAG}: run the evaluate stage first.")
+    candidate = {**evaluation(client, run_id, "the candidate's"), "srcc": candidate_srcc}
+    if candidate["test_set"] is None:
+        raise NriqaError(f"run {run_id} in {pointer['tracking_uri']} has no {TEST_SET_TAG}: "
+                         "run the evaluate stage first.")
 
     with promotion_lock(client, name):
         before = current_champion(client, name)

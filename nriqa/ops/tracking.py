@@ -1,8 +1,9 @@
 """MLflow tracking: one run per training, which evaluation and promotion later add to.
 
-The train stage opens the run (`training_run`), logs every param, the provenance tags, the
-dataset and per-epoch metrics, logs the model with the `mlflow.keras` flavor, and leaves
-`models/mlflow_run.json` pointing at the run. The evaluate stage reopens that same run
+The train stage opens the run (`training_run`), logs every param, the provenance tags and the
+dataset (`nriqa.ops.provenance`) and per-epoch metrics, logs the model bundle
+(`nriqa.model.bundle.log_bundle`), and leaves a pointer file (`models/mlflow_run.json` in the
+pipeline) naming the run. The evaluate stage reopens that same run
 (`log_evaluation`) to add the test metrics, figures and reports; `nriqa.ops.registry` then decides
 whether the run's model becomes the registered champion.
 
@@ -18,23 +19,14 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
-
-import yaml
 
 from nriqa.errors import NriqaError
 
 POINTER_KEYS = ("run_id", "experiment_id", "tracking_uri", "model_uri")
-PROCESSED = "data/processed"
-# The files the custom layer needs to deserialize; bundled into the logged model (see
-# `log_trained_model`) because the keras flavor has no `code_paths`.
-MODEL_CODE = ("__init__.py", "tf_startup.py", "errors.py", "model/__init__.py", "model/network.py")
 
 # MLflow retries a failing HTTP request 7 times with exponential backoff (minutes in all) and
 # waits 120 s for each answer. A pipeline stage should fail in seconds instead; a user who wants
@@ -114,7 +106,7 @@ def connect(params: dict) -> str:
     return uri
 
 
-# --- Provenance ---------------------------------------------------------------------------------
+# --- Params ---------------------------------------------------------------------------------------
 
 def flatten(tree: dict, prefix: str = "") -> dict:
     """{"train": {"lr": 0.001}} -> {"train.lr": 0.001}; lists stay one value."""
@@ -128,66 +120,6 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _git(*args: str) -> str | None:
-    try:
-        result = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def git_state() -> dict:
-    """The commit, and whether the code and params differ from it.
-
-    dvc.lock is left out: DVC itself rewrites it during every `dvc repro`, before the later
-    stages run, so counting it would call every reproduction dirty.
-    """
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--", ".", ":(exclude)dvc.lock")
-    return {"git.commit": commit or "unknown",
-            "git.dirty": "unknown" if status is None else str(bool(status)).lower()}
-
-
-def dataset_md5(lock_path: Path = Path("dvc.lock"), out: str = PROCESSED) -> str | None:
-    """DVC's content hash of the processed dataset, as recorded when `preprocess` last ran.
-
-    DVC writes each stage's lock entry as soon as that stage finishes, so it is there when
-    train runs. A directory's hash reads `<md5>.dir`; the suffix says nothing about content.
-    """
-    if not lock_path.exists():
-        return None
-    lock = yaml.safe_load(lock_path.read_text()) or {}
-    for stage in lock.get("stages", {}).values():
-        for entry in stage.get("outs", []):
-            if entry.get("path") == out and entry.get("md5"):
-                return entry["md5"].removesuffix(".dir")
-    return None
-
-
-def provenance_tags(params: dict) -> dict:
-    tags = {**git_state(), "data.source": str(params["data"]["source"]),
-            "data.md5": dataset_md5() or "unknown"}
-    # Set by DVC for `dvc exp run` only; a plain `dvc repro` has no experiment name.
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
-    return tags
-
-
-def log_dataset(params: dict, splits_csv: Path, digest: str | None) -> None:
-    """Record the dataset as an MLflow input: its split table, source and DVC hash."""
-    import mlflow
-    import pandas as pd
-
-    splits = pd.read_csv(splits_csv)
-    source = params["data"]["source"]
-    where = params["data"].get("path") or params["data"].get("url") or source
-    dataset = mlflow.data.from_pandas(splits, source=str(where), targets="mos",
-                                      name=f"{source}-{PROCESSED}", digest=digest)
-    mlflow.log_input(dataset, context="training")
-
-
 # --- The training run ---------------------------------------------------------------------------
 
 def _raise_on_sigterm(signum, frame):
@@ -197,21 +129,25 @@ def _raise_on_sigterm(signum, frame):
 
 
 @contextlib.contextmanager
-def training_run(params: dict, shard_dir: Path = Path(PROCESSED)):
-    """An MLflow run around a training: FINISHED if the block completes, FAILED if it raises.
+def training_run(params: dict, shard_dir: Path):
+    """An MLflow run around a training on the shards in `shard_dir`: FINISHED if the block
+    completes, FAILED if it raises.
 
     Everything that can fail for tracking reasons (an unreachable server, a broken store)
     happens before the block, i.e. before training starts.
     """
     import mlflow
 
+    from nriqa.ops.provenance import folder_digest, log_dataset, provenance_tags
+
     uri = connect(params)
+    digest = folder_digest(shard_dir)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         with mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None) as run:
             mlflow.log_params(flatten(params))
-            mlflow.set_tags(provenance_tags(params))
-            log_dataset(params, shard_dir / "splits.csv", dataset_md5())
+            mlflow.set_tags(provenance_tags(params, digest))
+            log_dataset(params, shard_dir, digest)
             yield TrainingRun(run.info.run_id, run.info.experiment_id, uri)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -220,7 +156,6 @@ def training_run(params: dict, shard_dir: Path = Path(PROCESSED)):
 class TrainingRun:
     def __init__(self, run_id: str, experiment_id: str, tracking_uri: str):
         self.run_id, self.experiment_id, self.tracking_uri = run_id, experiment_id, tracking_uri
-        self.model_uri: str | None = None
 
     def epoch_logger(self):
         return epoch_metrics_callback()
@@ -233,16 +168,13 @@ class TrainingRun:
                             "train_images": result["train_images"],
                             "val_images": result["val_images"]})
 
-    def log_model(self, model, model_dir: Path, example) -> str:
-        self.model_uri = log_trained_model(model, model_dir, example)
-        return self.model_uri
-
-    def write_pointer(self, path: Path) -> None:
-        """models/mlflow_run.json: how evaluate and promote find this run and its model."""
+    def write_pointer(self, path: Path, model_uri: str) -> None:
+        """The pointer file (models/mlflow_run.json): how evaluate and promote find this run
+        and the model logged to it (`nriqa.model.bundle.log_bundle`)."""
         from nriqa.stage import write_json
 
         write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id,
-                          "tracking_uri": self.tracking_uri, "model_uri": self.model_uri})
+                          "tracking_uri": self.tracking_uri, "model_uri": model_uri})
 
 
 def epoch_metrics_callback():
@@ -260,64 +192,6 @@ def epoch_metrics_callback():
             mlflow.log_metrics(values, step=epoch + 1)  # steps count epochs from 1, as the CSV does
 
     return EpochMetricsToMlflow()
-
-
-def example_crops(shard_dir: Path, preprocessing: dict, count: int = 1):
-    """A real input for the model: the first crop(s) of the first validation image."""
-    import numpy as np
-
-    from nriqa.model.imaging import crops_for_prediction
-    from nriqa.data.shards import read_split
-
-    image, *_ = next(read_split(shard_dir, "val").take(1).as_numpy_iterator())
-    return crops_for_prediction(image, preprocessing)[:count].astype(np.float32)
-
-
-def model_signature(crop_size: int, columns: int = 1):
-    """float32 RGB crops in 0..255, (batch, S, S, 3) -> one row per crop, (batch, columns):
-    the MOS, then the distortion-type logits where the model has that head."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, crop_size, crop_size, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, columns))]))
-
-
-def log_trained_model(model, model_dir: Path, example) -> str:
-    """Log the model (keras flavor) with what serving it needs beside MLmodel; returns its URI.
-
-    Beside the flavor's own files, the logged model holds:
-      model.json          the preprocessing (crop size, stride, ...) that turns images into crops
-      input_example.json  a real crop as an `/invocations` payload ({"inputs": [...]}); passed
-                          as `input_example=` it makes mlflow 3.17 + keras 3.15 fail
-                          (FileNotFoundError), so it is written here instead
-      code/nriqa/         the custom layer's source, what `code_paths` gives other flavors:
-                          put `code/` on sys.path and `import nriqa.model.network` to load it anywhere
-    """
-    from importlib.metadata import version
-
-    import mlflow
-
-    import nriqa
-
-    # Pinned requirements: otherwise MLflow infers them by loading the model in a subprocess,
-    # which costs a TensorFlow import and cannot see the custom layer anyway.
-    requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "numpy")]
-    signature = model_signature(example.shape[1], model.output_shape[-1])
-    info = mlflow.keras.log_model(model, name="model", signature=signature,
-                                  pip_requirements=requirements)
-    with tempfile.TemporaryDirectory() as tmp:
-        extra = Path(tmp)
-        shutil.copy2(model_dir / "model.json", extra / "model.json")
-        (extra / "input_example.json").write_text(json.dumps({"inputs": example.tolist()}))
-        package = Path(nriqa.__file__).parent
-        for name in MODEL_CODE:
-            (extra / "code" / "nriqa" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(package / name, extra / "code" / "nriqa" / name)
-        mlflow.MlflowClient().log_model_artifacts(info.model_id, str(extra))
-    return info.model_uri
 
 
 # --- Evaluation, in the same run ---------------------------------------------------------------
@@ -377,44 +251,3 @@ def log_evaluation(pointer: dict, metrics: dict, artifacts: dict[str, list[Path]
             for path in paths:
                 if path.exists():
                     mlflow.log_artifact(str(path), artifact_path=folder or None)
-
-
-# --- `python -m nriqa runs` ---------------------------------------------------------------------
-
-def runs_table(params_path: str | Path = "params.yaml", experiment: str | None = None,
-               max_results: int = 10) -> str:
-    import mlflow
-
-    path = Path(params_path)
-    params = yaml.safe_load(path.read_text()) if path.exists() else {
-        "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "nriqa"}}
-    uri = resolve_tracking_uri(params, Path.cwd())
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or params["mlflow"]["experiment"]
-    if mlflow.get_experiment_by_name(name) is None:
-        raise NriqaError(f"no MLflow experiment {name!r} in {uri}: train a model first.")
-    runs = mlflow.search_runs(experiment_names=[name], order_by=["metrics.test_srcc DESC"],
-                              max_results=max_results)
-    if runs.empty:
-        return f"no runs in experiment {name!r} ({uri})"
-    return format_runs(runs)
-
-
-def format_runs(runs) -> str:
-    """The table: id, name, status, scores, then only the params whose values differ."""
-    import pandas as pd
-
-    table = pd.DataFrame({"run": runs["run_id"].str[:8],
-                          "name": runs.get("tags.mlflow.runName", pd.Series("", index=runs.index)),
-                          "status": runs["status"],
-                          "started": runs["start_time"].dt.strftime("%Y-%m-%dT%H:%M")})
-    for metric in ("test_srcc", "baseline_srcc"):
-        column = runs.get(f"metrics.{metric}")
-        table[metric] = column.round(4) if column is not None else float("nan")
-    params = [c for c in runs.columns if c.startswith("params.")]
-    differing = [c for c in params if runs[c].astype(str).nunique() > 1]
-    for column in sorted(differing):
-        table[column.removeprefix("params.")] = runs[column]
-    note = "\n(all runs share the same params)" if len(runs) > 1 and not differing else ""
-    return table.to_string(index=False, na_rep="-") + note

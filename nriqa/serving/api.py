@@ -31,9 +31,9 @@ from nriqa.serving.settings import ServingSettings, serving_settings, stored_mod
 
 
 def load_served_model(stored) -> tuple:
-    """(Keras model, its model.json) of a model in the BentoML store: the one place the service
-    loads a model."""
-    from nriqa.model.prediction import load_model
+    """(Keras model, its model.json) of a model in the BentoML store, checked as a bundle
+    (`nriqa.model.bundle`): the one place the service loads a model."""
+    from nriqa.model.bundle import load_model
 
     return load_model(stored.path)
 

@@ -169,17 +169,11 @@ def _settings(params_path: Path) -> tuple[dict, str | None]:
 
 
 def _load(args, tracking_uri: str | None, workdir: str):
-    from nriqa.model.prediction import load_model
+    from nriqa.model.bundle import fetch_bundle, load_model
 
     if args.model_uri:
-        from nriqa.ops.packaging import fetch_mlflow_model
-
-        model_dir = fetch_mlflow_model(args.model_uri, workdir, tracking_uri=tracking_uri)
-    else:
-        from nriqa.ops.packaging import check_model_dir
-
-        model_dir = check_model_dir(args.model_dir)
-    return load_model(model_dir)
+        return load_model(fetch_bundle(args.model_uri, workdir, tracking_uri=tracking_uri))
+    return load_model(args.model_dir)
 
 
 def _open_output(path: Path | None):
