@@ -642,5 +642,7 @@ def test_synthetic_all_types_generates_every_type(tmp_path):
 def test_a_failing_generator_leaves_nothing(tmp_path, failing_synthetic):
     (tmp_path / "raw").mkdir()  # from an earlier run
     with pytest.raises(RuntimeError):
-        fetch_dataset({"source": "synthetic", "seed": 13}, tmp_path / "raw")
+        fetch_dataset({"source": "synthetic", "seed": 13, "num_references": 1,
+                       "image_size": [32, 32], "distortion_types": [1], "levels": [1]},
+                      tmp_path / "raw")
     assert_clean(tmp_path / "raw")
