@@ -26,13 +26,15 @@ TINY_PREPROCESSING = {"mode": "native", "resize": [224, 224], "crop_size": 32, "
                       "max_crops": 4}
 
 
-def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4) -> Path:
+def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4,
+                    undistorted_class: bool = True) -> Path:
     """A small untrained model whose scores still depend on the image.
 
     Fresh weights give every image almost exactly the initial MOS, which would make score
     comparisons pass for any image; a large random output layer spreads them out. The same
     for the distortion-type logits (with `distortion_types` > 0), so the type probabilities
-    are far from uniform and their order is clear.
+    are far from uniform and their order is clear. With a type head, it has the default
+    pipeline's "no distortion" class too (`model.undistorted_class`).
     """
     import keras
 
@@ -41,7 +43,8 @@ def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4
 
     keras.utils.set_random_seed(3)
     model = make_model(input_size=32, width=0.25, depth=2, head_units=(8,),
-                       distortion_types=distortion_types)
+                       distortion_types=distortion_types,
+                       undistorted_class=undistorted_class and bool(distortion_types))
     for seed, name in enumerate(["mos", "distortion_logits"][:1 + bool(distortion_types)], 3):
         head = model.get_layer(name)
         kernel, bias = head.get_weights()
@@ -63,23 +66,25 @@ def textured(seed: int, size=(96, 64)) -> Image.Image:
 
 def check_distortions(distortions, probabilities=None, atol: float = 1e-3) -> None:
     """Three `{type, name, probability}`, likeliest first, named as nriqa.data.distortions names
-    them; with `probabilities` (the image's 24 type probabilities from `score_images`), each
-    probability is the model's for that type and no type left out is likelier."""
-    from nriqa.data.distortions import DISTORTIONS
+    them (type 0: "no distortion"); with `probabilities` (the image's type probabilities from
+    `score_images`), each probability is the model's for that type and no type left out is
+    likelier."""
+    from nriqa.model.prediction import head_types, type_name
 
     assert isinstance(distortions, list) and len(distortions) == 3, distortions
     for entry in distortions:
         assert set(entry) == {"type", "name", "probability"}
-        assert entry["type"] in DISTORTIONS and entry["name"] == DISTORTIONS[entry["type"]].name
+        assert entry["type"] in range(25) and entry["name"] == type_name(entry["type"])
         assert 0.0 <= entry["probability"] <= 1.0
     shown = [entry["probability"] for entry in distortions]
     assert shown == sorted(shown, reverse=True)
     assert len({entry["type"] for entry in distortions}) == 3
     if probabilities is not None:
+        column = {t: k for k, t in enumerate(head_types(len(probabilities)))}
         for entry in distortions:
-            assert entry["probability"] == pytest.approx(probabilities[entry["type"] - 1],
+            assert entry["probability"] == pytest.approx(probabilities[column[entry["type"]]],
                                                          abs=atol)
-        left_out = np.delete(probabilities, [entry["type"] - 1 for entry in distortions])
+        left_out = np.delete(probabilities, [column[entry["type"]] for entry in distortions])
         assert left_out.max() <= shown[-1] + atol
 
 

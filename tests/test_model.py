@@ -58,6 +58,20 @@ def test_type_head_adds_one_logit_per_type():
     assert model.output_shape == (None, 25)
 
 
+def test_undistorted_class_follows_the_24_types():
+    from nriqa.model.prediction import head_types, top_distortions
+
+    model = make_model(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24,
+                       mos_head="per_type", undistorted_class=True)
+    assert model.output_shape == (None, 26)
+    assert model.get_layer("mos_per_type").output.shape[-1] == 25  # its own MOS too
+    assert head_types(25) == [*range(1, 25), 0] and head_types(24) == list(range(1, 25))
+    probabilities = np.full(25, 0.01)
+    probabilities[24], probabilities[9] = 0.6, 0.16
+    assert [(d["type"], d["name"]) for d in top_distortions(probabilities, 2)] == [
+        (0, "no distortion"), (10, "JPEG compression")]
+
+
 def test_per_type_head_weighs_one_mos_per_type_by_the_type_probabilities():
     import keras
 
@@ -82,6 +96,7 @@ def test_applications_backbone_shapes():
     ({"weights": "imagenet"}, "model.weights"),
     ({"input_norm": "zscore"}, "model.input_norm"),
     ({"mos_head": "mixture", "distortion_types": 24}, "model.mos_head"),
+    ({"undistorted_class": True, "distortion_types": 5}, "model.undistorted_class"),
 ])
 def test_bad_params_name_the_field(kwargs, field):
     with pytest.raises(NriqaError, match=field):

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
@@ -59,3 +60,26 @@ def test_bad_threads_name_the_field(threads):
 
     with pytest.raises(NriqaError, match="train.threads"):
         set_threads(threads)
+
+
+@pytest.mark.parametrize("undistorted_class", [False, True])
+def test_type_loss_counts_an_undistorted_image_only_with_its_class(undistorted_class):
+    """Type 0 (undistorted) is the last class with `model.undistorted_class`; without it, type 0
+    means 'no type' and adds no cross-entropy."""
+    import keras
+
+    from nriqa.model.training import joint_loss
+
+    classes = 24 + undistorted_class
+    logits = np.zeros((3, classes), np.float32)
+    logits[0, 4] = logits[1, classes - 1] = 5.0     # type 5, and the last class
+    output = np.concatenate([np.full((3, 1), 4.0, np.float32), logits], axis=1)
+    target = np.array([[4.0, 5], [4.0, 0], [4.0, 7]], np.float32)  # MOS exact: type loss only
+    loss = np.asarray(joint_loss("mse", 1.0, undistorted_class)(target, output))
+    confident = -np.log(np.exp(5.0) / (np.exp(5.0) + classes - 1))
+    uniform = np.log(classes)
+    assert loss[0] == pytest.approx(confident, rel=1e-5)
+    assert loss[1] == pytest.approx(confident if undistorted_class else 0.0, abs=1e-6)
+    assert loss[2] == pytest.approx(uniform, rel=1e-5)
+    assert keras.ops.convert_to_numpy(loss).shape == (3,)
+

@@ -16,7 +16,7 @@ import pandas as pd
 
 from nriqa.errors import NriqaError
 from nriqa.evaluation.metrics import categorize, category_metrics, per_group_srcc, quality_metrics
-from nriqa.model.prediction import score_paths
+from nriqa.model.prediction import head_types, score_paths
 
 
 def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: Path) -> pd.DataFrame:
@@ -38,7 +38,7 @@ def test_set_digest(splits: pd.DataFrame, raw_dir: Path) -> str:
 def score_index(model, preprocessing: dict, index: pd.DataFrame, raw_dir: Path,
                 desc: str = "predict", progress: bool = True) -> pd.DataFrame:
     """A copy of a dataset index (`nriqa.data.formats`: image, path, mos, ...) with a `pred` column,
-    and, for models with a type head, `pred_distortion` (the likeliest TID2013 type) and
+    and, for models with a type head, `pred_distortion` (the likeliest TID2013 type; 0: no distortion) and
     `pred_top3` (the three likeliest, space-separated).
 
     The test split and every external dataset go through this one loop, and it through the
@@ -54,7 +54,8 @@ def score_index(model, preprocessing: dict, index: pd.DataFrame, raw_dir: Path,
         results.append(result)
     scored["pred"] = np.array([result.mos for result in results], dtype=np.float32)
     if results and results[0].probabilities is not None:
-        top3 = np.argsort(-np.stack([result.probabilities for result in results]), axis=1)[:, :3] + 1
+        probabilities = np.stack([result.probabilities for result in results])
+        top3 = np.array(head_types(probabilities.shape[1]))[np.argsort(-probabilities, axis=1)[:, :3]]
         scored["pred_distortion"] = top3[:, 0]
         scored["pred_top3"] = [" ".join(map(str, row)) for row in top3]
     return scored

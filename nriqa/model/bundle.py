@@ -100,10 +100,11 @@ def _number_shared_objects(config, numbers: dict | None = None):
 
 
 def type_names(model) -> list[str]:
-    """The type head's classes in column order (TID2013 types 1..N); none without the head."""
-    from nriqa.data.distortions import DISTORTIONS
+    """The type head's classes in column order (`nriqa.model.prediction.head_types`); none
+    without the head."""
+    from nriqa.model.prediction import head_types, type_name
 
-    return [DISTORTIONS[k].name for k in range(1, int(model.output_shape[-1]))]
+    return [type_name(t) for t in head_types(int(model.output_shape[-1]) - 1)]
 
 
 # --- Check and load ---------------------------------------------------------------------------

@@ -99,11 +99,12 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
                depth: int = 4, dropout: float = 0.25, head_units=(128, 64),
                input_norm: str = "lcn", lcn_epsilon: float = 1e-2, mos_head: str = "direct",
                weights=None, initial_mos: float = 4.5,
-               distortion_types: int = 0) -> keras.Model:
+               distortion_types: int = 0, undistorted_class: bool = False) -> keras.Model:
     """Build the crop-level model; arguments mirror params.yaml's `model` section.
 
     Its output is one row per crop: the MOS in column 0, then (with `distortion_types` > 0)
-    one logit per TID2013 distortion type, 1..`distortion_types` (see `nriqa.model.prediction`). With
+    one logit per TID2013 distortion type, 1..`distortion_types`, and with `undistorted_class` one
+    more for an undistorted image (`nriqa.model.prediction.head_types`). With
     `mos_head="per_type"` the MOS is the type probabilities' weighted mean of one MOS per type.
     One tensor, not a dict, so MLflow, BentoML and the service see one plain output.
     """
@@ -116,6 +117,9 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
                          "backbones (mobilenet_v2, mobilenet_v3_small)")
     if mos_head not in ("direct", "per_type"):
         raise NriqaError(f"model.mos_head: {mos_head!r} must be direct or per_type")
+    if undistorted_class and distortion_types not in (0, 24):
+        raise NriqaError(f"model.undistorted_class needs the type head of all 24 TID2013 types "
+                         f"(model.distortion_types: 24), got {distortion_types}")
     if input_norm not in ("lcn", "none"):
         raise NriqaError(f"model.input_norm: {input_norm!r} must be lcn or none")
 
@@ -140,10 +144,13 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
                            name=f"nriqa_{backbone}")
     # Which distortion it is: people's opinion depends on the kind as much as the strength,
     # and it tells users why an image scored low.
-    logits = layers.Dense(distortion_types, name="distortion_logits")(x)
+    # With `undistorted_class`, one more class after the types: no distortion at all, so a clean
+    # image has a kind of its own (and its own MOS) instead of borrowing a faint distortion's.
+    classes = distortion_types + int(undistorted_class)
+    logits = layers.Dense(classes, name="distortion_logits")(x)
     if mos_head == "per_type":
         # One severity scale per kind of distortion, weighted by how likely each kind is.
-        per_type = layers.Dense(distortion_types, name="mos_per_type", bias_initializer=start)(x)
+        per_type = layers.Dense(classes, name="mos_per_type", bias_initializer=start)(x)
         weights = layers.Softmax(name="type_weights")(logits)
         mos = layers.Dot(axes=1, name="mos")([weights, per_type])
     else:
@@ -160,5 +167,5 @@ def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Mod
         input_norm=model_params["input_norm"],
         lcn_epsilon=float(model_params["lcn_epsilon"]), weights=model_params["weights"],
         initial_mos=initial_mos, distortion_types=int(model_params["distortion_types"]),
-        mos_head=model_params["mos_head"])
+        mos_head=model_params["mos_head"], undistorted_class=bool(model_params["undistorted_class"]))
 

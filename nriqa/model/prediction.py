@@ -116,12 +116,26 @@ def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256):
     return mos, probabilities.astype(np.float32), crop_scores
 
 
-def top_distortions(probabilities: np.ndarray, count: int = 3) -> list[dict]:
-    """The `count` likeliest TID2013 distortion types of one image, likeliest first."""
+UNDISTORTED = "no distortion"  # the name of type 0, the type head's class after the 24 types
+
+
+def head_types(classes: int) -> list[int]:
+    """The TID2013 type of each type-head class, in column order: types 1..24, then, in a model
+    with `model.undistorted_class`, 0 (an undistorted image)."""
+    return [k + 1 if k < 24 else 0 for k in range(classes)]
+
+
+def type_name(distortion: int) -> str:
     from nriqa.data.distortions import DISTORTIONS
 
+    return DISTORTIONS[distortion].name if distortion else UNDISTORTED
+
+
+def top_distortions(probabilities: np.ndarray, count: int = 3) -> list[dict]:
+    """The `count` likeliest distortion types of one image, likeliest first (type 0: none)."""
+    types = head_types(len(probabilities))
     order = np.argsort(-probabilities)[:count]
-    return [{"type": int(k) + 1, "name": DISTORTIONS[int(k) + 1].name,
+    return [{"type": types[k], "name": type_name(types[k]),
              "probability": round(float(probabilities[k]), 4)} for k in order]
 
 

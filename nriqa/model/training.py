@@ -231,9 +231,10 @@ class CropSetModel(keras.Model):
         return keras.ops.mean(keras.ops.reshape(outputs, (images, crops, columns)), axis=1)
 
 
-def joint_loss(mos_loss: str, type_weight: float):
-    """MOS loss on column 0 plus `type_weight` x cross-entropy of the type logits, counted
-    only for images whose type is known (target type > 0)."""
+def joint_loss(mos_loss: str, type_weight: float, undistorted_class: bool = False):
+    """MOS loss on column 0 plus `type_weight` x cross-entropy of the type logits, counted only
+    for images whose type the head has: TID2013 types 1..N, and with `undistorted_class` also 0,
+    an undistorted image (the last class)."""
     mos_fn = keras.losses.get(LOSSES[mos_loss])
 
     def loss(target, output):
@@ -241,9 +242,16 @@ def joint_loss(mos_loss: str, type_weight: float):
         if output.shape[-1] == 1:
             return value
         types = keras.ops.cast(target[:, 1], "int32")
-        known = keras.ops.cast((types > 0) & (types < output.shape[-1]), output.dtype)
+        classes = output.shape[-1] - 1
+        if undistorted_class:
+            # Type 0 (an undistorted image) is the last class.
+            known = keras.ops.cast((types >= 0) & (types < classes), output.dtype)
+            index = keras.ops.where(types > 0, types - 1, classes - 1)
+        else:
+            known = keras.ops.cast((types > 0) & (types <= classes), output.dtype)
+            index = keras.ops.maximum(types - 1, 0)
         cross_entropy = keras.losses.sparse_categorical_crossentropy(
-            keras.ops.maximum(types - 1, 0), output[:, 1:], from_logits=True)
+            index, output[:, 1:], from_logits=True)
         return value + type_weight * known * cross_entropy
 
     return loss
@@ -385,7 +393,8 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
         steps = int(train_params["epochs"]) * batches
         learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
         trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                        loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"])))
+                        loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"]),
+                                        bool(model_params["undistorted_class"])))
     def make_dataset():
         return training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
                                 crops_per_image=int(train_params["crops_per_image"]),

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse
 
 
 class Distortion(BaseModel):
-    type: int = Field(description="TID2013 distortion type, 1..24")
+    type: int = Field(description="TID2013 distortion type, 1..24; 0: no distortion")
     name: str = Field(description="the distortion type's name (nriqa.data.distortions.DISTORTIONS)")
     probability: float = Field(description="the model's probability that this is the distortion")
 
