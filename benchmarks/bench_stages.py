@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import VENV_BIN, make_clone, project_env  # noqa: E402  (tests/helpers.py)
 
-STAGES = ["fetch", "trainset", "normalize", "preprocess", "train", "evaluate", "promote", "package"]
+STAGES = ["fetch", "trainset", "normalize", "preprocess", "baseline", "train", "evaluate", "promote",
+          "package"]
 REPEATED = ["fetch", "trainset", "normalize", "preprocess"]
 
 
