@@ -24,8 +24,9 @@ from pathlib import Path
 from nriqa.data.formats import MOS_SCALES, dataset_format
 from nriqa.data.shards import example_crops
 from nriqa.model.bundle import INFO, WEIGHTS, log_bundle, save_bundle
+from nriqa.model.distribution import check_strategy, is_chief
 from nriqa.model.imaging import preprocessing_config
-from nriqa.model.training import check_strategy, is_chief, train
+from nriqa.model.training import train
 from nriqa.ops import tracking
 from nriqa.stage import load_params, remove_stale, stage_main, written_aside
 

@@ -123,14 +123,14 @@ def tf_config(task_type, index, chief=False):
     ("multi_worker", tf_config("chief", 0, chief=True), True),
 ])
 def test_the_chief_is_tf_distributes(strategy, environ, chief):
-    from nriqa.model.training import is_chief
+    from nriqa.model.distribution import is_chief
 
     assert is_chief({"train": {"strategy": strategy}}, environ) is chief
 
 
 def test_bad_strategy_settings_say_what_to_fix(monkeypatch):
     from nriqa.errors import NriqaError
-    from nriqa.model.training import cluster_task, distribution_strategy
+    from nriqa.model.distribution import cluster_task, distribution_strategy
 
     with pytest.raises(NriqaError, match=re.escape("one of none | mirrored | multi_worker")):
         distribution_strategy("parameter_server")
