@@ -365,8 +365,11 @@ def test_container_service_takes_its_settings_from_the_environment(build_context
     assert "NRIQA_" not in dockerfile, "the image must not fix a setting the environment gives"
     env = {**project_env(build_context["clone"]), **overrides,
            "BENTOML_HOME": str(build_context["path"])}
-    shown = run([PYTHON, "-c", "import json, service; print(json.dumps(service.SETTINGS, default=str))"],
-                cwd=build_context["path"] / "src", env=env).stdout
+    # The settings the service reads when it starts (nriqa.serving.api.UploadScorer.for_model).
+    started = ("import dataclasses, json, service; from nriqa.serving.api import UploadScorer; "
+               "scorer = UploadScorer.for_model(service.NRIQA.inner.bento_model); "
+               "print(json.dumps(dataclasses.asdict(scorer.settings), default=str))")
+    shown = run([PYTHON, "-c", started], cwd=build_context["path"] / "src", env=env).stdout
     settings = json.loads(shown.strip().splitlines()[-1])
     assert {f"NRIQA_{key.upper()}": str(settings[key]) for key in SERVE_KEYS} == overrides
     assert settings["mlflow_run_id"] == build_context["bento"]["mlflow_run_id"]
