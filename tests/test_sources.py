@@ -33,7 +33,9 @@ from pathlib import Path
 import pytest
 
 from nriqa.errors import NriqaError
-from nriqa.data.sources import cache_name, download, extract_archive, fetch_dataset
+from nriqa.data.archives import extract_archive
+from nriqa.data.downloads import cache_name, download
+from nriqa.data.sources import fetch_dataset
 
 # --------------------------------------------------------------------------
 # A local HTTP server with Range support and simulated interruptions
@@ -289,9 +291,15 @@ def test_md5_is_required_where_no_official_checksum_exists(tmp_path):
         fetch_dataset({"source": "koniq10k", "md5": {"scores": "0" * 32}, "cache_dir": str(tmp_path)},
                       tmp_path / "raw")
     with pytest.raises(NriqaError, match="must be a mapping"):
-        fetch_dataset({"source": "koniq10k", "md5": "0" * 32}, tmp_path / "raw")
+        fetch_dataset({"source": "koniq10k", "md5": "0" * 32, "cache_dir": str(tmp_path)}, tmp_path / "raw")
     with pytest.raises(NriqaError, match="32 hexadecimal"):
-        fetch_dataset({"source": "kadid10k", "md5": "abc"}, tmp_path / "raw")
+        fetch_dataset({"source": "kadid10k", "md5": "abc", "cache_dir": str(tmp_path)}, tmp_path / "raw")
+    assert_clean(tmp_path / "raw")
+
+
+def test_cache_dir_is_required_for_downloads(tmp_path):
+    with pytest.raises(NriqaError, match=r"data\.cache_dir is empty"):
+        fetch_dataset({"source": "tid2013"}, tmp_path / "raw")
     assert_clean(tmp_path / "raw")
 
 
@@ -487,7 +495,7 @@ def test_a_link_from_a_mac_os_or_beos_entry_is_refused(tmp_path, host_os):
 
 
 def test_links_and_special_files_in_the_extracted_tree_are_refused(tmp_path):
-    from nriqa.data.sources import LIMITS, check_extracted_tree
+    from nriqa.data.archives import LIMITS, check_extracted_tree
 
     archive = tmp_path / "a.rar"
     for name, make, reason in [
@@ -505,7 +513,7 @@ def test_links_and_special_files_in_the_extracted_tree_are_refused(tmp_path):
 
 
 def test_oversized_and_bomb_archives_are_refused_before_extraction(tmp_path):
-    from nriqa.data.sources import ExtractLimits
+    from nriqa.data.archives import ExtractLimits
 
     bomb = tmp_path / "bomb.zip"
     bomb.write_bytes(make_zip({"kadid10k/zeros.bin": bytes(20_000_000)}))
@@ -522,7 +530,7 @@ def test_oversized_and_bomb_archives_are_refused_before_extraction(tmp_path):
 
 @pytest.mark.skipif(shutil.which("bsdtar") is None, reason="bsdtar (libarchive-tools) not installed")
 def test_a_hanging_bsdtar_is_stopped(tmp_path):
-    from nriqa.data.sources import ExtractLimits, run_bsdtar
+    from nriqa.data.archives import ExtractLimits, run_bsdtar
 
     stuck = tmp_path / "stuck.rar"
     os.mkfifo(stuck)  # bsdtar waits for a writer that never comes
