@@ -33,8 +33,9 @@ def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4
     Fresh weights give every image almost exactly the initial MOS, which would make score
     comparisons pass for any image; a large random output layer spreads them out. The same
     for the distortion-type logits (with `distortion_types` > 0), so the type probabilities
-    are far from uniform and their order is clear. With a type head, it has the default
-    pipeline's "no distortion" class too (`model.undistorted_class`).
+    are far from uniform and their order is clear. With a type head, it has the optional
+    "no distortion" class too (`model.undistorted_class`), so the service and the CLI are tested
+    on it; the pipeline tests train the default head.
     """
     import keras
 

@@ -195,8 +195,7 @@ def test_logged_model_carries_signature_preprocessing_example_and_code(pipeline,
     (inputs,), (outputs,) = model.signature.inputs.inputs, model.signature.outputs.inputs
     assert (inputs.type, tuple(inputs.shape)) == (np.dtype("float32"), (-1, size, size, 3))
     # The MOS column, then one logit per TID2013 distortion type (the type head).
-    # The MOS, then the type head's 24 types and its "no distortion" class (model.undistorted_class).
-    assert (outputs.type, tuple(outputs.shape)) == (np.dtype("float32"), (-1, 1 + 24 + 1))
+    assert (outputs.type, tuple(outputs.shape)) == (np.dtype("float32"), (-1, 1 + 24))
     assert json.loads((local / "model.json").read_text()) == second["model_json"]
     example = np.array(json.loads((local / "input_example.json").read_text())["inputs"])
     assert example.shape[1:] == (size, size, 3)
