@@ -1,5 +1,5 @@
-"""Shared fixtures; the plain helpers live in tests/helpers.py and are re-exported here, so
-tests may import them from either."""
+"""Shared fixtures. Plain helpers live in tests/helpers.py (clones, processes; benchmarks use it
+too) and tests/service_helpers.py (tiny models, uploads, a served model); tests import those."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone,  # noqa: F401
-                     merge, project_env, run, stage_command, stop_process_group, tool_env,
-                     write_tiny_shards)
+from helpers import TINY_PARAMS, VENV_BIN, make_clone, project_env, run
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Plain helpers shared by the tests and the benchmarks: a throw-away git clone of the project
 with tiny params, running commands in it, tiny training shards. No pytest here, so
-benchmarks/ can import it; tests/conftest.py re-exports these names beside its fixtures."""
+benchmarks/ can import it; the tests import it directly, conftest.py holds only fixtures."""
 
 from __future__ import annotations
 

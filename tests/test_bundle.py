@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import PROJECT
+from helpers import PROJECT
 from nriqa.errors import NriqaError
 from nriqa.model import bundle
 from nriqa.model.network import make_model

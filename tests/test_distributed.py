@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import (TINY_PARAMS, free_port, make_clone, merge, project_env, stage_command,
+from helpers import (TINY_PARAMS, free_port, make_clone, merge, project_env, stage_command,
                       stop_process_group, write_tiny_shards)
 
 PARAMS = merge(TINY_PARAMS, {"train": {"epochs": 2, "patience": 2, "batch_size": 4}})

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT
+from helpers import PROJECT
 
 PACKAGE = PROJECT / "nriqa"
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]

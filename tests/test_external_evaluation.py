@@ -14,7 +14,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import PROJECT, run, tool_env
+from helpers import PROJECT, run, tool_env
 from nriqa.errors import NriqaError
 from nriqa.evaluation.external import evaluate_folder, open_folder, open_folders, parse_entries, write_reports
 from service_helpers import textured

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import VENV_BIN, project_env, run
+from helpers import VENV_BIN, project_env, run
 
 DVC = str(VENV_BIN / "dvc")
 

@@ -1,7 +1,7 @@
 """The packaged Bento served by a real `bentoml serve` process, called over HTTP.
 
 One server for this module and test_webpage.py (start-up costs tens of seconds): the `served`
-fixture of conftest.py (`helpers.Server`: a tiny model packaged into a temporary BentoML home, its
+fixture of conftest.py (`service_helpers.Server`: a tiny model packaged into a temporary BentoML home, its
 Bento served on a free port with small limits). Its model has the distortion-type head; a second,
 `served_plain`, started only for the tests that need it, serves a model without one.
 """
@@ -19,7 +19,7 @@ import requests
 import yaml
 from PIL import Image
 
-from conftest import PROJECT
+from helpers import PROJECT
 from service_helpers import (MAX_BATCH_IMAGES, MAX_BATCH_PIXELS, MAX_UPLOAD_BYTES, check_distortions,
                      encode, good_images, local_scores, png_claiming, png_with_broken_checksum,
                      score_cli, textured)

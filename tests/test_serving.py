@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from starlette.responses import JSONResponse
 
-from conftest import PROJECT, run, tool_env
+from helpers import PROJECT, run, tool_env
 from service_helpers import TINY_PREPROCESSING, encode, png_claiming, textured
 from nriqa.errors import NriqaError
 from nriqa.evaluation.metrics import DEFAULT_THRESHOLDS, categorize

@@ -30,7 +30,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone, merge,
+from helpers import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone, merge,
                       project_env, run, stop_process_group)
 
 DVC = str(VENV_BIN / "dvc")

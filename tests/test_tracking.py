@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone,
+from helpers import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone,
                       project_env, run, stage_command, stop_process_group)
 
 DVC = str(VENV_BIN / "dvc")

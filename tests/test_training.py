@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
+from helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
 
 # The stage's own imports first (stages.train: tracking, imaging, model, training, and the quiet
 # TensorFlow start that lists devices), then a real training with train.threads = 1.
