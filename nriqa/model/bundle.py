@@ -5,8 +5,8 @@ A bundle is a folder with two files:
   model.json   what turns images into the model's input and its output into answers:
                `preprocessing` (mode, resize, crop_size, stride, max_crops), `mos_range` (the
                label scale: the lowest and highest MOS), `distortion_types` (the names of the
-               type head's classes, TID2013's types 1..N in column order; empty without that
-               head), and the training's own record (params, best epoch, split sizes)
+               type head's classes in column order, `nriqa.model.prediction.head_types`; empty
+               without that head), and the training's own record (params, best epoch, split sizes)
 
 The train stage writes it to `models/`; `log_bundle` logs it to MLflow as a keras-flavor model
 whose weights file is this same file; `fetch_bundle` gets it back from MLflow and
