@@ -89,6 +89,8 @@ def test_two_processes_save_identical_bytes(tmp_path):
         {**INFO, "mos_range": [9, 0], "distortion_types": []})), "mos_range must be"),
     (lambda folder: (folder / "model.json").write_text(json.dumps(
         {**INFO, "distortion_types": ["one"]})), "distortion_types names 1 types, but the model has 3"),
+    (lambda folder: (folder / "model.json").write_text(json.dumps(
+        {"preprocessing": PREPROCESSING})), "written by an older nriqa"),
     (lambda folder: (folder / "model.keras").write_bytes(b"not a zip"),
      "model.keras: cannot load the model"),
 ])

@@ -119,6 +119,11 @@ def check_info(info, where: Path) -> dict:
     missing = [key for key in PREPROCESSING_KEYS if key not in preprocessing]
     if missing:
         raise NriqaError(f"{where}: preprocessing lacks {', '.join(missing)}")
+    if "preprocessing" in info and not {"mos_range", "distortion_types"} & info.keys():
+        # Saved before model.json recorded its scale and type names (nriqa before session 5).
+        raise NriqaError(f"{where}: written by an older nriqa (no mos_range or distortion_types); "
+                         "train a new model and, where the old champion stays in its way, "
+                         "force its promotion: `dvc exp run -S mlflow.force_promote=true promote`")
     mos_range = info.get("mos_range")
     if (not isinstance(mos_range, list) or len(mos_range) != 2
             or not all(isinstance(v, (int, float)) for v in mos_range)
