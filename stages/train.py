@@ -45,7 +45,7 @@ def main():
     # `train` and `predict`, and model.json records the preprocessing and the label scale.
     params = load_params()
     preprocessing = preprocessing_config(params)
-    check_strategy(params["train"].get("strategy", "none"))  # before a run is opened
+    check_strategy(params["train"]["strategy"])  # before a run is opened
     if not is_chief(params):
         with tempfile.TemporaryDirectory(prefix="nriqa-worker-") as scratch:
             model, result = train(args.shard_dir, params, preprocessing)

@@ -22,7 +22,7 @@ def main():
     with staging(args.out_dir) as tmp:
         generate_training_set(tmp, num_images=int(settings["images"]),
                               image_size=tuple(settings["image_size"]), seed=int(settings["seed"]),
-                              pristine_fraction=float(settings.get("pristine_fraction", 0.0)),
+                              pristine_fraction=float(settings["pristine_fraction"]),
                               **({} if types == "all" else {"distortion_types": types}))
         os.rename(tmp, args.out_dir)
 

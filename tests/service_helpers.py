@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import struct
 import subprocess
 import sys
@@ -20,7 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
-from helpers import PROJECT, VENV_BIN, free_port, run, tool_env
+from helpers import PROJECT, VENV_BIN, free_port, run, stop_process_group, tool_env
 
 TINY_PREPROCESSING = {"mode": "native", "resize": [224, 224], "crop_size": 32, "stride": 32,
                       "max_crops": 4}
@@ -93,14 +91,11 @@ def local_scores(model_dir: Path, files: list[Path]):
     """(MOS, type probabilities or None) computed in this process, the reference values."""
     from nriqa.model.imaging import crops_for_prediction, decode_image
     from nriqa.model.bundle import load_model
-    from nriqa.model.prediction import predict_mos, score_images
+    from nriqa.model.prediction import score_images
 
     model, info = load_model(model_dir)
-    images = [decode_image(f) for f in files]
-    mos = predict_mos(model, images, info["preprocessing"])
-    _, probabilities = score_images(
-        model, [crops_for_prediction(image, info["preprocessing"]) for image in images])
-    return mos, probabilities
+    return score_images(model, [crops_for_prediction(decode_image(f), info["preprocessing"])
+                                for f in files])
 
 
 def score_cli(args: list[str], check: bool = True):
@@ -216,11 +211,7 @@ class Server:
         return (self.root / "serve.log").read_text()
 
     def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process)
         self.log.close()
 
     def score(self, name: str, content: bytes, **kwargs) -> requests.Response:

@@ -119,7 +119,7 @@ def check_info(info, where: Path) -> dict:
     missing = [key for key in PREPROCESSING_KEYS if key not in preprocessing]
     if missing:
         raise NriqaError(f"{where}: preprocessing lacks {', '.join(missing)}")
-    if "preprocessing" in info and not {"mos_range", "distortion_types"} & info.keys():
+    if not {"mos_range", "distortion_types"} & info.keys():
         # Saved before model.json recorded its scale and type names (nriqa before session 5).
         raise NriqaError(f"{where}: written by an older nriqa (no mos_range or distortion_types); "
                          "train a new model and, where the old champion stays in its way, "
@@ -209,7 +209,7 @@ def model_signature(crop_size: int, columns: int = 1):
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, columns))]))
 
 
-def log_bundle(folder: str | Path, example, model=None) -> str:
+def log_bundle(folder: str | Path, example, model) -> str:
     """Log the bundle to the active MLflow run as a keras-flavor model; returns its URI.
 
     The flavor saves the model itself (`model.save`, whose bytes carry the save time); its
@@ -221,7 +221,7 @@ def log_bundle(folder: str | Path, example, model=None) -> str:
                           (FileNotFoundError), so it is written here instead
       code/nriqa/         the custom layer's source, what `code_paths` gives other flavors:
                           put `code/` on sys.path and `import nriqa.model.network` to load it anywhere
-    `model` is the bundle's model if already in memory (it is loaded otherwise).
+    `model` is the bundle's model, already in memory (the train stage has just saved it).
     """
     from importlib.metadata import version
 
@@ -230,9 +230,6 @@ def log_bundle(folder: str | Path, example, model=None) -> str:
     import nriqa
 
     folder = Path(folder)
-    check_bundle(folder)
-    if model is None:
-        model = load_bundle(folder).model
     # Pinned requirements: otherwise MLflow infers them by loading the model in a subprocess,
     # which costs a TensorFlow import and cannot see the custom layer anyway.
     requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "numpy")]

@@ -30,14 +30,6 @@ from nriqa.serving.responses import Distortion, ImageError, InputError, QualityM
 from nriqa.serving.settings import ServingSettings, serving_settings, stored_model
 
 
-def load_served_model(stored) -> tuple:
-    """(Keras model, its model.json) of a model in the BentoML store, checked as a bundle
-    (`nriqa.model.bundle`): the one place the service loads a model."""
-    from nriqa.model.bundle import load_model
-
-    return load_model(stored.path)
-
-
 class UploadScorer:
     """Scores uploaded files for the service's APIs; holds what they share once it has started:
     the settings, the model's batcher and the decoding threads (the web page's previews use
@@ -54,10 +46,11 @@ class UploadScorer:
     @classmethod
     def for_model(cls, bento_model) -> UploadScorer:
         """Load the model a `bentoml.models.BentoModel` names, and its settings."""
+        from nriqa.model.bundle import load_model
         from nriqa.model.prediction import score_crop_sets
 
         stored = stored_model(bento_model)
-        model, info = load_served_model(stored)
+        model, info = load_model(stored.path)
         return cls(functools.partial(score_crop_sets, model), serving_settings(stored, info))
 
     async def score(self, image: Path, with_map: bool = False) -> Score | JSONResponse:

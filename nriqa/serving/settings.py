@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from nriqa.errors import NriqaError
-from nriqa.ops.packaging import EXAMPLES_DIR, SERVE_KEYS
+from nriqa.ops.packaging import EXAMPLES_DIR, SERVE_KEYS, serve_settings
 
 DEFAULT_MODEL_TAG = "nriqa:latest"
 
@@ -79,7 +79,7 @@ def serving_settings(stored, model_info: dict,
         categories=dict(metadata["categories"]),
         preprocessing=model_info["preprocessing"],
         examples_dir=Path(stored.path) / EXAMPLES_DIR,
-        **{key: int(limits[key]) for key in SERVE_KEYS})
+        **serve_settings(limits))
 
 
 def stored_model(bento_model):
