@@ -21,6 +21,7 @@ from helpers import PROJECT, run, tool_env
 from service_helpers import TINY_PREPROCESSING, encode, png_claiming, textured
 from nriqa.errors import NriqaError
 from nriqa.evaluation.metrics import DEFAULT_THRESHOLDS, categorize
+from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher
 from nriqa.serving.middleware import UploadGuard
@@ -223,6 +224,20 @@ def test_scorer_answers_scores_and_names_bad_files(tmp_path):
         assert isinstance(refused, JSONResponse) and refused.status_code == HTTPStatus.BAD_REQUEST
         assert json.loads(refused.body)["error"].startswith(words)
     assert calls == [1, 1]  # bad files never reach the model
+
+
+def test_an_image_too_large_for_free_memory_is_a_413(tmp_path, monkeypatch):
+    # Running out of memory cannot be arranged on a shared machine; the decoder is made to.
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(api, "decode_image", out_of_memory)
+    scorer = UploadScorer(fake_model([]), settings(tmp_path))
+    image = upload(tmp_path, "huge.png", PNG)
+    refused = asyncio.run(scorer.score(image))
+    assert refused.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert json.loads(refused.body)["error"].startswith("huge.png: too large to score")
+    (answer,) = asyncio.run(scorer.score_batch([image]))
+    assert isinstance(answer, ImageError) and answer.error.startswith("huge.png: too large")
 
 
 def test_scorer_batches_keep_order_and_cap_pixels(tmp_path):

@@ -55,13 +55,9 @@ class UploadScorer:
 
     async def score(self, image: Path, with_map: bool = False) -> Score | JSONResponse:
         """One uploaded file's score; a 400 (413) if it cannot be scored."""
-        try:
-            (result,) = await self.score_uploads([(image, upload_name(image))], with_map)
-        except InputError as error:
-            return error.response()
-        if isinstance(result, ImageError):
-            return InputError(result.error).response()
-        return result
+        (result,) = await self.score_uploads([(image, upload_name(image))], with_map)
+        # An image too large for the memory free now stays a 413, not a 400.
+        return result.response() if isinstance(result, InputError) else result
 
     async def score_batch(self, images: list[Path]) -> list[Score | ImageError] | JSONResponse:
         """Each file's score or error, in order; a 400 (413) for the request as a whole."""
@@ -76,12 +72,14 @@ class UploadScorer:
                 f"the images of this request have {pixels} pixels in all, more than the limit "
                 f"of {limit} per request (serve.max_batch_pixels); send fewer or smaller images "
                 "per request", HTTPStatus.REQUEST_ENTITY_TOO_LARGE).response()
-        return await self.score_uploads([(path, upload_name(path)) for path in images])
+        results = await self.score_uploads([(path, upload_name(path)) for path in images])
+        return [ImageError(error=str(result)) if isinstance(result, InputError) else result
+                for result in results]
 
     async def score_uploads(self, uploads: list[tuple[Path, str]],
-                            with_map: bool = False) -> list[Score | ImageError]:
+                            with_map: bool = False) -> list[Score | InputError]:
         """Decode and crop (path, client's name) pairs in threads, then score with the other
-        requests' images."""
+        requests' images; a file that cannot be scored gets its `InputError`."""
         loop = asyncio.get_running_loop()
         jobs = [loop.run_in_executor(self.decoder, self.crops, path, name)
                 for path, name in uploads]
@@ -91,7 +89,7 @@ class UploadScorer:
                 raise outcome
         good = [crops for crops, _ in (o for o in outcomes if not isinstance(o, InputError))]
         scores = iter(await self.batcher.score(good) if good else [])
-        return [ImageError(error=str(outcome)) if isinstance(outcome, InputError)
+        return [outcome if isinstance(outcome, InputError)
                 else self.answer(next(scores), outcome[1] if with_map else None)
                 for outcome in outcomes]
 
