@@ -74,6 +74,8 @@ def test_settings_errors_say_what_to_do(tmp_path):
                             environ={"NRIQA_MAX_BATCH_PIXELS": "9"}).max_batch_pixels == 9
     with pytest.raises(NriqaError, match="NRIQA_MAX_PIXELS='lots': expected a whole number"):
         serving_settings(stored(tmp_path), {"preprocessing": {}}, environ={"NRIQA_MAX_PIXELS": "lots"})
+    with pytest.raises(NriqaError, match="NRIQA_MAX_BATCH_SIZE='0': expected a whole number of at least 1"):
+        serving_settings(stored(tmp_path), {"preprocessing": {}}, environ={"NRIQA_MAX_BATCH_SIZE": "0"})
     missing = SimpleNamespace(tag="nriqa:nope", stored=None)  # a BentoModel the store lacks
     with pytest.raises(NriqaError, match="model nriqa:nope is not in the BentoML model store"):
         stored_model(missing)

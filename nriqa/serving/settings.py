@@ -67,8 +67,10 @@ def serving_settings(stored, model_info: dict,
             try:
                 limits[key] = int(value)
             except ValueError:
-                raise NriqaError(f"NRIQA_{key.upper()}={value!r}: expected a whole number"
-                                 ) from None
+                limits[key] = 0
+            if limits[key] < 1:  # named here: serve_settings would blame params.yaml
+                raise NriqaError(f"NRIQA_{key.upper()}={value!r}: expected a whole number of "
+                                 "at least 1")
         elif key not in limits:  # packaged before the limit existed
             raise NriqaError(f"model {stored.tag} was packaged without serve.{key}; package it "
                              f"again (`dvc repro package`) or set NRIQA_{key.upper()}")
