@@ -172,13 +172,12 @@ def reset_dir(out_dir: Path) -> None:
 def run_evaluate(args) -> None:
     """`python -m nriqa evaluate`, its arguments parsed by `nriqa.cli`; the model is loaded
     exactly as `python -m nriqa score` loads it."""
-    from nriqa.serving.scoring import _load, _settings
+    from nriqa.model.bundle import open_named_model
 
     # Indexed first: a wrong path or format fails before the model is loaded.
     folder = open_folder(args.path, args.format)
-    _, tracking_uri = _settings(args.params)
     with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
-        model, info = _load(args, tracking_uri, workdir)
+        model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir)
         result = evaluate_folder(model, info["preprocessing"], folder)
     if args.json:
         print(json.dumps({"path": str(args.path), "format": args.format, **result.metrics},

@@ -250,6 +250,24 @@ def log_bundle(folder: str | Path, example, model) -> str:
     return logged.model_uri
 
 
+def open_named_model(model_uri: str | None, model_dir: Path, params_path: Path, workdir: str):
+    """(model, model.json) of the model a command names: an MLflow model URI, read from the
+    tracking store that `params_path`'s `mlflow` section (or MLFLOW_TRACKING_URI) names and
+    downloaded into `workdir`, or else the bundle folder `model_dir`."""
+    if not model_uri:
+        return load_model(model_dir)
+    tracking_uri = None  # without params.yaml, MLflow reads MLFLOW_TRACKING_URI itself
+    if params_path.is_file():
+        import yaml
+
+        from nriqa.ops.tracking import resolve_tracking_uri
+
+        params = yaml.safe_load(params_path.read_text()) or {}
+        if "mlflow" in params:
+            tracking_uri = resolve_tracking_uri(params, params_path.resolve().parent)
+    return load_model(fetch_bundle(model_uri, workdir, tracking_uri=tracking_uri))
+
+
 def fetch_bundle(model_uri: str, destination: str | Path, *,
                  tracking_uri: str | None = None) -> Path:
     """Download a logged or registered model (`models:/nriqa/3`) into `destination` as a bundle:

@@ -154,26 +154,12 @@ def _csv_row(row: dict) -> dict:
     return flat  # DictWriter leaves the missing columns empty
 
 
-def _settings(params_path: Path) -> tuple[dict, str | None]:
+def _thresholds(params_path: Path) -> dict:
+    """The category thresholds of params.yaml's `evaluate.categories`, else the defaults."""
     from nriqa.evaluation.metrics import DEFAULT_THRESHOLDS
 
-    if not params_path.is_file():
-        return dict(DEFAULT_THRESHOLDS), None
-    params = yaml.safe_load(params_path.read_text()) or {}
-    thresholds = params.get("evaluate", {}).get("categories") or DEFAULT_THRESHOLDS
-    if "mlflow" not in params:
-        return dict(thresholds), None  # MLflow then reads MLFLOW_TRACKING_URI itself
-    from nriqa.ops.tracking import resolve_tracking_uri
-
-    return dict(thresholds), resolve_tracking_uri(params, params_path.resolve().parent)
-
-
-def _load(args, tracking_uri: str | None, workdir: str):
-    from nriqa.model.bundle import fetch_bundle, load_model
-
-    if args.model_uri:
-        return load_model(fetch_bundle(args.model_uri, workdir, tracking_uri=tracking_uri))
-    return load_model(args.model_dir)
+    params = (yaml.safe_load(params_path.read_text()) or {}) if params_path.is_file() else {}
+    return dict(params.get("evaluate", {}).get("categories") or DEFAULT_THRESHOLDS)
 
 
 def _open_output(path: Path | None):
@@ -184,18 +170,20 @@ def run_score(args) -> ExitCode:
     """`python -m nriqa score`, its arguments parsed by `nriqa.cli`."""
     from tqdm import tqdm
 
+    from nriqa.model.bundle import open_named_model
+
     failed = []
 
     def skip(path: Path, message: str) -> None:
         failed.append(path)
         tqdm.write(f"skipped {message}", file=sys.stderr)  # above the progress bar
 
-    thresholds, tracking_uri = _settings(args.params)
+    thresholds = _thresholds(args.params)
     files = find_images(args.paths)
     if not files:
         raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
     with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
-        model, info = _load(args, tracking_uri, workdir)
+        model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir)
         with _open_output(args.output) as stream:
             writer = RowWriter(args.format, stream)
             for row in score_files(model, info["preprocessing"], files, thresholds, skip,
