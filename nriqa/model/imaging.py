@@ -22,9 +22,6 @@ from PIL import Image, ImageOps
 from nriqa.errors import NriqaError
 
 # Guards against decompression bombs; the service passes its own configured limit.
-# The image files `decode_image` is meant for: what a folder of images holds (CLI) and what a
-# dataset's image folder may (nriqa.data.formats). Pillow reads them all.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 8
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

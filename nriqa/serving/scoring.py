@@ -1,6 +1,6 @@
 """`python -m nriqa score PATH...`: score image files or folders with the local champion model.
 
-Folders are searched recursively for image files (`nriqa.model.imaging.IMAGE_SUFFIXES`). Scores
+Folders are searched recursively for image files (`nriqa.data.formats.IMAGE_SUFFIXES`). Scores
 come from `nriqa.model.prediction.score_paths`, as the evaluate stage's do, on the crops and
 model pass the service uses too, so the CLI, the reports and the service agree. Beside each MOS come the three likeliest TID2013 distortion
 types (empty for a model without the distortion-type head). `--map DIR` also writes each
@@ -35,7 +35,7 @@ CSV_FIELDS = ["path", "mos", "category"] + [
 
 def find_images(paths: list[Path]) -> list[Path]:
     """Files as given (whatever their suffix); folders expanded to their image files, sorted."""
-    from nriqa.model.imaging import IMAGE_SUFFIXES
+    from nriqa.data.formats import IMAGE_SUFFIXES
 
     found = []
     for path in paths:
