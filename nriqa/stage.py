@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -44,6 +45,27 @@ def written_aside(path: str | Path):
         os.replace(aside, path)
     finally:
         aside.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staging(out_dir: Path):
+    """A fresh ``.tmp-<name>`` sibling of ``out_dir``, always removed afterwards.
+
+    Any previous ``out_dir`` is removed first: if this run fails, a dataset left
+    over from other parameters must not pass for the one that was asked for.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / (".tmp-" + out_dir.name)
+    shutil.rmtree(tmp, ignore_errors=True)  # a crashed earlier run
+    if out_dir.is_symlink() or out_dir.is_file():
+        out_dir.unlink()
+    elif out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale(*paths: str | Path) -> None:

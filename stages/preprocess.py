@@ -9,7 +9,6 @@ to validation or test, so no validation or test content is ever trained on.
 """
 
 import argparse
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +16,7 @@ import pandas as pd
 from nriqa.data.formats import dataset_format
 from nriqa.data.shards import split_by_reference, write_shards
 from nriqa.data.trainset import INDEX_NAME
-from nriqa.stage import load_params, stage_main, write_json
+from nriqa.stage import load_params, stage_main, staging, write_json
 
 
 @stage_main
@@ -45,21 +44,13 @@ def main():
         generated = pd.read_csv(trainset_dir / INDEX_NAME)
         generated = generated.assign(split="train", root=str(trainset_dir), type_label=generated["distortion"])
         index = pd.concat([index, generated], ignore_index=True)
-    # Built aside and renamed at the end: a failed run leaves no half-written shards behind.
-    staging = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        summary = write_shards(index, staging, mode=settings["mode"], resize=settings["resize"],
+    with staging(out_dir) as tmp:  # renamed at the end: a failed run leaves no half-written shards
+        summary = write_shards(index, tmp, mode=settings["mode"], resize=settings["resize"],
                                crop_size=int(params["model"]["input_size"]),
                                shards=int(settings["shards"]))
-        index.to_csv(staging / "splits.csv", index=False)
-        write_json(staging / "summary.json", summary)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+        index.to_csv(tmp / "splits.csv", index=False)
+        write_json(tmp / "summary.json", summary)
+        tmp.rename(out_dir)
     print({split: info["images"] for split, info in summary.items()})
 
 

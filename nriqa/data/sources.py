@@ -25,15 +25,14 @@ import logging
 import os
 import re
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from nriqa.data.archives import extract_archive
 from nriqa.data.downloads import download
 from nriqa.data.formats import FORMATS
 from nriqa.errors import NriqaError
+from nriqa.stage import staging
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +99,6 @@ def fetch_dataset(data_params: dict, out_dir: Path) -> None:
         # The rename is the commit point: the folder appears complete or not at all.
         os.rename(root, out_dir)
     log.info("dataset ready in %s", out_dir)
-
-
-@contextmanager
-def staging(out_dir: Path) -> Iterator[Path]:
-    """A fresh ``.tmp-<name>`` sibling of ``out_dir``, always removed afterwards.
-
-    Any previous ``out_dir`` is removed first: if this run fails, a dataset left
-    over from other parameters must not pass for the one that was asked for.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / (".tmp-" + out_dir.name)
-    shutil.rmtree(tmp, ignore_errors=True)  # a crashed earlier run
-    if out_dir.is_symlink() or out_dir.is_file():
-        out_dir.unlink()
-    elif out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.mkdir()
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
