@@ -21,7 +21,7 @@ $(STAMP): requirements.txt
 	@touch $@
 
 # Debian packages: bsdtar extracts TID2013's RAR archive (source: tid2013); chromium drives the
-# web-page test; mate-backgrounds and plasma-workspace-wallpapers hold the photos the training
+# web-page test; mate-backgrounds, plasma-workspace-wallpapers and lomiri-wallpapers-16.04 hold the photos the training
 # set is generated from (nriqa.data.trainset); postgresql and openssh-server are the real back ends
 # that tests/test_team.py runs (a tracking server on PostgreSQL, a DVC remote over SSH).
 system-deps:
@@ -32,6 +32,7 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	[ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] || missing="$$missing mate-backgrounds"; \
 	[ -f /usr/share/wallpapers/Path/contents/images/2560x1600.jpg ] || missing="$$missing plasma-workspace-wallpapers"; \
+	[ -f /usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg ] || missing="$$missing lomiri-wallpapers-16.04"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

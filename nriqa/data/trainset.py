@@ -3,7 +3,7 @@ rules (`nriqa.data.labels`).
 
 Fifteen training contents made the network learn its references rather than quality, so the
 training images come from photographs that none of the validation or test references are cut
-from: the nature photos that ship in two Debian packages (`make system-deps` installs them).
+from: the 38 photos that ship in three Debian packages (`make system-deps` installs them).
 
 * ``mate-backgrounds`` (``/usr/share/backgrounds/mate/nature``), GPL-2+ (Debian's copyright
   file names each photographer): Aqua, LadyBird, YellowFlower, Garden and TwoWings (Charles
@@ -16,6 +16,13 @@ from: the nature photos that ship in two Debian packages (`make system-deps` ins
   summer_1am (Risto Saukonpää), ColorfulCups (Dmitri Popov), EveningGlow (Ian Hex),
   FallenLeaf (Martin Klapetek), Grey (Sigi Sagi), Volna (Nikita Babin).
   The wallpapers' illustrations and renders are left out: they are not photographs.
+* ``lomiri-wallpapers-16.04`` (``/usr/share/backgrounds``), each photo's licence per Debian's
+  copyright file: Bridge (Sander Klootwijk), Dragonfly ("Bolly"), analogpattern, free and
+  greentock (Peter Nerlich), CC-BY-SA-4.0; Picture_0B and Picture_1A (Trevor "Freespace"), Wine
+  (Jakub Mede), aitzgorri, friends, life, picosdeeuropa and sunset (Aitzol Berasategi),
+  CC-BY-4.0; seeding (Clemens Engelhardt), CC0-1.0. Ordinary camera photographs (rooms, a
+  dog, a fig, brushes, a clock, mountains, a stream), less stylized than the wallpapers above;
+  umang, a render, is left out.
 
 Every image draws from its own generator seeded with (seed, image number): a photo, a scale
 (the photo is shrunk so that its short side is 2-4 times the image's, which also removes its
@@ -46,6 +53,7 @@ from nriqa.data.labels import PRISTINE_MOS, level_mos
 
 _MATE = Path("/usr/share/backgrounds/mate/nature")
 _PLASMA = Path("/usr/share/wallpapers")
+_LOMIRI = Path("/usr/share/backgrounds")
 TRAINING_PHOTOS: tuple[tuple[str, Path], ...] = (
     *(("mate-backgrounds", _MATE / f"{name}.jpg") for name in (
         "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
@@ -57,6 +65,13 @@ TRAINING_PHOTOS: tuple[tuple[str, Path], ...] = (
         ("Grey", "2560x1600.jpg"), ("Kite", "2560x1600.jpg"),
         ("OneStandsOut", "2560x1600.jpg"), ("Path", "2560x1600.jpg"),
         ("Volna", "5120x2880.jpg"), ("summer_1am", "2560x1600.jpg"))),
+    *(("lomiri-wallpapers-16.04", _LOMIRI / f"{name}.jpg") for name in (
+        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
+        "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
+        "analogpattern_by_Peter_Nerlich", "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi",
+        "greentock_by_Peter_Nerlich", "life_by_Aitzol_Berasategi",
+        "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt",
+        "sunset_by_Aitzol_Berasategi")),
 )
 INDEX_NAME = "index.csv"
 
