@@ -194,8 +194,12 @@ def test_logged_model_carries_signature_preprocessing_example_and_code(pipeline,
     size = TINY_PARAMS["model"]["input_size"]
     (inputs,), (outputs,) = model.signature.inputs.inputs, model.signature.outputs.inputs
     assert (inputs.type, tuple(inputs.shape)) == (np.dtype("float32"), (-1, size, size, 3))
-    # The MOS column, then one logit per TID2013 distortion type (the type head).
-    assert (outputs.type, tuple(outputs.shape)) == (np.dtype("float32"), (-1, 1 + 24))
+    # The MOS column, then one logit per TID2013 distortion type (the type head) and, with
+    # model.undistorted_class (default), one for "no distortion".
+    classes = second["model_json"]["distortion_types"]
+    assert len(classes) == 24 + bool(yaml.safe_load((PROJECT / "params.yaml").read_text())
+                                     ["model"]["undistorted_class"])
+    assert (outputs.type, tuple(outputs.shape)) == (np.dtype("float32"), (-1, 1 + len(classes)))
     assert json.loads((local / "model.json").read_text()) == second["model_json"]
     example = np.array(json.loads((local / "input_example.json").read_text())["inputs"])
     assert example.shape[1:] == (size, size, 3)
