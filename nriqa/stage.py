@@ -51,8 +51,8 @@ def written_aside(path: str | Path):
 def staging(out_dir: Path):
     """A fresh ``.tmp-<name>`` sibling of ``out_dir``, always removed afterwards.
 
-    Any previous ``out_dir`` is removed first: if this run fails, a dataset left
-    over from other parameters must not pass for the one that was asked for.
+    Any previous ``out_dir`` is removed first: if this run fails, an output left over
+    from other parameters must not pass for the one that was asked for.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / (".tmp-" + out_dir.name)
