@@ -64,13 +64,10 @@ def serving_settings(stored, model_info: dict,
     limits = dict(metadata.get("serve") or {})
     for key in SERVE_KEYS:
         if (value := environ.get(f"NRIQA_{key.upper()}")) is not None:
-            try:
-                limits[key] = int(value)
-            except ValueError:
-                limits[key] = 0
-            if limits[key] < 1:  # named here: serve_settings would blame params.yaml
+            if not (value.strip().isdigit() and int(value) >= 1):  # serve_settings would blame params.yaml
                 raise NriqaError(f"NRIQA_{key.upper()}={value!r}: expected a whole number of "
                                  "at least 1")
+            limits[key] = int(value)
         elif key not in limits:  # packaged before the limit existed
             raise NriqaError(f"model {stored.tag} was packaged without serve.{key}; package it "
                              f"again (`dvc repro package`) or set NRIQA_{key.upper()}")
