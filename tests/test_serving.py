@@ -25,9 +25,10 @@ from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher
 from nriqa.serving.middleware import UploadGuard
+from nriqa.serving.quality_map import ramp
 from nriqa.serving.responses import ImageError, Score
 from nriqa.serving.settings import ServingSettings, model_tag, serving_settings, stored_model
-from nriqa.serving.webpage import webpage_app
+from nriqa.serving.webpage import page_config, webpage_app
 
 SERVE = {"max_upload_bytes": 200_000, "max_pixels": 20_000, "max_batch_images": 3,
          "max_batch_pixels": 30_000, "max_batch_size": 2}
@@ -40,8 +41,11 @@ def stored(folder: Path, serve: dict = SERVE) -> SimpleNamespace:
         "categories": dict(DEFAULT_THRESHOLDS)}))
 
 
+MODEL_INFO = {"preprocessing": TINY_PREPROCESSING, "mos_range": [0.0, 9.0]}  # model.json's
+
+
 def settings(folder: Path) -> ServingSettings:
-    return serving_settings(stored(folder), {"preprocessing": TINY_PREPROCESSING}, environ={})
+    return serving_settings(stored(folder), MODEL_INFO, environ={})
 
 
 # --- Settings -------------------------------------------------------------------------------------
@@ -60,22 +64,31 @@ def test_settings_come_from_the_model_and_the_environment_overrides_limits(tmp_p
     assert (read.model_tag, read.model_version, read.mlflow_run_id) == ("nriqa:abc", "3", "run-abc123")
     assert read.examples_dir == tmp_path / "examples"
     assert read.preprocessing == TINY_PREPROCESSING and read.max_pixels == 20_000
-    overridden = serving_settings(stored(tmp_path), {"preprocessing": TINY_PREPROCESSING},
+    overridden = serving_settings(stored(tmp_path), MODEL_INFO,
                                   environ={"NRIQA_MAX_PIXELS": "500", "NRIQA_MODEL_TAG": "x"})
     assert overridden.max_pixels == 500 and overridden.max_batch_size == 2
+
+
+def test_the_page_draws_on_the_served_models_mos_scale(tmp_path):
+    # A KADID-10k model scores 1..5: the page's scale, last category floor and colours follow.
+    kadid = serving_settings(stored(tmp_path), {**MODEL_INFO, "mos_range": [1.0, 5.0]}, environ={})
+    config = page_config(kadid, examples=[])
+    assert config["scale"] == [1.0, 5.0] and config["categories"][-1][1] == 1.0
+    assert [mos for mos, _ in config["ramp"]] == [mos for mos, _ in ramp((1.0, 5.0))]
+    assert page_config(settings(tmp_path), examples=[])["scale"] == [0.0, 9.0]
 
 
 def test_settings_errors_say_what_to_do(tmp_path):
     old = {key: value for key, value in SERVE.items() if key != "max_batch_pixels"}
     with pytest.raises(NriqaError, match=r"packaged without serve.max_batch_pixels.*"
                                          r"NRIQA_MAX_BATCH_PIXELS"):
-        serving_settings(stored(tmp_path, old), {"preprocessing": TINY_PREPROCESSING}, environ={})
-    assert serving_settings(stored(tmp_path, old), {"preprocessing": TINY_PREPROCESSING},
+        serving_settings(stored(tmp_path, old), MODEL_INFO, environ={})
+    assert serving_settings(stored(tmp_path, old), MODEL_INFO,
                             environ={"NRIQA_MAX_BATCH_PIXELS": "9"}).max_batch_pixels == 9
     with pytest.raises(NriqaError, match="NRIQA_MAX_PIXELS='lots': expected a whole number"):
-        serving_settings(stored(tmp_path), {"preprocessing": {}}, environ={"NRIQA_MAX_PIXELS": "lots"})
+        serving_settings(stored(tmp_path), {**MODEL_INFO, "preprocessing": {}}, environ={"NRIQA_MAX_PIXELS": "lots"})
     with pytest.raises(NriqaError, match="NRIQA_MAX_BATCH_SIZE='0': expected a whole number of at least 1"):
-        serving_settings(stored(tmp_path), {"preprocessing": {}}, environ={"NRIQA_MAX_BATCH_SIZE": "0"})
+        serving_settings(stored(tmp_path), {**MODEL_INFO, "preprocessing": {}}, environ={"NRIQA_MAX_BATCH_SIZE": "0"})
     missing = SimpleNamespace(tag="nriqa:nope", stored=None)  # a BentoModel the store lacks
     with pytest.raises(NriqaError, match="model nriqa:nope is not in the BentoML model store"):
         stored_model(missing)

@@ -4,7 +4,8 @@ An image's MOS is the mean of its crops' scores (`nriqa.model.prediction.score_c
 those same scores laid out where their crops lie, so it costs no second pass over the model
 and its mean is the MOS. `quality_map` gives it as a grid (the service's `map=true`),
 `map_overlay` draws it over the image as a heat map (the CLI's `--map DIR`); the web page draws
-it the same way, with the same colours (`RAMP`).
+it the same way, with the same colours (`ramp`), along the served model's MOS scale (its
+model.json's `mos_range`: 0..9 for TID2013, 1..5 for KADID-10k and KonIQ-10k).
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nriqa.data.labels import MOS_RANGE
-
-# Heat-map colours along TID2013's MOS scale, red (poor) to green (good): (MOS, RGB) stops.
-RAMP = ((0.0, (165, 0, 38)), (3.0, (244, 109, 67)), (4.5, (254, 224, 139)),
-        (6.0, (166, 217, 106)), (9.0, (26, 152, 80)))
+# Heat-map colours, red (poor) to green (good): (fraction of the MOS scale, RGB) stops.
+RAMP = ((0.0, (165, 0, 38)), (1 / 3, (244, 109, 67)), (0.5, (254, 224, 139)),
+        (2 / 3, (166, 217, 106)), (1.0, (26, 152, 80)))
 # Longest side the CLI draws its map at; a map finer than its crops shows nothing more.
 MAX_MAP_SIDE = 1024
-LEGEND_HEIGHT = 14  # pixels: the colour scale under the map, labelled 0, MOS, 9
+LEGEND_HEIGHT = 14  # pixels: the colour scale under the map, labelled lowest, MOS, highest
+
+
+def ramp(mos_range) -> list[tuple[float, tuple[int, int, int]]]:
+    """`RAMP`'s stops as (MOS, RGB) on the scale `mos_range` = (lowest, highest)."""
+    lowest, highest = mos_range
+    return [(lowest + fraction * (highest - lowest), rgb) for fraction, rgb in RAMP]
 
 
 def quality_map(width: int, height: int, corners: list[tuple[int, int]], crop_size: int,
@@ -56,16 +61,16 @@ def map_values(grid: dict, scale: float = 1.0) -> np.ndarray:
         return total / count
 
 
-def ramp_colours(values: np.ndarray) -> np.ndarray:
-    """RGB uint8 colours of MOS values along `RAMP` (values outside the scale are clipped)."""
-    stops = np.array([mos for mos, _ in RAMP])
+def ramp_colours(values: np.ndarray, mos_range) -> np.ndarray:
+    """RGB uint8 colours of MOS values along `ramp(mos_range)` (values outside it are clipped)."""
+    stops = np.array([mos for mos, _ in ramp(mos_range)])
     colours = np.array([rgb for _, rgb in RAMP], dtype=np.float64)
-    values = np.clip(values, *MOS_RANGE)
+    values = np.clip(values, *mos_range)
     return np.stack([np.interp(values, stops, colours[:, channel]) for channel in range(3)],
                     axis=-1).round().astype(np.uint8)
 
 
-def map_overlay(image: np.ndarray, grid: dict, opacity: float = 0.55) -> Image.Image:
+def map_overlay(image: np.ndarray, grid: dict, mos_range, opacity: float = 0.55) -> Image.Image:
     """The heat map over `image` (the image scored, or a smaller copy), with its colour scale
     along the bottom. The map is stretched from its frame onto the image, which is the frame
     itself (preprocess.mode native) or what was resized to it (resize)."""
@@ -74,12 +79,12 @@ def map_overlay(image: np.ndarray, grid: dict, opacity: float = 0.55) -> Image.I
     values = np.asarray(Image.fromarray(map_values(grid, scale).astype(np.float32))
                         .resize((width, height), Image.Resampling.NEAREST))
     covered = ~np.isnan(values)[..., None]
-    heat = ramp_colours(np.nan_to_num(values))
+    heat = ramp_colours(np.nan_to_num(values), mos_range)
     blended = np.where(covered, (1 - opacity) * image + opacity * heat, image)
-    legend = ramp_colours(np.linspace(*MOS_RANGE, width))[None].repeat(LEGEND_HEIGHT, 0)
+    legend = ramp_colours(np.linspace(*mos_range, width), mos_range)[None].repeat(LEGEND_HEIGHT, 0)
     drawn = Image.fromarray(np.concatenate([blended.round().astype(np.uint8), legend]))
     draw = ImageDraw.Draw(drawn)
-    for text, anchor, x in ((f"{MOS_RANGE[0]:g}", "lm", 2), ("MOS", "mm", width // 2),
-                            (f"{MOS_RANGE[1]:g}", "rm", width - 2)):
+    for text, anchor, x in ((f"{mos_range[0]:g}", "lm", 2), ("MOS", "mm", width // 2),
+                            (f"{mos_range[1]:g}", "rm", width - 2)):
         draw.text((x, height + LEGEND_HEIGHT // 2), text, fill="black", anchor=anchor)
     return drawn

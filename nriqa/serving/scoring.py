@@ -24,6 +24,7 @@ from typing import Iterator
 
 import yaml
 
+from nriqa.data.labels import MOS_RANGE
 from nriqa.errors import ExitCode, NriqaError
 
 # How many of the likeliest distortion types each row names.
@@ -48,19 +49,21 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 
 def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
-                on_error, progress: bool = True, map_dir: Path | None = None) -> Iterator[dict]:
+                on_error, progress: bool = True, map_dir: Path | None = None,
+                mos_range: tuple[float, float] = MOS_RANGE) -> Iterator[dict]:
     """Yield one row per scored file, in file order, as `nriqa.model.prediction.score_paths`
     scores each chunk (so memory holds one chunk of crops, however many files there are).
 
     A file that fails for any reason is passed to `on_error(path, message)` and skipped.
     A row is `{"path", "mos", "category", "distortions"}`; `distortions` is the
     `nriqa.model.prediction.top_distortions` list, or None when the model has no distortion-type head.
-    With `map_dir`, each image's quality map is written there and the row's `map` names it.
+    With `map_dir`, each image's quality map is written there, coloured along `mos_range` (the
+    model.json's), and the row's `map` names it.
     """
     from nriqa.evaluation.metrics import categorize
     from nriqa.model.prediction import score_paths, top_distortions
 
-    maps = MapWriter(map_dir, preprocessing) if map_dir is not None else None
+    maps = MapWriter(map_dir, preprocessing, mos_range) if map_dir is not None else None
     for scored in score_paths(model, preprocessing, files, progress=progress,
                               keep=maps.keep if maps is not None else None):
         if scored.error is not None:
@@ -83,8 +86,8 @@ class MapWriter:
     the map from that and the image's crop scores.
     """
 
-    def __init__(self, folder: Path, preprocessing: dict):
-        self.folder, self.preprocessing = folder, preprocessing
+    def __init__(self, folder: Path, preprocessing: dict, mos_range):
+        self.folder, self.preprocessing, self.mos_range = folder, preprocessing, mos_range
         self.used: set[str] = set()
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -111,7 +114,7 @@ class MapWriter:
             name = f"{path.stem}-{number}.png"
         self.used.add(name)
         target = self.folder / name
-        map_overlay(np.asarray(small), grid).save(target)
+        map_overlay(np.asarray(small), grid, self.mos_range).save(target)
         return target
 
 
@@ -187,7 +190,7 @@ def run_score(args) -> ExitCode:
         with _open_output(args.output) as stream:
             writer = RowWriter(args.format, stream)
             for row in score_files(model, info["preprocessing"], files, thresholds, skip,
-                                   map_dir=args.map_dir):
+                                   map_dir=args.map_dir, mos_range=tuple(info["mos_range"])):
                 writer.write(row)
     print(f"scored {writer.rows} of {len(files)} images"
           + (f"; skipped {len(failed)} that could not be scored" if failed else ""),

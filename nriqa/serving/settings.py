@@ -48,6 +48,7 @@ class ServingSettings:
     mlflow_run_id: str
     categories: dict            # evaluate.categories: category name -> lower MOS bound
     preprocessing: dict         # model.json's: how images become crops
+    mos_range: tuple            # model.json's: (lowest, highest) MOS of the labels it learned
     examples_dir: Path          # the web page's example images, beside the model
     max_upload_bytes: int
     max_pixels: int
@@ -77,6 +78,7 @@ def serving_settings(stored, model_info: dict,
         mlflow_run_id=str(metadata.get("mlflow_run_id", "")),
         categories=dict(metadata["categories"]),
         preprocessing=model_info["preprocessing"],
+        mos_range=tuple(model_info["mos_range"]),
         examples_dir=Path(stored.path) / EXAMPLES_DIR,
         **serve_settings(limits))
 

@@ -26,9 +26,8 @@ from starlette.routing import Route
 from nriqa.errors import NriqaError
 from nriqa.data.examples import read_index
 from nriqa.model.imaging import decode_image
-from nriqa.data.labels import MOS_RANGE
 from nriqa.evaluation.metrics import ordered_categories
-from nriqa.serving.quality_map import RAMP
+from nriqa.serving.quality_map import ramp
 
 if TYPE_CHECKING:
     from nriqa.serving.api import UploadScorer
@@ -41,10 +40,10 @@ PREVIEW_SIDE = 1024  # longest side of a preview; the page shows it at most this
 def page_config(settings: ServingSettings, examples: list[dict]) -> dict:
     """What the page's script needs: the scale, category bounds (best first), colours, model."""
     names, bounds = ordered_categories(settings.categories)
-    return {"scale": list(MOS_RANGE),
+    return {"scale": list(settings.mos_range),
             "categories": [[name, float(bound)] for name, bound in zip(names, bounds)]
-                          + [[names[-1], MOS_RANGE[0]]],
-            "ramp": [[mos, list(rgb)] for mos, rgb in RAMP],
+                          + [[names[-1], settings.mos_range[0]]],
+            "ramp": [[mos, list(rgb)] for mos, rgb in ramp(settings.mos_range)],
             "model_version": settings.model_version, "mlflow_run_id": settings.mlflow_run_id,
             "model_tag": settings.model_tag, "max_batch_images": settings.max_batch_images,
             "examples": examples}
