@@ -39,10 +39,12 @@ def main():
     # KonIQ-10k has none, so their images train the MOS only (their `distortion` stays for
     # the per-type tables).
     tid2013_types = dataset_format(params["data"]) == "tid2013"
-    index = index.assign(root=str(raw_dir), type_label=index["distortion"] if tid2013_types else None)
+    index = index.assign(root=str(raw_dir), type_label=index["distortion"] if tid2013_types else None,
+                         generated=False)
     if with_trainset:
         generated = pd.read_csv(trainset_dir / INDEX_NAME)
-        generated = generated.assign(split="train", root=str(trainset_dir), type_label=generated["distortion"])
+        generated = generated.assign(split="train", root=str(trainset_dir),
+                                     type_label=generated["distortion"], generated=True)
         index = pd.concat([index, generated], ignore_index=True)
     with staging(out_dir) as tmp:  # renamed at the end: a failed run leaves no half-written shards
         summary = write_shards(index, tmp, mode=settings["mode"], resize=settings["resize"],

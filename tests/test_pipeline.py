@@ -46,6 +46,8 @@ def test_training_uses_only_generated_images(tiny_project):
     train = splits[splits["split"] == "train"]
     assert len(train) == 24 and set(train["root"]) == {"data/trainset"}
     assert set(splits.loc[splits["split"] != "train", "root"]) == {"data/raw"}
+    # The flag that train.dataset_share reads: generated images, and only those.
+    assert train["generated"].all() and not splits.loc[splits["split"] != "train", "generated"].any()
     raw = pd.read_csv(tiny_project / "data/interim/index.csv")
     assert set(raw["reference"]) == set(splits.loc[splits["split"] != "train", "reference"])
     summary = json.loads((tiny_project / "data/processed/summary.json").read_text())

@@ -1,4 +1,5 @@
-"""Training's settings that decide the weights beyond the seed: the thread count (`train.threads`)."""
+"""Training's settings beyond the seed: the thread count (`train.threads`), which decides the weights,
+and how much of an epoch a labelled folder gets (`train.dataset_share`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
 
@@ -83,3 +85,40 @@ def test_type_loss_counts_an_undistorted_image_only_with_its_class(undistorted_c
     assert loss[2] == pytest.approx(uniform, rel=1e-5)
     assert keras.ops.convert_to_numpy(loss).shape == (3,)
 
+
+
+def test_dataset_share_sets_how_much_of_an_epoch_the_labelled_folder_gets(tmp_path):
+    import pandas as pd
+
+    from nriqa.model.training import training_dataset
+
+    shards = write_tiny_shards(tmp_path / "shards", train=24, val=0)
+    splits = pd.read_csv(shards / "splits.csv")
+    # The blurred half stands for the generated images, the noisy half for the folder's own.
+    splits["generated"] = splits["distortion"] == 8
+    splits.to_csv(shards / "splits.csv", index=False)
+
+    def epochs(share, count=10):
+        dataset = training_dataset(shards, crop_size=32, crops_per_image=2, batch_size=4, seed=5,
+                                   dataset_share=share)
+        return [np.concatenate([targets[:, 1].numpy() for _, targets in dataset])
+                for _ in range(count)]
+
+    for epoch in epochs(None, 2):  # in proportion: every image once
+        assert len(epoch) == 24 and (epoch == 1).sum() == 12
+    shared = epochs(0.8)
+    assert all(len(epoch) == 24 for epoch in shared)  # the epoch keeps its length
+    own = np.mean(np.concatenate(shared) == 1)
+    assert 0.7 < own < 0.9, own
+    np.testing.assert_array_equal(np.concatenate(shared), np.concatenate(epochs(0.8)))
+
+
+@pytest.mark.parametrize("share", [0, 1.0, 1.5, "half"])
+def test_bad_dataset_share_names_the_field(tmp_path, share):
+    from nriqa.errors import NriqaError
+    from nriqa.model.training import train
+
+    params = merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), TINY_PARAMS)
+    params["train"]["dataset_share"] = share
+    with pytest.raises(NriqaError, match="train.dataset_share: a number between 0 and 1"):
+        train(tmp_path, params, {})

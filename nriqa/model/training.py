@@ -1,8 +1,9 @@
 """Training: random crops from the shards, early stopping on validation SRCC, best epoch kept.
 
 Each epoch draws `crops_per_image` random crops (with random horizontal flips) from every
-training image, each labelled with its image's MOS. Colour or blur jitter would change the
-quality the label describes, so there is none. Validation scores whole images exactly as
+training image, each labelled with its image's MOS (with a labelled folder's images beside
+generated ones, `train.dataset_share` sets how much of each epoch is the folder's). Colour or
+blur jitter would change the quality the label describes, so there is none. Validation scores whole images exactly as
 evaluation and the service do (`nriqa.model.prediction`), and early stopping watches that SRCC.
 
 `train.strategy` spreads the training over devices: `nriqa.model.distribution`.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from nriqa.errors import NriqaError
@@ -60,14 +62,46 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def generated_images(shard_dir: Path) -> list[str]:
+    """Names of the generated training images (`trainset`) among the training split's."""
+    splits = pd.read_csv(Path(shard_dir) / "splits.csv")
+    if "generated" not in splits:  # shards written before the column existed
+        return []
+    return splits.loc[splits["generated"] & (splits["split"] == "train"), "image"].tolist()
+
+
 def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, batch_size: int,
-                     seed: int) -> tf.data.Dataset:
+                     seed: int, dataset_share: float | None = None) -> tf.data.Dataset:
     """Batches of `batch_size` images, each as a stack of `crops_per_image` random crops; the
-    target is (MOS, distortion type or 0)."""
+    target is (MOS, distortion type or 0).
+
+    With `dataset_share` and generated images among the dataset's own, each image of an epoch
+    is the dataset's with that probability and a generated one otherwise, so that a few hundred
+    labelled photos are not drowned by thousands of generated images; the epoch keeps its
+    length."""
     def with_target(image, mos, name, distortion):
         return image, tf.stack([mos, tf.cast(distortion, tf.float32)])
 
-    images = read_split(shard_dir, "train").map(with_target).cache()
+    records = read_split(shard_dir, "train")
+    generated = generated_images(shard_dir) if dataset_share is not None else []
+    total = int(pd.read_csv(Path(shard_dir) / "splits.csv")["split"].eq("train").sum())
+    mixed = 0 < len(generated) < total  # both kinds present
+    if mixed:
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(generated), tf.ones(len(generated), tf.int64)), default_value=0)
+
+        def part(is_generated: int) -> tf.data.Dataset:
+            return (records.filter(lambda image, mos, name, distortion:
+                                   table.lookup(name) == is_generated)
+                    .map(with_target).cache()
+                    .shuffle(4096, seed=seed + is_generated, reshuffle_each_iteration=True)
+                    .repeat())
+
+        images = tf.data.Dataset.sample_from_datasets(
+            [part(0), part(1)], weights=[dataset_share, 1.0 - dataset_share], seed=seed,
+            rerandomize_each_iteration=True).take(total)
+    else:
+        images = records.map(with_target).cache()
     # Stateless crops and flips seeded per element keep the stream identical run to run.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
@@ -79,8 +113,10 @@ def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, b
             seeds, fn_output_signature=tf.uint8)
         return tf.cast(crops, tf.float32), target
 
-    return (tf.data.Dataset.zip((images, seeds))
-            .shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    stream = tf.data.Dataset.zip((images, seeds))
+    if not mixed:  # a mixed stream is shuffled within each part
+        stream = stream.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    return (stream
             .map(crop_set, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size)
             .prefetch(tf.data.AUTOTUNE))
@@ -169,6 +205,11 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     """Train from the shards; returns (model with the best epoch's weights, or the last
     epoch's with `keep_best_epoch` false, as short screening runs compare them; history dict)."""
     train_params = params["train"]
+    dataset_share = train_params["dataset_share"]
+    if dataset_share is not None and not (isinstance(dataset_share, (int, float))
+                                          and 0.0 < dataset_share < 1.0):
+        raise NriqaError(f"train.dataset_share: a number between 0 and 1 (exclusive) or null, "
+                         f"got {dataset_share!r}")
     set_threads(train_params["threads"])
     strategy = distribution_strategy(train_params["strategy"])
     if strategy is not None and int(train_params["batch_size"]) % strategy.num_replicas_in_sync:
@@ -200,7 +241,7 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
         return training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
                                 crops_per_image=int(train_params["crops_per_image"]),
                                 batch_size=int(train_params["batch_size"]),
-                                seed=int(train_params["seed"]))
+                                seed=int(train_params["seed"]), dataset_share=dataset_share)
 
     dataset = make_dataset()
     if strategy is not None:
