@@ -3,8 +3,9 @@
 Each epoch draws `crops_per_image` random crops (with random horizontal flips) from every
 training image, each labelled with its image's MOS (with a labelled folder's images beside
 generated ones, `train.dataset_share` sets how much of each epoch is the folder's). Colour or
-blur jitter would change the quality the label describes, so there is none. Validation scores whole images exactly as
-evaluation and the service do (`nriqa.model.prediction`), and early stopping watches that SRCC.
+blur jitter would change the quality the label describes, so there is none. Validation scores
+whole images exactly as evaluation and the service do (`nriqa.model.prediction`), and early
+stopping watches that SRCC.
 
 `train.strategy` spreads the training over devices: `nriqa.model.distribution`.
 """
@@ -62,14 +63,6 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def generated_images(shard_dir: Path) -> list[str]:
-    """Names of the generated training images (`trainset`) among the training split's."""
-    splits = pd.read_csv(Path(shard_dir) / "splits.csv")
-    if "generated" not in splits:  # shards written before the column existed
-        return []
-    return splits.loc[splits["generated"] & (splits["split"] == "train"), "image"].tolist()
-
-
 def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, batch_size: int,
                      seed: int, dataset_share: float | None = None) -> tf.data.Dataset:
     """Batches of `batch_size` images, each as a stack of `crops_per_image` random crops; the
@@ -83,8 +76,12 @@ def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, b
         return image, tf.stack([mos, tf.cast(distortion, tf.float32)])
 
     records = read_split(shard_dir, "train")
-    generated = generated_images(shard_dir) if dataset_share is not None else []
-    total = int(pd.read_csv(Path(shard_dir) / "splits.csv")["split"].eq("train").sum())
+    splits = pd.read_csv(Path(shard_dir) / "splits.csv")
+    train_rows = splits[splits["split"] == "train"]
+    # (splits.csv of shards written before the `generated` column: nothing to mix)
+    generated = (train_rows.loc[train_rows["generated"], "image"].tolist()
+                 if dataset_share is not None and "generated" in splits else [])
+    total = len(train_rows)
     mixed = 0 < len(generated) < total  # both kinds present
     if mixed:
         table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(

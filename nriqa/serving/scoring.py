@@ -24,7 +24,6 @@ from typing import Iterator
 
 import yaml
 
-from nriqa.data.labels import MOS_RANGE
 from nriqa.errors import ExitCode, NriqaError
 
 # How many of the likeliest distortion types each row names.
@@ -49,8 +48,8 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 
 def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
-                on_error, progress: bool = True, map_dir: Path | None = None,
-                mos_range: tuple[float, float] = MOS_RANGE) -> Iterator[dict]:
+                on_error, progress: bool = True, map_dir: Path | None = None, *,
+                mos_range: tuple[float, float]) -> Iterator[dict]:
     """Yield one row per scored file, in file order, as `nriqa.model.prediction.score_paths`
     scores each chunk (so memory holds one chunk of crops, however many files there are).
 
