@@ -63,8 +63,7 @@ def map_values(grid: dict, scale: float = 1.0) -> np.ndarray:
 
 def ramp_colours(values: np.ndarray, mos_range) -> np.ndarray:
     """RGB uint8 colours of MOS values along `ramp(mos_range)` (values outside it are clipped)."""
-    stops = np.array([mos for mos, _ in ramp(mos_range)])
-    colours = np.array([rgb for _, rgb in RAMP], dtype=np.float64)
+    stops, colours = (np.array(column, dtype=np.float64) for column in zip(*ramp(mos_range)))
     values = np.clip(values, *mos_range)
     return np.stack([np.interp(values, stops, colours[:, channel]) for channel in range(3)],
                     axis=-1).round().astype(np.uint8)
