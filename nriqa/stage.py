@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from nriqa.errors import reporting_errors
+from nriqa.errors import NriqaError, reporting_errors
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -73,6 +73,21 @@ def remove_stale(*paths: str | Path) -> None:
     old file is left beside new ones to pass for their partner (an old run id beside a new model)."""
     for path in map(Path, paths):
         path.unlink(missing_ok=True)
+
+
+def read_json(path: Path, *, stage: str) -> dict:
+    """The JSON object that the `stage` stage wrote to `path`; a NriqaError names the file and
+    the stage to run when it is missing, not JSON or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise NriqaError(f"{path}: missing; run the {stage} stage first (`dvc repro {stage}`)")
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise NriqaError(f"{path}: not valid JSON ({error}); run the {stage} stage again") from error
+    if not isinstance(value, dict):
+        raise NriqaError(f"{path}: not a JSON object; run the {stage} stage again")
+    return value
 
 
 def write_json(path: Path, payload) -> None:

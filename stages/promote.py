@@ -8,12 +8,11 @@ The candidate's SRCC is the one in its metrics file; the champion's comes from t
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from nriqa.errors import NriqaError
 from nriqa.ops import registry, tracking
-from nriqa.stage import load_params, stage_main, write_json
+from nriqa.stage import load_params, read_json, stage_main, write_json
 
 
 @stage_main
@@ -37,11 +36,9 @@ def main():
 
 def candidate_srcc(metrics_path: Path) -> float:
     """`test.srcc` of the evaluate stage's metrics file."""
-    if not metrics_path.is_file():
-        raise NriqaError(f"{metrics_path}: missing; run the evaluate stage first")
     try:
-        srcc = json.loads(metrics_path.read_text())["test"]["srcc"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        srcc = read_json(metrics_path, stage="evaluate")["test"]["srcc"]
+    except (KeyError, TypeError) as error:
         raise NriqaError(f"{metrics_path}: has no test.srcc ({type(error).__name__}: {error}); "
                          "run the evaluate stage again") from error
     if not isinstance(srcc, (int, float)):

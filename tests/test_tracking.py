@@ -491,6 +491,34 @@ def test_package_fetches_the_promoted_version_even_after_the_alias_moved(tmp_pat
     assert Model.load(local / "MLmodel").run_id == first["run_id"]
 
 
+@pytest.mark.parametrize("content, problem", [
+    (None, r"missing; run the (\w+) stage first"),
+    ('{"test": {"srcc": 0.7', r"not valid JSON .*; run the (\w+) stage again"),
+    ("[1, 2]", r"not a JSON object; run the (\w+) stage again"),
+])
+def test_a_stage_file_that_is_missing_or_broken_names_itself_and_the_stage_that_writes_it(
+        tmp_path, content, problem):
+    """What promote (metrics.json), package (promotion.json) and evaluate (the run pointer)
+    read from an earlier stage: never a traceback, always the file and what to run."""
+    import sys
+
+    from nriqa.errors import NriqaError
+    from nriqa.ops.packaging import promoted_version
+    from nriqa.ops.tracking import read_pointer
+
+    sys.path.insert(0, str(PROJECT))
+    from stages.promote import candidate_srcc
+
+    for reader, writer in ((candidate_srcc, "evaluate"), (promoted_version, "promote"),
+                           (read_pointer, "train")):
+        path = tmp_path / f"{writer}.json"
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(NriqaError, match=re.escape(str(path)) + ": " + problem) as error:
+            reader(path)
+        assert re.search(problem, str(error.value)).group(1) == writer
+
+
 # --- The gate against a server that errs or is slow ----------------------------------------------
 
 class FaultyProxy:

@@ -14,7 +14,6 @@ BentoML reads BENTOML_HOME when it is first imported, so callers set it before t
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from nriqa.data.examples import write_examples
 from nriqa.errors import NriqaError
 from nriqa.model.bundle import bentoml_model
+from nriqa.stage import read_json
 
 EXAMPLES_DIR = "examples"
 # The keys of params.yaml `serve` that the service reads; each has an environment override
@@ -50,9 +50,7 @@ def promoted_version(promotion_path: Path) -> tuple[str, str, str]:
     """
     from nriqa.ops.registry import version_uri
 
-    if not promotion_path.is_file():
-        raise NriqaError(f"{promotion_path}: missing; run the promote stage first")
-    promotion = json.loads(promotion_path.read_text())
+    promotion = read_json(promotion_path, stage="promote")
     missing = [key for key in ("registered_model", "champion_version", "champion_run_id")
                if key not in promotion]
     if missing:

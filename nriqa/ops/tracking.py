@@ -16,7 +16,6 @@ Where runs go: `mlflow.tracking_uri` in params.yaml, unless the usual `MLFLOW_TR
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nriqa.errors import NriqaError
+from nriqa.stage import read_json
 
 POINTER_KEYS = ("run_id", "experiment_id", "tracking_uri", "model_uri")
 
@@ -197,9 +197,7 @@ def epoch_metrics_callback():
 # --- Evaluation, in the same run ---------------------------------------------------------------
 
 def read_pointer(path: Path) -> dict:
-    if not path.exists():
-        raise NriqaError(f"{path} is missing: run the train stage first (`dvc repro train`).")
-    pointer = json.loads(path.read_text())
+    pointer = read_json(path, stage="train")
     missing = [key for key in POINTER_KEYS if not pointer.get(key)]
     if missing:
         raise NriqaError(f"{path} lacks {', '.join(missing)}: retrain (`dvc repro --force train`).")
