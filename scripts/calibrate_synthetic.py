@@ -5,7 +5,9 @@ Reads TID2013's per-level statistics (``../shared/reference/tid2013_levels.csv``
 1. for each distortion type, the strength per level whose median RGB PSNR over the 25 default
    references (512x384) matches TID2013's median PSNR for that type and level.  It measures the median
    PSNR on a log-spaced grid of strengths, makes that curve monotone, and interpolates (integers are
-   rounded for integer parameters such as JPEG quality).  The result is pasted into
+   rounded for integer parameters such as JPEG quality).  TID2013's own PSNR is luma PSNR, but the
+   human-label images are graded like RGB-PSNR-calibrated ones (BENCHMARKS, session 8), so RGB
+   it is.  The result is pasted into
    ``nriqa.data.distortions.CALIBRATED_STRENGTHS``;
 2. the per-level mos_std rule's numbers, pasted into ``nriqa.data.synthetic.MOS_STD_BY_LEVEL``.
 
