@@ -145,6 +145,16 @@ def test_baseline_predicts_the_test_rows_in_order_and_repeatably(tmp_path):
     assert np.all(np.isfinite(first["baseline_pred"]))
     pd.testing.assert_frame_equal(predict_test_split(splits), first)
 
+    # Generated images beside the dataset's own are left out of the fit (labels from elsewhere)...
+    generated = {"image": "g.png", "path": "0.png", "root": str(tmp_path / "train"), "mos": 0.0,
+                 "split": "train"}
+    mixed = pd.concat([splits.assign(generated=False),
+                       pd.DataFrame([{**generated, "generated": True}])], ignore_index=True)
+    pd.testing.assert_frame_equal(predict_test_split(mixed), first)
+    # ... but not when they are all the training split has (the default synthetic pipeline).
+    only_generated = mixed.assign(generated=mixed["split"] == "train")
+    assert not np.allclose(predict_test_split(only_generated)["baseline_pred"], first["baseline_pred"])
+
     first.to_csv(tmp_path / "baseline.csv", index=False)
     test = splits[splits["split"] == "test"].reset_index(drop=True)
     joined = add_baseline(test, tmp_path / "baseline.csv")

@@ -337,11 +337,18 @@ def predict_test_split(splits: pd.DataFrame) -> pd.DataFrame:
     """The baseline fitted on the training split and scored on the test split of a
     ``splits.csv`` table (each row's file is ``root/path``): columns ``image`` and
     ``baseline_pred``, in the test split's order. Fitting is deterministic, so the same
-    images give the same predictions."""
+    images give the same predictions.
+
+    Where generated images sit beside a labelled dataset's own (``trainset.mix``), the baseline
+    is fitted on the dataset's own training images only, as the classical recipe is: the CNN
+    is then compared with BRISQUE + SVR at its best on that data, not with one diluted by
+    labels from another source."""
     def files(rows):
         return [Path(root) / path for root, path in zip(rows["root"], rows["path"])]
 
     train = splits[splits["split"] == "train"]
+    if "generated" in train and not train["generated"].all():
+        train = train[~train["generated"].astype(bool)]
     test = splits[splits["split"] == "test"]
     model = BrisqueSVR().fit(features_for_paths(files(train)), train["mos"].to_numpy())
     return pd.DataFrame({"image": test["image"].to_numpy(),
