@@ -497,16 +497,14 @@ def test_package_fetches_the_promoted_version_even_after_the_alias_moved(tmp_pat
     ("[1, 2]", r"not a JSON object; run the (\w+) stage again"),
 ])
 def test_a_stage_file_that_is_missing_or_broken_names_itself_and_the_stage_that_writes_it(
-        tmp_path, content, problem):
+        tmp_path, monkeypatch, content, problem):
     """What promote (metrics.json), package (promotion.json) and evaluate (the run pointer)
     read from an earlier stage: never a traceback, always the file and what to run."""
-    import sys
-
     from nriqa.errors import NriqaError
     from nriqa.ops.packaging import promoted_version
     from nriqa.ops.tracking import read_pointer
 
-    sys.path.insert(0, str(PROJECT))
+    monkeypatch.syspath_prepend(str(PROJECT))
     from stages.promote import candidate_srcc
 
     for reader, writer in ((candidate_srcc, "evaluate"), (promoted_version, "promote"),
