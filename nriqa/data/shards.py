@@ -46,14 +46,6 @@ def split_by_reference(index: pd.DataFrame, ratios: dict, seed: int) -> pd.DataF
     return out
 
 
-def generated_rows(rows: pd.DataFrame) -> pd.Series:
-    """Which rows of `splits.csv` are generated training images (`trainset.mix`), not the
-    dataset's own; none in a table written before the `generated` column."""
-    if "generated" not in rows:
-        return pd.Series(False, index=rows.index)
-    return rows["generated"].astype(bool)
-
-
 def write_shards(index: pd.DataFrame, out_dir: Path, *, mode: str, resize, crop_size: int,
                  shards: int) -> dict:
     """Decode every image once (from its `root` folder and `path`) and write

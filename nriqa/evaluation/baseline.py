@@ -56,7 +56,6 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 
 from nriqa.data.distortions import luma
-from nriqa.data.shards import generated_rows
 from nriqa.errors import NriqaError
 from nriqa.evaluation.metrics import srcc
 
@@ -348,9 +347,8 @@ def predict_test_split(splits: pd.DataFrame) -> pd.DataFrame:
         return [Path(root) / path for root, path in zip(rows["root"], rows["path"])]
 
     train = splits[splits["split"] == "train"]
-    generated = generated_rows(train)
-    if not generated.all():
-        train = train[~generated]
+    if "generated" in train and not train["generated"].all():
+        train = train[~train["generated"].astype(bool)]
     test = splits[splits["split"] == "test"]
     model = BrisqueSVR().fit(features_for_paths(files(train)), train["mos"].to_numpy())
     return pd.DataFrame({"image": test["image"].to_numpy(),

@@ -28,7 +28,7 @@ from nriqa.model.distribution import (DistributableModel, chiefs_values, distrib
 from nriqa.model.imaging import crops_for_prediction
 from nriqa.model.network import model_from_params
 from nriqa.model.prediction import score_images
-from nriqa.data.shards import generated_rows, load_split_arrays, read_split
+from nriqa.data.shards import load_split_arrays, read_split
 
 LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
 
@@ -78,8 +78,9 @@ def training_dataset(shard_dir: Path, *, crop_size: int, crops_per_image: int, b
     records = read_split(shard_dir, "train")
     splits = pd.read_csv(Path(shard_dir) / "splits.csv")
     train_rows = splits[splits["split"] == "train"]
-    generated = (train_rows.loc[generated_rows(train_rows), "image"].tolist()
-                 if dataset_share is not None else [])
+    # (splits.csv of shards written before the `generated` column: nothing to mix)
+    generated = (train_rows.loc[train_rows["generated"], "image"].tolist()
+                 if dataset_share is not None and "generated" in splits else [])
     total = len(train_rows)
     mixed = 0 < len(generated) < total  # both kinds present
     if mixed:
