@@ -1,6 +1,7 @@
 """A stand-in for a small real-label dataset, to see whether the recipe learns from one.
 
     .venv/bin/python benchmarks/real_label_proxy.py data/raw /tmp/proxy
+    .venv/bin/python benchmarks/real_label_proxy.py --photos /tmp/photo-proxy
 
 The acceptance check trains on a TID2013-layout folder with real human MOS (1,320 images, 11
 types, a content-disjoint split) and compares the CNN with the BRISQUE + SVR baseline. That
@@ -11,6 +12,15 @@ behave, per image: its RGB PSNR against its reference mapped through its type's 
 curve (TID2013's median PSNR -> median MOS, `shared/reference/tid2013_levels.csv`). Such labels
 move with content inside a (type, level) cell, as people's do and the generator's cell medians
 do not; on the human-label set they reach SRCC 0.94 against real MOS (session 3).
+
+``--photos`` makes the references from photographs instead (the real folder's are Kodak
+photographs, on which BRISQUE does far better than on the synthetic set's star fields and
+micrographs): 24 of the generated training set's photographs (`nriqa.data.trainset`), each
+shrunk to a 512-pixel short side (Kodak's) and cut to 512x384 at its centre, distorted by
+`nriqa.data.distortions.distort` at levels 1-5. Those photographs also feed the generated
+training images, so a mixed run would see the test content: the script prints the photos of the
+validation and test references (preprocess's default ratios, `--split-seed` its seed), to leave out of
+`TRAINING_PHOTOS` in the clone that runs it.
 
 Run the pipeline on it with `data.source: local`, `data.path: OUT_DIR`, and compare `test.srcc`
 with `baseline.srcc`. The stand-in flatters the CNN: its images come from the generator the
@@ -40,16 +50,62 @@ def psnr_label(distortion: int, psnr: float, curves: pd.DataFrame) -> float:
     return float(np.interp(psnr, curve["psnr_median"], curve["mos_median"]))
 
 
+def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int,
+                      seed: int = 2013) -> list[tuple[float, str]]:
+    """24 photographic references, 11 types x 5 levels each; returns (label, name) per image."""
+    import cv2
+
+    from nriqa.data.distortions import distort
+    from nriqa.data.shards import split_by_reference
+    from nriqa.data.trainset import TRAINING_PHOTOS
+    from nriqa.evaluation.metrics import rgb_psnr
+
+    photos = sorted(np.random.default_rng(seed).choice(len(TRAINING_PHOTOS), REFERENCES, replace=False))
+    lines, references = [], []
+    for number, photo in enumerate(photos, start=1):
+        reference = f"I{number:02d}"
+        with Image.open(TRAINING_PHOTOS[photo][1]) as image:
+            rgb = np.asarray(image.convert("RGB"))
+        scale = 512 / min(rgb.shape[:2])
+        rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
+                         interpolation=cv2.INTER_AREA)
+        top, left = (rgb.shape[0] - 384) // 2, (rgb.shape[1] - 512) // 2
+        pristine = np.ascontiguousarray(rgb[top:top + 384, left:left + 512])
+        Image.fromarray(pristine).save(out_dir / "reference_images" / f"{reference}.BMP")
+        references.append((reference, str(TRAINING_PHOTOS[photo][1])))
+        for distortion in TYPES:
+            for level in range(1, 6):
+                rng = np.random.default_rng([seed, number, distortion, level])
+                distorted = distort(pristine, distortion, level, rng)
+                name = f"{reference}_{distortion:02d}_{level}.bmp"
+                Image.fromarray(distorted).save(out_dir / "distorted_images" / name)
+                lines.append((psnr_label(distortion, rgb_psnr(pristine, distorted), curves), name))
+    splits = split_by_reference(pd.DataFrame({"reference": [r for r, _ in references]}),
+                                {"train": 0.6, "val": 0.2, "test": 0.2}, seed=split_seed)
+    held_out = [photo for (reference, photo), split in zip(references, splits["split"]) if split != "train"]
+    print("photos of the validation and test references (leave them out of TRAINING_PHOTOS):",
+          " ".join(held_out))
+    return lines
+
+
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from nriqa.data.formats import build_index
     from nriqa.evaluation.metrics import rgb_psnr
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("raw_dir", type=Path, help="the synthetic dataset (TID2013 layout)")
+    parser.add_argument("raw_dir", type=Path, nargs="?", help="the synthetic dataset (TID2013 layout)")
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--photos", action="store_true", help="photographic references instead")
+    parser.add_argument("--split-seed", type=int, default=7, help="the clone's preprocess.seed (--photos)")
     args = parser.parse_args()
     curves = pd.read_csv(LEVELS_CSV)
+    if args.photos:
+        shutil.rmtree(args.out_dir, ignore_errors=True)
+        (args.out_dir / "distorted_images").mkdir(parents=True)
+        (args.out_dir / "reference_images").mkdir()
+        write_labels(args.out_dir, write_photo_proxy(args.out_dir, curves, args.split_seed), REFERENCES)
+        return
     index, _ = build_index(args.raw_dir, "tid2013")
     references = sorted(index["reference"].unique())[:REFERENCES]
     index = index[index["distortion"].isin(TYPES) & index["reference"].isin(references)]
@@ -67,11 +123,15 @@ def main() -> None:
             name = f"{reference}_{int(row.distortion):02d}_{int(row.level)}.bmp"
             shutil.copyfile(args.raw_dir / row.path, args.out_dir / "distorted_images" / name)
             lines.append((psnr_label(int(row.distortion), rgb_psnr(pristine, distorted), curves), name))
-    (args.out_dir / "mos_with_names.txt").write_text("".join(f"{mos:.5f} {name}\n" for mos, name in lines))
-    (args.out_dir / "mos_std.txt").write_text("".join("0.5\n" for _ in lines))
+    write_labels(args.out_dir, lines, len(references))
+
+
+def write_labels(out_dir: Path, lines: list[tuple[float, str]], references: int) -> None:
+    (out_dir / "mos_with_names.txt").write_text("".join(f"{mos:.5f} {name}\n" for mos, name in lines))
+    (out_dir / "mos_std.txt").write_text("".join("0.5\n" for _ in lines))
     labels = np.array([mos for mos, _ in lines])
-    print(f"{len(lines)} images, {len(references)} references, {len(TYPES)} types; "
-          f"MOS {labels.min():.2f}..{labels.max():.2f} -> {args.out_dir}")
+    print(f"{len(lines)} images, {references} references, {len(TYPES)} types; "
+          f"MOS {labels.min():.2f}..{labels.max():.2f} -> {out_dir}")
 
 
 if __name__ == "__main__":
