@@ -94,7 +94,7 @@ def main() -> None:
     from nriqa.evaluation.metrics import rgb_psnr
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("raw_dir", type=Path, nargs="?", help="the synthetic dataset (TID2013 layout)")
+    parser.add_argument("raw_dir", type=Path, nargs="?", metavar="RAW_DIR", help="the synthetic dataset (TID2013 layout)")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--photos", action="store_true", help="photographic references instead")
     parser.add_argument("--split-seed", type=int, default=7, help="the clone's preprocess.seed (--photos)")
@@ -106,6 +106,8 @@ def main() -> None:
         (args.out_dir / "reference_images").mkdir()
         write_labels(args.out_dir, write_photo_proxy(args.out_dir, curves, args.split_seed), REFERENCES)
         return
+    if args.raw_dir is None:
+        parser.error("RAW_DIR (the synthetic dataset) is needed without --photos")
     index, _ = build_index(args.raw_dir, "tid2013")
     references = sorted(index["reference"].unique())[:REFERENCES]
     index = index[index["distortion"].isin(TYPES) & index["reference"].isin(references)]
