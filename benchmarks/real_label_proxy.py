@@ -19,7 +19,7 @@ micrographs): 24 of the generated training set's photographs (`nriqa.data.trains
 shrunk to a 512-pixel short side (Kodak's) and cut to 512x384 at its centre, distorted by
 `nriqa.data.distortions.distort` at levels 1-5. Those photographs also feed the generated
 training images, so a mixed run would see the test content: the script prints the photos of the
-validation and test references (preprocess's default ratios, `--split-seed` its seed), to leave out of
+validation and test references (params.yaml's `preprocess` split; `--split-seed` another seed), to leave out of
 `TRAINING_PHOTOS` in the clone that runs it.
 
 Run the pipeline on it with `data.source: local`, `data.path: OUT_DIR`, and compare `test.srcc`
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def psnr_label(distortion: int, psnr: float, curves: pd.DataFrame) -> float:
     return float(np.interp(psnr, curve["psnr_median"], curve["mos_median"]))
 
 
-def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int,
+def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int | None,
                       seed: int = 2013) -> list[tuple[float, str]]:
     """24 photographic references, 11 types x 5 levels each; returns (label, name) per image."""
     import cv2
@@ -80,8 +81,10 @@ def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int,
                 name = f"{reference}_{distortion:02d}_{level}.bmp"
                 Image.fromarray(distorted).save(out_dir / "distorted_images" / name)
                 lines.append((psnr_label(distortion, rgb_psnr(pristine, distorted), curves), name))
+    preprocess = yaml.safe_load((ROOT / "params.yaml").read_text())["preprocess"]
     splits = split_by_reference(pd.DataFrame({"reference": [r for r, _ in references]}),
-                                {"train": 0.6, "val": 0.2, "test": 0.2}, seed=split_seed)
+                                preprocess["split"],
+                                seed=preprocess["seed"] if split_seed is None else split_seed)
     held_out = [photo for (reference, photo), split in zip(references, splits["split"]) if split != "train"]
     print("photos of the validation and test references (leave them out of TRAINING_PHOTOS):",
           " ".join(held_out))
@@ -97,23 +100,20 @@ def main() -> None:
     parser.add_argument("raw_dir", type=Path, nargs="?", metavar="RAW_DIR", help="the synthetic dataset (TID2013 layout)")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--photos", action="store_true", help="photographic references instead")
-    parser.add_argument("--split-seed", type=int, default=7, help="the clone's preprocess.seed (--photos)")
+    parser.add_argument("--split-seed", type=int, help="the clone's preprocess.seed, if not params.yaml's (--photos)")
     args = parser.parse_args()
     curves = pd.read_csv(LEVELS_CSV)
-    if args.photos:
-        shutil.rmtree(args.out_dir, ignore_errors=True)
-        (args.out_dir / "distorted_images").mkdir(parents=True)
-        (args.out_dir / "reference_images").mkdir()
-        write_labels(args.out_dir, write_photo_proxy(args.out_dir, curves, args.split_seed), REFERENCES)
-        return
-    if args.raw_dir is None:
+    if args.raw_dir is None and not args.photos:
         parser.error("RAW_DIR (the synthetic dataset) is needed without --photos")
-    index, _ = build_index(args.raw_dir, "tid2013")
-    references = sorted(index["reference"].unique())[:REFERENCES]
-    index = index[index["distortion"].isin(TYPES) & index["reference"].isin(references)]
     shutil.rmtree(args.out_dir, ignore_errors=True)
     (args.out_dir / "distorted_images").mkdir(parents=True)
     (args.out_dir / "reference_images").mkdir()
+    if args.photos:
+        write_labels(args.out_dir, write_photo_proxy(args.out_dir, curves, args.split_seed), REFERENCES)
+        return
+    index, _ = build_index(args.raw_dir, "tid2013")
+    references = sorted(index["reference"].unique())[:REFERENCES]
+    index = index[index["distortion"].isin(TYPES) & index["reference"].isin(references)]
     reference_files = {path.stem.upper(): path for path in (args.raw_dir / "reference_images").iterdir()}
     lines = []
     for reference, rows in index.groupby("reference", sort=True):
