@@ -25,6 +25,12 @@ validation and test references (params.yaml's `preprocess` split; `--split-seed`
 Run the pipeline on it with `data.source: local`, `data.path: OUT_DIR`, and compare `test.srcc`
 with `baseline.srcc`. The stand-in flatters the CNN: its images come from the generator the
 CNN's generated training images come from. A CNN that loses here would lose on real data too.
+
+``--label-noise`` makes the labels as noisy as people's: TID2013's real MOS scatters about the
+per-type PSNR curve, part shared by all levels of one type on one content, part per image. The
+script measures both parts on TID2013's 3,000 scores (`shared/humanlabels/tid2013_scores.csv`)
+and adds seeded Gaussian noise of those sizes. Harsher than people: their shared part follows
+content, which a model could learn; this noise follows nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS_CSV = ROOT.parent / "shared" / "reference" / "tid2013_levels.csv"
+SCORES_CSV = ROOT.parent / "shared" / "humanlabels" / "tid2013_scores.csv"
 TYPES = (1, 2, 3, 5, 6, 7, 8, 10, 11, 19, 22)  # the human-label set's
 REFERENCES = 24
 
@@ -49,6 +56,29 @@ def psnr_label(distortion: int, psnr: float, curves: pd.DataFrame) -> float:
     """MOS from PSNR through the type's per-level medians (PSNR ascending), held at the ends."""
     curve = curves[curves["type"] == distortion].sort_values("psnr_median")
     return float(np.interp(psnr, curve["psnr_median"], curve["mos_median"]))
+
+
+def human_scatter(curves: pd.DataFrame) -> tuple[float, float]:
+    """Std of TID2013's MOS about the PSNR curve: (shared per content and type, per image)."""
+    scores = pd.read_csv(SCORES_CSV)
+    scores["reference"] = scores["name"].str[1:3].astype(int)
+    scores["type"] = scores["name"].str[4:6].astype(int)
+    residual = scores["mos"] - [psnr_label(t, psnr, curves) for t, psnr in zip(scores["type"], scores["psnr"])]
+    shared = residual.groupby([scores["reference"], scores["type"]]).transform("mean")
+    return float(shared.std()), float((residual - shared).std())
+
+
+def add_label_noise(lines: list[tuple[float, str]], curves: pd.DataFrame,
+                    seed: int = 2013) -> list[tuple[float, str]]:
+    """Labels plus people's scatter (`human_scatter`), clipped to TID2013's 0-9 scale."""
+    shared_std, image_std = human_scatter(curves)
+    rng = np.random.default_rng(seed)
+    cells = sorted({name[:6] for _, name in lines})  # "I01_02": reference and type
+    shared = dict(zip(cells, rng.normal(0, shared_std, len(cells))))
+    noise = rng.normal(0, image_std, len(lines))
+    print(f"label noise: std {shared_std:.3f} per content and type, {image_std:.3f} per image")
+    return [(float(np.clip(mos + shared[name[:6]] + extra, 0, 9)), name)
+            for (mos, name), extra in zip(lines, noise)]
 
 
 def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int | None,
@@ -101,6 +131,7 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--photos", action="store_true", help="photographic references instead")
     parser.add_argument("--split-seed", type=int, help="the clone's preprocess.seed, if not params.yaml's (--photos)")
+    parser.add_argument("--label-noise", action="store_true", help="add people's scatter to the labels")
     args = parser.parse_args()
     curves = pd.read_csv(LEVELS_CSV)
     if args.raw_dir is None and not args.photos:
@@ -109,7 +140,8 @@ def main() -> None:
     (args.out_dir / "distorted_images").mkdir(parents=True)
     (args.out_dir / "reference_images").mkdir()
     if args.photos:
-        write_labels(args.out_dir, write_photo_proxy(args.out_dir, curves, args.split_seed), REFERENCES)
+        lines = write_photo_proxy(args.out_dir, curves, args.split_seed)
+        write_labels(args.out_dir, add_label_noise(lines, curves) if args.label_noise else lines, REFERENCES)
         return
     index, _ = build_index(args.raw_dir, "tid2013")
     references = sorted(index["reference"].unique())[:REFERENCES]
@@ -125,7 +157,7 @@ def main() -> None:
             name = f"{reference}_{int(row.distortion):02d}_{int(row.level)}.bmp"
             shutil.copyfile(args.raw_dir / row.path, args.out_dir / "distorted_images" / name)
             lines.append((psnr_label(int(row.distortion), rgb_psnr(pristine, distorted), curves), name))
-    write_labels(args.out_dir, lines, len(references))
+    write_labels(args.out_dir, add_label_noise(lines, curves) if args.label_noise else lines, len(references))
 
 
 def write_labels(out_dir: Path, lines: list[tuple[float, str]], references: int) -> None:
