@@ -26,6 +26,12 @@ Run the pipeline on it with `data.source: local`, `data.path: OUT_DIR`, and comp
 with `baseline.srcc`. The stand-in flatters the CNN: its images come from the generator the
 CNN's generated training images come from. A CNN that loses here would lose on real data too.
 
+``--foreign`` (with ``--photos``) distorts them with library calls instead of the generator's
+code (scikit-image's noise, SciPy's filters, Pillow's codecs and palette), each image's strength
+searched so that its RGB PSNR meets TID2013's median for the level, as TID2013 set its own. The
+CNN has then never seen these distortions' exact look, as with a real folder; the BRISQUE
+baseline never has either way.
+
 ``--label-noise`` makes the labels as noisy as people's: TID2013's real MOS scatters about the
 per-type PSNR curve, part shared by all levels of one type on one content, part per image. The
 script measures both parts on TID2013's 3,000 scores (`shared/humanlabels/tid2013_scores.csv`)
@@ -36,6 +42,7 @@ content, which a model could learn; this noise follows nothing.
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import sys
 from pathlib import Path
@@ -81,8 +88,81 @@ def add_label_noise(lines: list[tuple[float, str]], curves: pd.DataFrame,
             for (mos, name), extra in zip(lines, noise)]
 
 
+def foreign_distortion(distortion: int, strength: float, image: np.ndarray, seed) -> np.ndarray:
+    """TID2013 type `distortion` on uint8 RGB `image` by library calls, not `nriqa.data.distortions`;
+    PSNR falls as `strength` grows."""
+    from PIL import Image as PILImage
+    from scipy.ndimage import gaussian_filter
+    from skimage.color import rgb2ycbcr, ycbcr2rgb
+    from skimage.util import random_noise
+
+    rng = np.random.default_rng(seed)
+    x = image.astype(np.float64) / 255
+    if distortion in (10, 11, 22):  # codecs and palettes, through Pillow
+        buffer, pil = io.BytesIO(), PILImage.fromarray(image)
+        if distortion == 22:
+            # Pillow dithers only towards a given palette: the palette first, then the dithering.
+            palette = pil.quantize(colors=257 - int(strength))
+            return np.asarray(pil.quantize(palette=palette, dither=PILImage.Dither.FLOYDSTEINBERG)
+                              .convert("RGB"))
+        if distortion == 10:
+            pil.save(buffer, format="JPEG", quality=101 - int(strength))
+        else:
+            pil.save(buffer, format="JPEG2000", quality_mode="rates", quality_layers=[strength])
+        return np.asarray(PILImage.open(buffer).convert("RGB"))
+    if distortion == 1:
+        out = random_noise(x, mode="gaussian", var=strength ** 2, rng=rng)
+    elif distortion == 2:  # noise in the chroma channels only
+        ycc = rgb2ycbcr(x)
+        ycc[..., 1:] += rng.normal(0, strength * 224, ycc.shape[:2] + (2,))
+        out = ycbcr2rgb(ycc)
+    elif distortion in (3, 5):  # low-passed (spatially correlated) or high-passed white noise
+        noise = rng.normal(size=x.shape)
+        low = gaussian_filter(noise, sigma=(1.5, 1.5, 0))
+        noise = low if distortion == 3 else noise - low
+        out = x + strength * noise / noise.std()
+    elif distortion == 6:
+        out = random_noise(x, mode="s&p", amount=strength, rng=rng)
+    elif distortion == 7:  # uniform quantization of every channel
+        out = np.round(x / strength) * strength
+    elif distortion == 8:
+        out = gaussian_filter(x, sigma=(strength, strength, 0))
+    elif distortion == 19:
+        out = random_noise(x, mode="speckle", var=strength ** 2, rng=rng)
+    else:
+        raise ValueError(f"no library distortion for type {distortion}")
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+# Strength ranges searched, (low, high, integer): from nothing visible to past TID2013's level 5.
+FOREIGN_RANGES = {1: (1e-3, 0.5, False), 2: (1e-3, 0.8, False), 3: (1e-3, 0.5, False),
+                  5: (1e-3, 1.0, False), 6: (1e-5, 0.5, False), 7: (1e-3, 0.5, False),
+                  8: (0.05, 20.0, False), 10: (1, 100, True), 11: (1.0, 2000.0, False),
+                  19: (1e-3, 2.0, False), 22: (1, 255, True)}
+
+
+def psnr_matched(distortion: int, pristine: np.ndarray, target: float, seed) -> np.ndarray:
+    """`foreign_distortion` at the strength whose RGB PSNR is nearest `target` (bisection)."""
+    from nriqa.evaluation.metrics import rgb_psnr
+
+    low, high, integer = FOREIGN_RANGES[distortion]
+    tried = {}
+    for _ in range(16):
+        middle = (low + high) // 2 if integer else float(np.sqrt(low * high))
+        if middle in tried or (integer and high - low <= 1):
+            break
+        tried[middle] = foreign_distortion(distortion, middle, pristine, seed)
+        if rgb_psnr(pristine, tried[middle]) > target:
+            low = middle
+        else:
+            high = middle
+    for end in (low, high):
+        tried.setdefault(end, foreign_distortion(distortion, end, pristine, seed))
+    return min(tried.values(), key=lambda image: abs(rgb_psnr(pristine, image) - target))
+
+
 def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int | None,
-                      seed: int = 2013) -> list[tuple[float, str]]:
+                      foreign: bool = False, seed: int = 2013) -> list[tuple[float, str]]:
     """24 photographic references, 11 types x 5 levels each; returns (label, name) per image."""
     import cv2
 
@@ -106,8 +186,13 @@ def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int | Non
         references.append((reference, str(TRAINING_PHOTOS[photo][1])))
         for distortion in TYPES:
             for level in range(1, 6):
-                rng = np.random.default_rng([seed, number, distortion, level])
-                distorted = distort(pristine, distortion, level, rng)
+                if foreign:
+                    target = curves[(curves["type"] == distortion) & (curves["level"] == level)]
+                    distorted = psnr_matched(distortion, pristine, float(target["psnr_median"].iloc[0]),
+                                             [seed, number, distortion, level])
+                else:
+                    distorted = distort(pristine, distortion, level,
+                                        np.random.default_rng([seed, number, distortion, level]))
                 name = f"{reference}_{distortion:02d}_{level}.bmp"
                 Image.fromarray(distorted).save(out_dir / "distorted_images" / name)
                 lines.append((psnr_label(distortion, rgb_psnr(pristine, distorted), curves), name))
@@ -131,16 +216,19 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--photos", action="store_true", help="photographic references instead")
     parser.add_argument("--split-seed", type=int, help="the clone's preprocess.seed, if not params.yaml's (--photos)")
+    parser.add_argument("--foreign", action="store_true", help="--photos distorted by library calls")
     parser.add_argument("--label-noise", action="store_true", help="add people's scatter to the labels")
     args = parser.parse_args()
     curves = pd.read_csv(LEVELS_CSV)
+    if args.foreign and not args.photos:
+        parser.error("--foreign distorts the --photos references")
     if args.raw_dir is None and not args.photos:
         parser.error("RAW_DIR (the synthetic dataset) is needed without --photos")
     shutil.rmtree(args.out_dir, ignore_errors=True)
     (args.out_dir / "distorted_images").mkdir(parents=True)
     (args.out_dir / "reference_images").mkdir()
     if args.photos:
-        lines = write_photo_proxy(args.out_dir, curves, args.split_seed)
+        lines = write_photo_proxy(args.out_dir, curves, args.split_seed, args.foreign)
         write_labels(args.out_dir, add_label_noise(lines, curves) if args.label_noise else lines, REFERENCES)
         return
     index, _ = build_index(args.raw_dir, "tid2013")
