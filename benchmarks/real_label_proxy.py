@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/real_label_proxy.py data/raw /tmp/proxy
     .venv/bin/python benchmarks/real_label_proxy.py --photos /tmp/photo-proxy
+    .venv/bin/python benchmarks/real_label_proxy.py --photos --foreign --label-noise /tmp/photo-proxy-foreign
 
 The acceptance check trains on a TID2013-layout folder with real human MOS (1,320 images, 11
 types, a content-disjoint split) and compares the CNN with the BRISQUE + SVR baseline. That
@@ -23,8 +24,8 @@ validation and test references (params.yaml's `preprocess` split; `--split-seed`
 `TRAINING_PHOTOS` in the clone that runs it.
 
 Run the pipeline on it with `data.source: local`, `data.path: OUT_DIR`, and compare `test.srcc`
-with `baseline.srcc`. The stand-in flatters the CNN: its images come from the generator the
-CNN's generated training images come from. A CNN that loses here would lose on real data too.
+with `baseline.srcc`. Without `--foreign` the stand-in flatters the CNN: its images come from
+the generator the CNN's generated training images come from. BENCHMARKS has the figures.
 
 ``--foreign`` (with ``--photos``) distorts them with library calls instead of the generator's
 code (scikit-image's noise, SciPy's filters, Pillow's codecs and palette), each image's strength
