@@ -92,7 +92,6 @@ def add_label_noise(lines: list[tuple[float, str]], curves: pd.DataFrame,
 def foreign_distortion(distortion: int, strength: float, image: np.ndarray, seed) -> np.ndarray:
     """TID2013 type `distortion` on uint8 RGB `image` by library calls, not `nriqa.data.distortions`;
     PSNR falls as `strength` grows."""
-    from PIL import Image as PILImage
     from scipy.ndimage import gaussian_filter
     from skimage.color import rgb2ycbcr, ycbcr2rgb
     from skimage.util import random_noise
@@ -100,17 +99,17 @@ def foreign_distortion(distortion: int, strength: float, image: np.ndarray, seed
     rng = np.random.default_rng(seed)
     x = image.astype(np.float64) / 255
     if distortion in (10, 11, 22):  # codecs and palettes, through Pillow
-        buffer, pil = io.BytesIO(), PILImage.fromarray(image)
+        buffer, pil = io.BytesIO(), Image.fromarray(image)
         if distortion == 22:
             # Pillow dithers only towards a given palette: the palette first, then the dithering.
             palette = pil.quantize(colors=257 - int(strength))
-            return np.asarray(pil.quantize(palette=palette, dither=PILImage.Dither.FLOYDSTEINBERG)
+            return np.asarray(pil.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
                               .convert("RGB"))
         if distortion == 10:
             pil.save(buffer, format="JPEG", quality=101 - int(strength))
         else:
             pil.save(buffer, format="JPEG2000", quality_mode="rates", quality_layers=[strength])
-        return np.asarray(PILImage.open(buffer).convert("RGB"))
+        return np.asarray(Image.open(buffer).convert("RGB"))
     if distortion == 1:
         out = random_noise(x, mode="gaussian", var=strength ** 2, rng=rng)
     elif distortion == 2:  # noise in the chroma channels only
@@ -147,19 +146,25 @@ def psnr_matched(distortion: int, pristine: np.ndarray, target: float, seed) -> 
     from nriqa.evaluation.metrics import rgb_psnr
 
     low, high, integer = FOREIGN_RANGES[distortion]
-    tried = {}
+    tried = {}  # strength -> (RGB PSNR, image)
+
+    def attempt(strength):
+        image = foreign_distortion(distortion, strength, pristine, seed)
+        tried[strength] = (rgb_psnr(pristine, image), image)
+        return tried[strength][0]
+
     for _ in range(16):
         middle = (low + high) // 2 if integer else float(np.sqrt(low * high))
         if middle in tried or (integer and high - low <= 1):
             break
-        tried[middle] = foreign_distortion(distortion, middle, pristine, seed)
-        if rgb_psnr(pristine, tried[middle]) > target:
+        if attempt(middle) > target:
             low = middle
         else:
             high = middle
     for end in (low, high):
-        tried.setdefault(end, foreign_distortion(distortion, end, pristine, seed))
-    return min(tried.values(), key=lambda image: abs(rgb_psnr(pristine, image) - target))
+        if end not in tried:
+            attempt(end)
+    return min(tried.values(), key=lambda tried_one: abs(tried_one[0] - target))[1]
 
 
 def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int | None,
@@ -207,11 +212,40 @@ def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int | Non
     return lines
 
 
-def main() -> None:
-    sys.path.insert(0, str(ROOT))
+def write_synthetic_proxy(raw_dir: Path, out_dir: Path, curves: pd.DataFrame) -> list[tuple[float, str]]:
+    """The synthetic dataset's first 24 references, its images of the 11 types copied; returns
+    (label, name) per image."""
     from nriqa.data.formats import build_index
     from nriqa.evaluation.metrics import rgb_psnr
 
+    index, _ = build_index(raw_dir, "tid2013")
+    references = sorted(index["reference"].unique())[:REFERENCES]
+    index = index[index["distortion"].isin(TYPES) & index["reference"].isin(references)]
+    reference_files = {path.stem.upper(): path for path in (raw_dir / "reference_images").iterdir()}
+    lines = []
+    for reference, rows in index.groupby("reference", sort=True):
+        source = reference_files[reference.upper()]
+        shutil.copyfile(source, out_dir / "reference_images" / f"{reference}.BMP")
+        pristine = np.asarray(Image.open(source).convert("RGB"))
+        for row in rows.itertuples():
+            distorted = np.asarray(Image.open(raw_dir / row.path).convert("RGB"))
+            name = f"{reference}_{int(row.distortion):02d}_{int(row.level)}.bmp"
+            shutil.copyfile(raw_dir / row.path, out_dir / "distorted_images" / name)
+            lines.append((psnr_label(int(row.distortion), rgb_psnr(pristine, distorted), curves), name))
+    return lines
+
+
+def write_labels(out_dir: Path, lines: list[tuple[float, str]]) -> None:
+    (out_dir / "mos_with_names.txt").write_text("".join(f"{mos:.5f} {name}\n" for mos, name in lines))
+    (out_dir / "mos_std.txt").write_text("".join("0.5\n" for _ in lines))
+    labels = np.array([mos for mos, _ in lines])
+    references = len({name[:3] for _, name in lines})
+    print(f"{len(lines)} images, {references} references, {len(TYPES)} types; "
+          f"MOS {labels.min():.2f}..{labels.max():.2f} -> {out_dir}")
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("raw_dir", type=Path, nargs="?", metavar="RAW_DIR", help="the synthetic dataset (TID2013 layout)")
     parser.add_argument("out_dir", type=Path)
@@ -220,41 +254,19 @@ def main() -> None:
     parser.add_argument("--foreign", action="store_true", help="--photos distorted by library calls")
     parser.add_argument("--label-noise", action="store_true", help="add people's scatter to the labels")
     args = parser.parse_args()
-    curves = pd.read_csv(LEVELS_CSV)
     if args.foreign and not args.photos:
         parser.error("--foreign distorts the --photos references")
     if args.raw_dir is None and not args.photos:
         parser.error("RAW_DIR (the synthetic dataset) is needed without --photos")
+    curves = pd.read_csv(LEVELS_CSV)
     shutil.rmtree(args.out_dir, ignore_errors=True)
     (args.out_dir / "distorted_images").mkdir(parents=True)
     (args.out_dir / "reference_images").mkdir()
     if args.photos:
         lines = write_photo_proxy(args.out_dir, curves, args.split_seed, args.foreign)
-        write_labels(args.out_dir, add_label_noise(lines, curves) if args.label_noise else lines, REFERENCES)
-        return
-    index, _ = build_index(args.raw_dir, "tid2013")
-    references = sorted(index["reference"].unique())[:REFERENCES]
-    index = index[index["distortion"].isin(TYPES) & index["reference"].isin(references)]
-    reference_files = {path.stem.upper(): path for path in (args.raw_dir / "reference_images").iterdir()}
-    lines = []
-    for reference, rows in index.groupby("reference", sort=True):
-        source = reference_files[reference.upper()]
-        shutil.copyfile(source, args.out_dir / "reference_images" / f"{reference}.BMP")
-        pristine = np.asarray(Image.open(source).convert("RGB"))
-        for row in rows.itertuples():
-            distorted = np.asarray(Image.open(args.raw_dir / row.path).convert("RGB"))
-            name = f"{reference}_{int(row.distortion):02d}_{int(row.level)}.bmp"
-            shutil.copyfile(args.raw_dir / row.path, args.out_dir / "distorted_images" / name)
-            lines.append((psnr_label(int(row.distortion), rgb_psnr(pristine, distorted), curves), name))
-    write_labels(args.out_dir, add_label_noise(lines, curves) if args.label_noise else lines, len(references))
-
-
-def write_labels(out_dir: Path, lines: list[tuple[float, str]], references: int) -> None:
-    (out_dir / "mos_with_names.txt").write_text("".join(f"{mos:.5f} {name}\n" for mos, name in lines))
-    (out_dir / "mos_std.txt").write_text("".join("0.5\n" for _ in lines))
-    labels = np.array([mos for mos, _ in lines])
-    print(f"{len(lines)} images, {references} references, {len(TYPES)} types; "
-          f"MOS {labels.min():.2f}..{labels.max():.2f} -> {out_dir}")
+    else:
+        lines = write_synthetic_proxy(args.raw_dir, args.out_dir, curves)
+    write_labels(args.out_dir, add_label_noise(lines, curves) if args.label_noise else lines)
 
 
 if __name__ == "__main__":
