@@ -17,7 +17,8 @@ from keras import layers, ops
 
 from nriqa.errors import NriqaError
 
-BACKBONES = ("mobilenet_style", "mobilenet_v2", "mobilenet_v3_small")
+BACKBONES = ("mobilenet_style", "efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_small")
+POOLING = ("last", "stages")
 
 
 @keras.saving.register_keras_serializable(package="nriqa")
@@ -95,11 +96,41 @@ def _applications_backbone(x, backbone: str, input_size: int, width: float, weig
     return net(x)
 
 
+def _pooled(x, name):
+    # Mean and max pooling: distortions can be spread evenly or concentrated in a few spots.
+    return [layers.GlobalAveragePooling2D(name=f"{name}_mean")(x),
+            layers.GlobalMaxPooling2D(name=f"{name}_max")(x)]
+
+
+def _efficientnet_features(inputs, *, depth: int, weights, pooling: str, freeze: bool):
+    """Pooled EfficientNet-Lite0 features of the first `depth` blocks; with `pooling: stages`
+    every stage's output is pooled (early stages see the distortion, late ones the content)."""
+    from nriqa.model import efficientnet_lite
+
+    if not 1 <= depth <= efficientnet_lite.BLOCKS:
+        raise NriqaError(f"model.depth: efficientnet_lite0 has {efficientnet_lite.BLOCKS} blocks; "
+                         f"got {depth}")
+    backbone = keras.Model(inputs, efficientnet_lite.stage_outputs(inputs, blocks=depth),
+                           name="efficientnet_lite0")
+    if weights == "imagenet":
+        from nriqa.model.pretrained import efficientnet_lite0_weights
+
+        efficientnet_lite.load_weights(backbone, efficientnet_lite0_weights())
+        for layer in backbone.layers:
+            # Batch norm keeps ImageNet's statistics: small crop batches would only add noise.
+            if freeze or isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
+    stages = backbone(inputs)
+    chosen = stages if pooling == "stages" else stages[-1:]
+    return [p for i, x in enumerate(chosen) for p in _pooled(x, f"pool{i}")]
+
+
 def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width: float = 1.0,
                depth: int = 4, dropout: float = 0.25, head_units=(128, 64),
                input_norm: str = "lcn", lcn_epsilon: float = 1e-2, mos_head: str = "direct",
                weights=None, initial_mos: float = 4.5,
-               distortion_types: int = 0, undistorted_class: bool = False) -> keras.Model:
+               distortion_types: int = 0, undistorted_class: bool = False,
+               pooling: str = "last", freeze: bool = False, fusion: bool = False) -> keras.Model:
     """Build the crop-level model; arguments mirror params.yaml's `model` section.
 
     Its output is one row per crop: the MOS in column 0, then (with `distortion_types` > 0)
@@ -113,8 +144,10 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
     if weights not in (None, "imagenet"):
         raise NriqaError(f"model.weights: {weights!r} must be null or imagenet")
     if weights and backbone == "mobilenet_style":
-        raise NriqaError("model.weights: imagenet weights exist only for the keras.applications "
-                         "backbones (mobilenet_v2, mobilenet_v3_small)")
+        raise NriqaError("model.weights: imagenet weights exist for efficientnet_lite0 (offline) "
+                         "and the keras.applications backbones (which download them)")
+    if pooling not in POOLING:
+        raise NriqaError(f"model.pooling: {pooling!r} must be one of {', '.join(POOLING)}")
     if mos_head not in ("direct", "per_type"):
         raise NriqaError(f"model.mos_head: {mos_head!r} must be direct or per_type")
     if undistorted_class and distortion_types not in (0, 24):
@@ -124,16 +157,25 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
         raise NriqaError(f"model.input_norm: {input_norm!r} must be lcn or none")
 
     inputs = keras.Input((input_size, input_size, 3), name="crop")
-    if backbone == "mobilenet_style":
+
+    def from_scratch_stream():
         x = layers.Rescaling(1 / 255, name="to_unit")(inputs)
         if input_norm == "lcn":
             x = LocalContrastNormalization(epsilon=lcn_epsilon, name="lcn")(x)
-        x = _mobilenet_style(x, width, depth)
+        return _pooled(_mobilenet_style(x, width, depth if backbone == "mobilenet_style" else 3),
+                       "pool_scratch")
+
+    if backbone == "mobilenet_style":
+        features = from_scratch_stream()
+    elif backbone == "efficientnet_lite0":
+        features = _efficientnet_features(inputs, depth=depth, weights=weights, pooling=pooling,
+                                          freeze=freeze)
+        if fusion:  # beside the from-scratch LCN stream, as DBCNN fuses two streams
+            features += from_scratch_stream()
     else:
-        x = _applications_backbone(inputs, backbone, input_size, width, weights)
-    # Mean and max pooling: distortions can be spread evenly or concentrated in a few spots.
-    x = layers.Concatenate(name="pool")([layers.GlobalAveragePooling2D()(x),
-                                         layers.GlobalMaxPooling2D()(x)])
+        features = _pooled(_applications_backbone(inputs, backbone, input_size, width, weights),
+                           "pool")
+    x = layers.Concatenate(name="pool")(features)
     for i, units in enumerate(head_units):
         x = layers.Dense(units, activation="relu", name=f"head{i + 1}")(x)
         x = layers.Dropout(dropout, name=f"head{i + 1}_dropout")(x)
@@ -167,5 +209,7 @@ def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Mod
         input_norm=model_params["input_norm"],
         lcn_epsilon=float(model_params["lcn_epsilon"]), weights=model_params["weights"],
         initial_mos=initial_mos, distortion_types=int(model_params["distortion_types"]),
-        mos_head=model_params["mos_head"], undistorted_class=bool(model_params["undistorted_class"]))
+        mos_head=model_params["mos_head"], undistorted_class=bool(model_params["undistorted_class"]),
+        pooling=model_params.get("pooling", "last"), freeze=bool(model_params.get("freeze", False)),
+        fusion=bool(model_params.get("fusion", False)))
 
