@@ -17,10 +17,12 @@ It measures only: nothing here feeds training, validation, early stopping or cal
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,40 @@ def report(title: str, frame: pd.DataFrame) -> None:
     print("  per type: " + "  ".join(f"{int(t)}: {v:.3f}" for t, v in per_type.items()))
 
 
+def model_report(model, preprocessing: dict, dev_set: Path) -> dict:
+    """What a user meets on the dev set: SRCC overall and per type; at levels 3-5 the type
+    head's top-1 and top-3 accuracy; the 12 pristine references' scores, and how often each
+    scores above its own distorted versions at levels 3-5 (overall and the worst type)."""
+    from nriqa.data.formats import build_index
+    from nriqa.evaluation.metrics import categorize, per_group_srcc, quality_metrics
+    from nriqa.evaluation.report import score_index
+
+    index, _ = build_index(dev_set, "tid2013")
+    scored = score_index(model, preprocessing, index, dev_set, progress=False)
+    report = {"srcc": quality_metrics(scored["mos"], scored["pred"])["srcc"],
+              "per_type": {int(k): v for k, v in per_group_srcc(scored, "distortion").items()}}
+    strong = scored[scored["level"] >= 3]
+    if "pred_top3" in scored:
+        truth = strong["distortion"].astype(int)
+        report["top1_levels_3_5"] = float((strong["pred_distortion"] == truth).mean())
+        report["top3_levels_3_5"] = float(np.mean(
+            [str(t) in top3.split() for t, top3 in zip(truth, strong["pred_top3"])]))
+    references = sorted((dev_set / "reference_images").glob("I*.BMP"))
+    pristine = score_index(model, preprocessing, pd.DataFrame(
+        {"image": [p.stem.lower() for p in references], "path": [p.name for p in references],
+         "mos": np.nan}), dev_set / "reference_images", progress=False)
+    pristine_pred = dict(zip(pristine["image"], pristine["pred"]))
+    wins = strong.assign(win=[pristine_pred[name[:3].lower()] > pred
+                              for name, pred in zip(strong["image"], strong["pred"])])
+    report["pristine_scores"] = [round(float(v), 3) for v in pristine["pred"]]
+    report["pristine_good_or_better"] = float(np.mean(
+        np.isin(categorize(pristine["pred"].to_numpy()), ["Good", "Excellent"])))
+    report["pristine_wins_levels_3_5"] = float(wins["win"].mean())
+    report["pristine_wins_per_type"] = {int(k): round(float(v), 3) for k, v in
+                                        wins.groupby("distortion")["win"].mean().items()}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", type=Path, default=ROOT / "data" / "external" / "humanlabels")
@@ -67,6 +103,7 @@ def main() -> None:
         model, info = load_model(args.model_dir)
         index, _ = build_index(args.set, "tid2013")
         report(f"model {args.model_dir}", score_index(model, info["preprocessing"], index, args.set))
+        print(json.dumps(model_report(model, info["preprocessing"], args.set)))
 
 
 if __name__ == "__main__":

@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
-    from human_labels import build
+    from human_labels import build, model_report
+    from nriqa.evaluation.report import distortion_metrics
 
-    from nriqa.data.formats import build_index
     from nriqa.evaluation.report import score_index
     from nriqa.model.imaging import preprocessing_config
-    from nriqa.evaluation.metrics import per_group_srcc, quality_metrics
+    from nriqa.evaluation.metrics import quality_metrics
     from nriqa.data.labels import MOS_RANGE
     from nriqa.model.bundle import save_bundle
     from nriqa.model.training import train
@@ -61,18 +61,18 @@ def main() -> None:
     save_bundle(model, out, {"preprocessing": preprocessing, "mos_range": list(MOS_RANGE)})
 
     build(args.set)
-    people, _ = build_index(args.set, "tid2013")
-    people = score_index(model, preprocessing, people, args.set, progress=False)
+    people = model_report(model, preprocessing, args.set)
     splits = pd.read_csv(args.shards / "splits.csv")
     test = splits[splits["split"] == "test"]
     test = score_index(model, preprocessing, test, args.shards.parent / "raw", progress=False)
     line = {"name": args.name, "overrides": args.overrides, "final_epoch": args.final_epoch,
             "seconds": round(time.perf_counter() - start), "best_epoch": result["best_epoch"],
             "val_srcc": [round(v, 3) for v in result["history"]["val_srcc"]],
-            "human_label_srcc": round(quality_metrics(people["mos"], people["pred"])["srcc"], 4),
-            "human_label_per_type": {int(k): round(v, 3)
-                                     for k, v in per_group_srcc(people, "distortion").items()},
-            "test_srcc": round(quality_metrics(test["mos"], test["pred"])["srcc"], 4)}
+            "human_label_srcc": round(people.pop("srcc"), 4),
+            "human_label_per_type": {k: round(v, 3) for k, v in people.pop("per_type").items()},
+            "human_label": people,
+            "test_srcc": round(quality_metrics(test["mos"], test["pred"])["srcc"], 4),
+            "test_types": distortion_metrics(test)}
     print(json.dumps(line))
     with (ROOT / "benchmarks" / "trials" / "results.jsonl").open("a") as results:
         results.write(json.dumps(line) + "\n")

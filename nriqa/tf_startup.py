@@ -1,4 +1,11 @@
-"""TensorFlow's start-up banners, kept out of the stage logs and the CLI's output.
+"""What must be settled before TensorFlow starts: the CPU kernels it may use, and its start-up
+banners, kept out of the stage logs and the CLI's output.
+
+The same weights on any x86-64 machine: oneDNN picks its kernels by the widest instruction set
+the CPU has (AVX2, AVX-512, AMX), and kernels of other widths sum in another order, so the same
+training gave other weights on a machine with AVX-512 than on one without. `pin_cpu_kernels` caps
+oneDNN at AVX2, which every x86-64 server and desktop of the last decade has, for every process
+of the project (stages, CLI, service), whatever the environment says.
 
 On import and on first looking for devices, TensorFlow's C++ side prints to stderr that oneDNN
 is on, which CPU instructions it could use, that no CUDA driver was found and, on a machine
@@ -90,6 +97,14 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
             gpu_expected = os.path.exists("/proc/driver/nvidia/version")
             spec.loader = _QuietLoader(spec.loader, banner_pattern(gpu_expected))
         return spec
+
+
+# oneDNN's name for the widest instruction set it may use; read when its first kernel is made.
+CPU_ISA = "AVX2"
+
+
+def pin_cpu_kernels() -> None:
+    os.environ["ONEDNN_MAX_CPU_ISA"] = CPU_ISA
 
 
 def quiet_tensorflow_start() -> None:

@@ -12,8 +12,8 @@ import pandas as pd
 
 from nriqa.evaluation import external, plots
 from nriqa.ops import tracking
-from nriqa.evaluation.report import (add_baseline, add_categories, distortion_confusion,
-                              per_distortion_table, per_level_table, rounded, score_test_split,
+from nriqa.evaluation.report import (TYPE_ACCURACY_COLUMNS, add_baseline, add_categories, distortion_accuracy_table,
+                              distortion_confusion, per_distortion_table, per_level_table, rounded, score_test_split,
                               summarize, test_set_digest)
 from nriqa.evaluation.metrics import CATEGORY_NAMES
 from nriqa.model.bundle import load_model
@@ -65,6 +65,10 @@ def main():
     per_distortion = per_distortion_table(test)
     per_distortion.to_csv(reports / "per_distortion.csv", index=False)
     per_level_table(test).to_csv(reports / "per_level.csv", index=False)
+    # A declared output: only the header where there is no type head or no types.
+    type_accuracy = distortion_accuracy_table(test)
+    (type_accuracy if type_accuracy is not None else pd.DataFrame(columns=TYPE_ACCURACY_COLUMNS)
+     ).to_csv(reports / "type_accuracy.csv", index=False)
     external.reset_dir(reports / "external")  # a declared output, so it exists even when empty
     external_files = [path for name, result in results.items()
                       for path in external.write_reports(name, result, reports / "external")]
@@ -88,7 +92,8 @@ def main():
                                figures / "training_curves.png")
     tracking.log_evaluation(run, metrics, {
         "": [Path("params.yaml"), reports / "metrics.json", reports / "confusion.json",
-             reports / "per_distortion.csv", reports / "per_level.csv", reports / "predictions.csv"],
+             reports / "per_distortion.csv", reports / "per_level.csv", reports / "predictions.csv",
+             reports / "type_accuracy.csv"],
         "figures": sorted(figures.glob("*.png")),
         "split": [args.splits.parent / "summary.json"],
         "external": external_files,

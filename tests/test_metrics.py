@@ -227,3 +227,23 @@ def test_srcc_is_spearman_and_zero_for_constant_input():
     assert srcc(mos, pred) == pytest.approx(stats.spearmanr(mos, pred).statistic)
     assert srcc(mos, np.full(4, 0.5)) == 0.0
     assert srcc(np.full(4, 3.0), pred) == 0.0
+
+
+def test_type_accuracy_per_type_and_level():
+    import pandas as pd
+
+    from nriqa.evaluation.report import TYPE_ACCURACY_COLUMNS, distortion_accuracy_table
+
+    scored = pd.DataFrame({
+        "distortion": [1, 1, 1, 2, 2, 0],
+        "level": [1, 1, 5, 3, 3, 0],
+        "pred_distortion": [1, 8, 1, 1, 2, 0],
+        "pred_top3": ["1 8 2", "8 2 1", "1 2 3", "1 3 5", "2 1 3", "0 1 2"]})
+    table = distortion_accuracy_table(scored).set_index(["distortion", "level"])
+    assert list(table.reset_index().columns) == TYPE_ACCURACY_COLUMNS
+    assert table.loc[(1, "1")].tolist() == [2, 0.5, 1.0]
+    assert table.loc[(1, "5")].tolist() == [1, 1.0, 1.0]
+    assert table.loc[(2, "3")].tolist() == [2, 0.5, 0.5]
+    assert table.loc[(1, "all")].tolist() == [3, 0.6667, 1.0]  # rounded to 4 decimals
+    assert 0 not in table.index.get_level_values("distortion")  # undistorted: no type to name
+    assert distortion_accuracy_table(scored.drop(columns=["pred_distortion", "pred_top3"])) is None

@@ -91,8 +91,59 @@ def test_applications_backbone_shapes():
     assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 1)
 
 
+def pretrained_model(**kwargs):
+    return make_model(backbone="efficientnet_lite0", weights="imagenet", input_size=32,
+                      head_units=(8,), distortion_types=24, undistorted_class=True,
+                      mos_head="per_type", **kwargs)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_pretrained_backbone_keeps_imagenet_statistics(freeze):
+    """ImageNet's batch-norm statistics always, and with `freeze` every backbone weight, stay
+    as published; the LCN stream beside it (`fusion`) is trained from scratch."""
+    from nriqa.model.pretrained import efficientnet_lite0_weights
+
+    model = pretrained_model(depth=5, pooling="stages", freeze=freeze, fusion=True)
+    backbone = model.get_layer("efficientnet_lite0")
+    state = efficientnet_lite0_weights()
+    np.testing.assert_array_equal(backbone.get_layer("effnet_block4_dw_bn").moving_variance,
+                                  state["_blocks.4._bn1.running_var"])
+    trainable = {w.path.split("/")[-2] for w in model.trainable_weights}
+    assert not any("_bn" in name for name in trainable if name.startswith("effnet_"))
+    assert any(name.startswith("effnet_") for name in trainable) is not freeze
+    assert "block1_dw" in trainable  # the from-scratch stream's first block
+    assert model(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 26)
+
+
+def test_pretrained_model_saves_and_loads(tmp_path):
+    model = pretrained_model(depth=3, pooling="stages")
+    crops = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    save_bundle(model, tmp_path, {"preprocessing": PREPROCESSING, "mos_range": [0, 9]})
+    loaded = load_model(tmp_path)[0]
+    np.testing.assert_allclose(np.asarray(loaded(crops)), np.asarray(model(crops)), atol=1e-5)
+
+
+def test_backbone_steps_scale_with_backbone_lr_scale():
+    import keras
+
+    from nriqa.model.training import BackboneScaledAdam
+
+    model = pretrained_model(depth=2)
+    before = [w.numpy() for w in model.trainable_weights]
+    model.compile(optimizer=BackboneScaledAdam(1e-2, backbone_scale=0.0), loss="mse")
+    crops = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    model.fit(crops, np.ones((8, 26), np.float32), epochs=2, verbose=0)
+    moved = {w.path: not np.array_equal(b, w.numpy())
+             for w, b in zip(model.trainable_weights, before)}
+    assert not any(v for path, v in moved.items() if "effnet_" in path)
+    assert all(v for path, v in moved.items() if path.startswith("head1"))
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"backbone": "resnet"}, "model.backbone"),
+    ({"backbone": "efficientnet_lite0", "depth": 17}, "model.depth"),
+    ({"backbone": "efficientnet_lite0", "pooling": "corners"}, "model.pooling"),
     ({"weights": "imagenet"}, "model.weights"),
     ({"input_norm": "zscore"}, "model.input_norm"),
     ({"mos_head": "mixture", "distortion_types": 24}, "model.mos_head"),

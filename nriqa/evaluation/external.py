@@ -54,6 +54,7 @@ class ExternalResult:
     predictions: pd.DataFrame  # PREDICTION_COLUMNS, one row per image
     metrics: dict  # quality_metrics keys, images, and per_distortion_srcc where there are types
     per_distortion: pd.DataFrame | None  # distortion, images, srcc; None without types
+    type_accuracy: pd.DataFrame | None = None  # `report.distortion_accuracy_table`
 
 
 # --- params.yaml `evaluate.external` -----------------------------------------------------------
@@ -124,7 +125,7 @@ def open_folder(path: Path, fmt: str, name: str = "", label: str = "") -> Labell
 def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
                     progress: bool = True) -> ExternalResult:
     """Score every image of the folder and measure the scores against its MOS."""
-    from nriqa.evaluation.report import distortion_metrics, score_index
+    from nriqa.evaluation.report import distortion_accuracy_table, distortion_metrics, score_index
     from nriqa.evaluation.metrics import per_group_srcc, quality_metrics
 
     try:
@@ -134,8 +135,10 @@ def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
     except NriqaError as error:  # an unreadable image, too few images
         raise NriqaError(f"{folder.label}: {error}") from error
     metrics["images"] = int(len(scored))
+    type_accuracy = None
     if folder.format == "tid2013":  # the head speaks TID2013's type numbers, not KADID-10k's
         metrics.update(distortion_metrics(scored))
+        type_accuracy = distortion_accuracy_table(scored)
 
     per_distortion = None
     # Only datasets made by distorting references have types; for the others (KonIQ-10k) an
@@ -147,17 +150,21 @@ def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
         per_distortion = pd.DataFrame({"distortion": [f"{int(k):02d}" for k in srcc],
                                        "images": [int(counts[k]) for k in srcc],
                                        "srcc": [round(v, 4) for v in srcc.values()]})
-    return ExternalResult(scored[PREDICTION_COLUMNS], metrics, per_distortion)
+    return ExternalResult(scored[PREDICTION_COLUMNS], metrics, per_distortion, type_accuracy)
 
 
 def write_reports(name: str, result: ExternalResult, out_dir: Path) -> list[Path]:
-    """reports/external/<name>.csv and, where there are types, <name>_per_distortion.csv."""
+    """reports/external/<name>.csv and, where there are types, <name>_per_distortion.csv and
+    (TID2013's types, a type head) <name>_type_accuracy.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{name}.csv"]
     result.predictions.round(4).to_csv(written[0], index=False)
     if result.per_distortion is not None:
         written.append(out_dir / f"{name}_per_distortion.csv")
         result.per_distortion.to_csv(written[-1], index=False)
+    if result.type_accuracy is not None:
+        written.append(out_dir / f"{name}_type_accuracy.csv")
+        result.type_accuracy.to_csv(written[-1], index=False)
     return written
 
 

@@ -73,6 +73,30 @@ def distortion_metrics(scored: pd.DataFrame) -> dict:
             "distortion_top3_accuracy": float(np.mean(in_top3))}
 
 
+TYPE_ACCURACY_COLUMNS = ["distortion", "level", "images", "top1", "top3"]
+
+
+def distortion_accuracy_table(scored: pd.DataFrame) -> pd.DataFrame | None:
+    """Per (type, level): images, and how often the type head's likeliest type is right (top1)
+    and its three likeliest hold it (top3); a row per type with level "all" too. None without
+    a type head or types: the likeliest distortions users see are measured here."""
+    if "pred_top3" not in scored or not scored["distortion"].between(1, 24).any():
+        return None
+    rows = scored[scored["distortion"].between(1, 24)].assign(
+        distortion=lambda f: f["distortion"].astype(int))
+    rows = rows.assign(top1=rows["pred_distortion"] == rows["distortion"],
+                       top3=[str(t) in top3.split()
+                             for t, top3 in zip(rows["distortion"], rows["pred_top3"])])
+    by_level = rows.groupby(["distortion", "level"])
+    by_type = rows.assign(level="all").groupby(["distortion", "level"])
+    table = pd.concat([group.agg(images=("top1", "size"), top1=("top1", "mean"),
+                                 top3=("top3", "mean")).reset_index()
+                       for group in (by_level, by_type)])
+    table["level"] = table["level"].astype(str)
+    return (table.sort_values(["distortion", "level"]).round(4).reset_index(drop=True)
+            [TYPE_ACCURACY_COLUMNS])
+
+
 def distortion_confusion(scored: pd.DataFrame) -> tuple[list[int], list[list[int]]]:
     """(types, counts[true][predicted]) over the types present, for the confusion plot."""
     rows = scored[scored["distortion"].between(1, 24)]

@@ -176,6 +176,9 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
         features = _pooled(_applications_backbone(inputs, backbone, input_size, width, weights),
                            "pool")
     x = layers.Concatenate(name="pool")(features)
+    if backbone != "mobilenet_style":
+        # Pretrained activations reach tens; on that scale the head's first steps blow up.
+        x = layers.LayerNormalization(name="pool_norm")(x)
     for i, units in enumerate(head_units):
         x = layers.Dense(units, activation="relu", name=f"head{i + 1}")(x)
         x = layers.Dropout(dropout, name=f"head{i + 1}_dropout")(x)
@@ -210,6 +213,6 @@ def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Mod
         lcn_epsilon=float(model_params["lcn_epsilon"]), weights=model_params["weights"],
         initial_mos=initial_mos, distortion_types=int(model_params["distortion_types"]),
         mos_head=model_params["mos_head"], undistorted_class=bool(model_params["undistorted_class"]),
-        pooling=model_params.get("pooling", "last"), freeze=bool(model_params.get("freeze", False)),
-        fusion=bool(model_params.get("fusion", False)))
+        pooling=model_params["pooling"], freeze=bool(model_params["freeze"]),
+        fusion=bool(model_params["fusion"]))
 

@@ -166,6 +166,28 @@ def joint_loss(mos_loss: str, type_weight: float, undistorted_class: bool = Fals
     return loss
 
 
+class BackboneScaledAdam(keras.optimizers.Adam):
+    """Adam whose steps on the pretrained backbone's weights are `backbone_scale` times the rest.
+
+    ImageNet weights take small steps or are lost: at the head's learning rate, a few hundred
+    steps push the backbone's ReLU6 units into saturation and the model into a constant output.
+    Scaling the gradients would not do it, since Adam divides their scale out."""
+
+    def __init__(self, learning_rate, backbone_scale: float = 1.0, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.backbone_scale = backbone_scale
+
+    def build(self, var_list):
+        super().build(var_list)
+        self._backbone_keys = {self._var_key(variable) for variable in var_list
+                               if "effnet_" in variable.path}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._var_key(variable) in self._backbone_keys:
+            learning_rate = learning_rate * self.backbone_scale
+        super().update_step(gradient, variable, learning_rate)
+
+
 class ValidationSRCC(keras.callbacks.Callback):
     """Scores the validation images after every epoch; adds val_srcc and val_rmse to the logs.
 
@@ -231,7 +253,9 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
         steps = int(train_params["epochs"]) * epoch_batches(
             len(train_mos), int(train_params["batch_size"]), strategy)
         learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
-        trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer = BackboneScaledAdam(
+            learning_rate, backbone_scale=float(train_params["backbone_lr_scale"]))
+        trainer.compile(optimizer=optimizer,
                         loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"]),
                                         bool(model_params["undistorted_class"])))
     def make_dataset():
