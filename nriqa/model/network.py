@@ -19,6 +19,9 @@ from nriqa.errors import NriqaError
 
 BACKBONES = ("mobilenet_style", "efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_small")
 POOLING = ("last", "stages")
+# Blocks of the from-scratch LCN stream beside a pretrained backbone (`fusion`), whose `depth`
+# counts the backbone's blocks: the from-scratch default's depth.
+FUSED_SCRATCH_DEPTH = 3
 
 
 @keras.saving.register_keras_serializable(package="nriqa")
@@ -162,8 +165,8 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
         x = layers.Rescaling(1 / 255, name="to_unit")(inputs)
         if input_norm == "lcn":
             x = LocalContrastNormalization(epsilon=lcn_epsilon, name="lcn")(x)
-        return _pooled(_mobilenet_style(x, width, depth if backbone == "mobilenet_style" else 3),
-                       "pool_scratch")
+        blocks = depth if backbone == "mobilenet_style" else FUSED_SCRATCH_DEPTH
+        return _pooled(_mobilenet_style(x, width, blocks), "pool_scratch")
 
     if backbone == "mobilenet_style":
         features = from_scratch_stream()
