@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # as the other benchmarks: the project is not installed
 
 
 def write_images(folder: Path, count: int) -> list[Path]:

@@ -104,9 +104,13 @@ def test_reports_and_flat_mlflow_names(tid_result, tmp_path):
     from nriqa.ops.tracking import evaluation_metrics
 
     written = write_reports("tidlike", tid_result, tmp_path)
-    assert [p.name for p in written] == ["tidlike.csv", "tidlike_per_distortion.csv"]
+    assert [p.name for p in written] == ["tidlike.csv", "tidlike_per_distortion.csv",
+                                         "tidlike_type_accuracy.csv"]  # the model has a type head
     assert list(pd.read_csv(written[0]).columns) == ["image", "distortion", "level", "mos", "pred"]
     assert list(pd.read_csv(written[1]).columns) == ["distortion", "images", "srcc"]
+    type_accuracy = pd.read_csv(written[2])
+    assert list(type_accuracy.columns) == ["distortion", "level", "images", "top1", "top3"]
+    assert type_accuracy.loc[type_accuracy["level"] == "all", "images"].tolist() == [6, 6, 6]
 
     flat = evaluation_metrics({"test": {"srcc": 0.5}, "external": {"tidlike": tid_result.metrics}})
     assert flat["test_srcc"] == 0.5

@@ -19,6 +19,7 @@ def test_every_stage_output_exists(tiny_project):
                  "data/processed/splits.csv", "data/processed/summary.json",
                  "models/model.keras", "models/model.json", "reports/metrics.json",
                  "reports/predictions.csv", "reports/per_distortion.csv",
+                 "reports/type_accuracy.csv",
                  "reports/train_history.csv", "reports/figures/scatter.png"]:
         assert (tiny_project / path).stat().st_size > 0, path
 
@@ -217,6 +218,7 @@ def test_external_folder_in_the_evaluate_stage(tiny_project):
     predictions = pd.read_csv(tiny_project / "reports/external/selfcheck.csv")
     assert list(predictions.columns) == ["image", "distortion", "level", "mos", "pred"]
     assert (tiny_project / "reports/external/selfcheck_per_distortion.csv").stat().st_size > 0
+    assert (tiny_project / "reports/external/selfcheck_type_accuracy.csv").stat().st_size > 0
 
     pointer = json.loads((tiny_project / "models/mlflow_run.json").read_text())
     logged = mlflow.MlflowClient(pointer["tracking_uri"]).get_run(pointer["run_id"]).data.metrics
