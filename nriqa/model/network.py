@@ -108,6 +108,8 @@ def _pooled(x, name):
 def _efficientnet_features(inputs, *, depth: int, weights, pooling: str, freeze: bool):
     """Pooled EfficientNet-Lite0 features of the first `depth` blocks; with `pooling: stages`
     every stage's output is pooled (early stages see the distortion, late ones the content)."""
+    # Imported here: a logged model carries network.py without them (bundle.MODEL_CODE), and
+    # loading one needs only the layers.
     from nriqa.model import efficientnet_lite
 
     if not 1 <= depth <= efficientnet_lite.BLOCKS:
