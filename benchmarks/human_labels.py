@@ -53,24 +53,21 @@ def report(title: str, frame: pd.DataFrame) -> None:
     print("  per type: " + "  ".join(f"{int(t)}: {v:.3f}" for t, v in per_type.items()))
 
 
-def model_report(model, preprocessing: dict, dev_set: Path) -> dict:
-    """What a user meets on the dev set: SRCC overall and per type; at levels 3-5 the type
-    head's top-1 and top-3 accuracy; the 12 pristine references' scores, and how often each
-    scores above its own distorted versions at levels 3-5 (overall and the worst type)."""
-    from nriqa.data.formats import build_index
+def model_report(scored: pd.DataFrame, model, preprocessing: dict, dev_set: Path) -> dict:
+    """What a user meets on the dev set, `scored` by `score_index`: SRCC overall and per type;
+    at levels 3-5 the type head's top-1 and top-3 accuracy; the 12 pristine references' scores,
+    and how often each scores above its own distorted versions at levels 3-5 (overall and per
+    type)."""
     from nriqa.evaluation.metrics import categorize, per_group_srcc, quality_metrics
-    from nriqa.evaluation.report import score_index
+    from nriqa.evaluation.report import distortion_metrics, score_index
 
-    index, _ = build_index(dev_set, "tid2013")
-    scored = score_index(model, preprocessing, index, dev_set, progress=False)
     report = {"srcc": quality_metrics(scored["mos"], scored["pred"])["srcc"],
               "per_type": {int(k): v for k, v in per_group_srcc(scored, "distortion").items()}}
     strong = scored[scored["level"] >= 3]
-    if "pred_top3" in scored:
-        truth = strong["distortion"].astype(int)
-        report["top1_levels_3_5"] = float((strong["pred_distortion"] == truth).mean())
-        report["top3_levels_3_5"] = float(np.mean(
-            [str(t) in top3.split() for t, top3 in zip(truth, strong["pred_top3"])]))
+    types = distortion_metrics(strong)
+    if types:
+        report["top1_levels_3_5"] = types["distortion_accuracy"]
+        report["top3_levels_3_5"] = types["distortion_top3_accuracy"]
     references = sorted((dev_set / "reference_images").glob("I*.BMP"))
     pristine = score_index(model, preprocessing, pd.DataFrame(
         {"image": [p.stem.lower() for p in references], "path": [p.name for p in references],
@@ -102,8 +99,9 @@ def main() -> None:
 
         model, info = load_model(args.model_dir)
         index, _ = build_index(args.set, "tid2013")
-        report(f"model {args.model_dir}", score_index(model, info["preprocessing"], index, args.set))
-        print(json.dumps(model_report(model, info["preprocessing"], args.set)))
+        scored = score_index(model, info["preprocessing"], index, args.set)
+        report(f"model {args.model_dir}", scored)
+        print(json.dumps(model_report(scored, model, info["preprocessing"], args.set)))
 
 
 if __name__ == "__main__":

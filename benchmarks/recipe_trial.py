@@ -31,6 +31,7 @@ def main() -> None:
     from human_labels import build, model_report
     from nriqa.evaluation.report import distortion_metrics
 
+    from nriqa.data.formats import build_index
     from nriqa.evaluation.report import score_index
     from nriqa.model.imaging import preprocessing_config
     from nriqa.evaluation.metrics import quality_metrics
@@ -61,7 +62,9 @@ def main() -> None:
     save_bundle(model, out, {"preprocessing": preprocessing, "mos_range": list(MOS_RANGE)})
 
     build(args.set)
-    people = model_report(model, preprocessing, args.set)
+    people, _ = build_index(args.set, "tid2013")
+    people = model_report(score_index(model, preprocessing, people, args.set, progress=False),
+                          model, preprocessing, args.set)
     splits = pd.read_csv(args.shards / "splits.csv")
     test = splits[splits["split"] == "test"]
     test = score_index(model, preprocessing, test, args.shards.parent / "raw", progress=False)

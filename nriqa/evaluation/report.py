@@ -65,12 +65,18 @@ def distortion_metrics(scored: pd.DataFrame) -> dict:
     """Top-1 and top-3 accuracy of the type head over images with a TID2013 type; {} without."""
     if "pred_distortion" not in scored or not scored["distortion"].between(1, 24).any():
         return {}
-    known = scored["distortion"].between(1, 24)
-    rows = scored[known]
+    hits = _type_hits(scored)
+    return {"distortion_accuracy": float(hits["top1"].mean()),
+            "distortion_top3_accuracy": float(hits["top3"].mean())}
+
+
+def _type_hits(scored: pd.DataFrame) -> pd.DataFrame:
+    """The images with a TID2013 type, their type as int, and whether the head's likeliest
+    type is it (top1) and its three likeliest hold it (top3)."""
+    rows = scored[scored["distortion"].between(1, 24)]
     truth = rows["distortion"].astype(int)
-    in_top3 = [str(t) in top3.split() for t, top3 in zip(truth, rows["pred_top3"])]
-    return {"distortion_accuracy": float(np.mean(rows["pred_distortion"] == truth)),
-            "distortion_top3_accuracy": float(np.mean(in_top3))}
+    return rows.assign(distortion=truth, top1=rows["pred_distortion"] == truth,
+                       top3=[str(t) in top3.split() for t, top3 in zip(truth, rows["pred_top3"])])
 
 
 TYPE_ACCURACY_COLUMNS = ["distortion", "level", "images", "top1", "top3"]
@@ -82,11 +88,7 @@ def distortion_accuracy_table(scored: pd.DataFrame) -> pd.DataFrame | None:
     a type head or types: the likeliest distortions users see are measured here."""
     if "pred_top3" not in scored or not scored["distortion"].between(1, 24).any():
         return None
-    rows = scored[scored["distortion"].between(1, 24)].assign(
-        distortion=lambda f: f["distortion"].astype(int))
-    rows = rows.assign(top1=rows["pred_distortion"] == rows["distortion"],
-                       top3=[str(t) in top3.split()
-                             for t, top3 in zip(rows["distortion"], rows["pred_top3"])])
+    rows = _type_hits(scored)
     by_level = rows.groupby(["distortion", "level"])
     by_type = rows.assign(level="all").groupby(["distortion", "level"])
     table = pd.concat([group.agg(images=("top1", "size"), top1=("top1", "mean"),

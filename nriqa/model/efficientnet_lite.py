@@ -22,6 +22,7 @@ STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80)
 BLOCKS = sum(stage[0] for stage in STAGES)  # 16 MBConv blocks
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 BN_EPSILON = 1e-3
+PREFIX = "effnet"  # every backbone layer's name starts with it (the optimizer finds them by it)
 # Lukemelas-style names of each layer's weights in the published state dict.
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
@@ -41,10 +42,11 @@ def block_plan() -> list[tuple[int, int, int, int, int, bool]]:
     return plan
 
 
-def stage_outputs(x, *, blocks: int = BLOCKS, head: bool = True, prefix: str = "effnet"):
+def stage_outputs(x, *, blocks: int = BLOCKS):
     """The input scaling, stem and the first `blocks` MBConv blocks (and the 1x1 head conv
-    when all 16 are kept and `head`); returns the output of the stem and of each stage reached,
+    when all 16 are kept); returns the output of the stem and of each stage reached,
     in order (the last is the network's final feature map)."""
+    prefix = PREFIX
     x = layers.Rescaling(1 / 128, offset=-127 / 128, name=f"{prefix}_scale")(x)
     x = layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", use_bias=False,
                       name=f"{prefix}_stem_conv")(x)
@@ -67,14 +69,15 @@ def stage_outputs(x, *, blocks: int = BLOCKS, head: bool = True, prefix: str = "
         x, channels = y, out_channels
         if stage_end or block == blocks - 1:
             outputs.append(x)
-    if head and blocks == BLOCKS:
+    if blocks == BLOCKS:
         x = layers.Conv2D(HEAD_CHANNELS, 1, use_bias=False, name=f"{prefix}_head_conv")(x)
         outputs.append(layers.ReLU(6.0, name=f"{prefix}_head_relu")(_bn(f"{prefix}_head_bn")(x)))
     return outputs
 
 
-def _layer_weights(prefix: str) -> dict[str, tuple[str, str]]:
+def _layer_weights() -> dict[str, tuple[str, str]]:
     """Keras layer name -> (state-dict prefix, kind) for every weighted layer."""
+    prefix = PREFIX
     names = {f"{prefix}_stem_conv": ("_conv_stem", "conv"), f"{prefix}_stem_bn": ("_bn0", "bn"),
              f"{prefix}_head_conv": ("_conv_head", "conv"), f"{prefix}_head_bn": ("_bn1", "bn")}
     for block, *_ in block_plan():
@@ -88,11 +91,10 @@ def _layer_weights(prefix: str) -> dict[str, tuple[str, str]]:
     return names
 
 
-def load_weights(model: keras.Model, state: dict[str, np.ndarray], prefix: str = "effnet") -> int:
-    """Copy a PyTorch-layout state dict into the model's backbone layers; returns how many
-    layers were set. Every backbone layer the model has must be in the state dict."""
-    count = 0
-    for layer_name, (key, kind) in _layer_weights(prefix).items():
+def load_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None:
+    """Copy a PyTorch-layout state dict into the model's backbone layers. Every backbone layer
+    the model has must be in the state dict."""
+    for layer_name, (key, kind) in _layer_weights().items():
         try:
             layer = model.get_layer(layer_name)
         except ValueError:
@@ -103,8 +105,6 @@ def load_weights(model: keras.Model, state: dict[str, np.ndarray], prefix: str =
             layer.set_weights([state[f"{key}.weight"].transpose(2, 3, 0, 1)])
         else:  # (out, in, k, k) -> (k, k, in, out)
             layer.set_weights([state[f"{key}.weight"].transpose(2, 3, 1, 0)])
-        count += 1
-    return count
 
 
 def imagenet_classifier() -> keras.Model:

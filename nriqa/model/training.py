@@ -25,6 +25,7 @@ from nriqa.errors import NriqaError
 from nriqa.evaluation.metrics import srcc
 from nriqa.model.distribution import (DistributableModel, chiefs_values, distributed_dataset,
                                      distributed_layers, distribution_strategy, epoch_batches)
+from nriqa.model import efficientnet_lite
 from nriqa.model.imaging import crops_for_prediction
 from nriqa.model.network import model_from_params
 from nriqa.model.prediction import score_images
@@ -180,7 +181,7 @@ class BackboneScaledAdam(keras.optimizers.Adam):
     def build(self, var_list):
         super().build(var_list)
         self._backbone_keys = {self._var_key(variable) for variable in var_list
-                               if "effnet_" in variable.path}
+                               if f"{efficientnet_lite.PREFIX}_" in variable.path}
 
     def update_step(self, gradient, variable, learning_rate):
         if self._var_key(variable) in self._backbone_keys:
