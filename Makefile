@@ -1,22 +1,24 @@
 # Two commands do all set-up on a fresh machine: `make repro` and `make test`.
-# The virtualenv is rebuilt whenever requirements.txt changes (the stamp is keyed on its hash).
+# The virtualenv is rebuilt whenever requirements.txt or pyproject.toml changes (the stamp is
+# keyed on their hash); nriqa itself is installed editable, with its `nriqa` command.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: venv system-deps repro test pull mlflow-ui tracking-server serve clean
+.PHONY: venv system-deps repro test test-fast pull mlflow-ui tracking-server serve clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install -qq --no-deps -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -46,10 +48,14 @@ repro: venv system-deps
 test: venv system-deps
 	$(BIN)/python -m pytest -v --durations=15 tests
 
+# The unit tests only (about a minute): no servers, browsers, pipelines or Debian packages.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not integration" tests
+
 # A teammate's checkout: data, shards, model and reports from the DVC remote (`dvc remote add -d`),
 # nothing regenerated or retrained; needs the dvc.lock of the commit that was pushed.
 pull: venv
-	@[ -f dvc.lock ] || { echo "error: no dvc.lock here, so nothing names the outputs to pull: whoever ran the pipeline commits dvc.lock and runs dvc push (README: Running as a team)" >&2; exit 2; }
+	@[ -f dvc.lock ] || { echo "error: no dvc.lock here, so nothing names the outputs to pull: whoever ran the pipeline commits dvc.lock and runs dvc push (docs/team.md)" >&2; exit 2; }
 	$(BIN)/dvc pull
 	$(BIN)/dvc status
 
@@ -65,7 +71,7 @@ MLFLOW_HOST ?= 0.0.0.0
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 4
 tracking-server: venv
-	@[ -n "$(MLFLOW_BACKEND_STORE_URI)" ] || { echo "error: set MLFLOW_BACKEND_STORE_URI=postgresql://USER:PASSWORD@HOST:5432/DATABASE (README: Running as a team)" >&2; exit 2; }
+	@[ -n "$(MLFLOW_BACKEND_STORE_URI)" ] || { echo "error: set MLFLOW_BACKEND_STORE_URI=postgresql://USER:PASSWORD@HOST:5432/DATABASE (docs/team.md)" >&2; exit 2; }
 	@exec $(BIN)/mlflow server --backend-store-uri '$(MLFLOW_BACKEND_STORE_URI)' \
 		--artifacts-destination '$(MLFLOW_ARTIFACTS_DESTINATION)' --serve-artifacts \
 		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)

@@ -9,7 +9,11 @@ store when the service starts, not when this file is imported.
 
 from pathlib import Path
 
-import bentoml
+from nriqa.core.runtime import configure
+
+configure()  # before BentoML, TensorFlow and MLflow load: the service is an entry point
+
+import bentoml  # noqa: E402
 
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.middleware import UploadGuard

@@ -1,6 +1,6 @@
 """CLI scoring throughput on 512x384 images, model beside model and beside BRISQUE, in one run.
 
-    .venv/bin/python benchmarks/bench_cli.py MODEL_DIR [MODEL_DIR ...] [--images 96] [--repeats 3]
+    .venv/bin/python -m benchmarks.bench_cli MODEL_DIR [MODEL_DIR ...] [--images 96] [--repeats 3]
 
 Writes `--images` 512x384 JPEGs (TID2013's size; photos that ship in scikit-image, cropped and
 distorted), then for each round times `python -m nriqa score DIR --model-dir MODEL_DIR` whole,
@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # as the other benchmarks: the project is not installed
 
 
 def write_images(folder: Path, count: int) -> list[Path]:

@@ -1,7 +1,7 @@
 """What capping oneDNN at AVX2 costs: training and scoring steps of the default model with the cap
 (as every nriqa process runs) and with the CPU's widest kernels, side by side.
 
-    .venv/bin/python benchmarks/bench_cpu_kernels.py [--rounds 3] [--steps 20]
+    .venv/bin/python -m benchmarks.bench_cpu_kernels [--rounds 3] [--steps 20]
 
 Each round runs one subprocess per setting, alternating, so a busy machine slows both alike. A
 subprocess builds the model from params.yaml, then times `--steps` training steps on batches of
@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STEP_SCRIPT = """
 import json, os, sys, time
-import nriqa
+from nriqa.core.runtime import configure
+configure()
 if sys.argv[1] != "pinned":
     os.environ["ONEDNN_MAX_CPU_ISA"] = sys.argv[1]
 import numpy as np, tensorflow as tf, yaml

@@ -11,7 +11,7 @@ The model is `models/` (model.keras + model.json) if it exists, else a freshly b
 default-size `make_model()` with params.yaml's preprocessing (scores are meaningless then;
 the work per image is the same).
 
-    python benchmarks/bench_service.py [--images 64] [--clients 16] [--requests 256] [--rounds 3]
+    .venv/bin/python -m benchmarks.bench_service [--images 64] [--clients 16] [--requests 256] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import numpy as np
 import requests
 from PIL import Image
 
+from tests.helpers import free_port
+
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-sys.path.insert(0, str(PROJECT / "tests"))
-from helpers import free_port  # noqa: E402  (tests/helpers.py)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -58,9 +58,9 @@ def make_images(count: int, size: tuple[int, int]) -> list[bytes]:
 def model_folder(workdir: Path) -> tuple[Path, str]:
     if (PROJECT / "models" / "model.keras").is_file():
         return PROJECT / "models", "trained model from models/ (params.yaml settings)"
-    from nriqa.model.imaging import preprocessing_config
+    from nriqa.core.imaging import preprocessing_config
+    from nriqa.core.stage import load_params
     from nriqa.model.network import model_from_params
-    from nriqa.stage import load_params
 
     params = load_params(PROJECT / "params.yaml")
     folder = workdir / "model"
@@ -71,7 +71,7 @@ def model_folder(workdir: Path) -> tuple[Path, str]:
 
 
 def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:
-    from nriqa.model.imaging import crops_for_prediction, decode_image
+    from nriqa.core.imaging import crops_for_prediction, decode_image
     from nriqa.model.bundle import load_model
     from nriqa.model.prediction import predict_mos
 

@@ -1,6 +1,6 @@
 """Time every DVC stage of the default pipeline in a fresh clone; print a Markdown table.
 
-    .venv/bin/python benchmarks/bench_stages.py --repeats 3
+    .venv/bin/python -m benchmarks.bench_stages --repeats 3
 
 Runs `dvc repro --single-item <stage>` stage by stage in pipeline order (the first round
 builds everything), then repeats the data stages `--repeats` times with `--force` and reports
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import VENV_BIN, make_clone, project_env  # noqa: E402  (tests/helpers.py)
+from tests.helpers import VENV_BIN, make_clone, project_env
 
 STAGES = ["fetch", "trainset", "normalize", "preprocess", "baseline", "train", "evaluate", "promote",
           "package"]

@@ -7,7 +7,7 @@ that must get a 400. Every valid answer is checked against the in-process score 
 Per run it reports failures by kind and status code, latency p50/p99/max, the longest gap
 with no completed response (a stall), and the server log's error lines.
 
-    python benchmarks/soak_service.py [--runs 5] [--requests 2000] [--clients 16]
+    .venv/bin/python -m benchmarks.soak_service [--runs 5] [--requests 2000] [--clients 16]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import os
 import random
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -30,11 +29,11 @@ import numpy as np
 import requests
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import make_images, model_folder, serving  # noqa: E402
+from benchmarks.bench_service import make_images, model_folder, serving
+
 
 def expected_scores(folder: Path, images: list[bytes]) -> list[float]:
-    from nriqa.model.imaging import decode_image
+    from nriqa.core.imaging import decode_image
     from nriqa.model.bundle import load_model
     from nriqa.model.prediction import predict_mos
 

@@ -1,9 +1,7 @@
-"""nriqa: no-reference image quality assessment, from data to a served model."""
+"""nriqa: no-reference image quality assessment, from data to a served model.
 
-from nriqa.tf_startup import pin_cpu_kernels, quiet_tensorflow_start
-
-# Before any stage, the CLI or the service imports TensorFlow (through Keras or directly).
-pin_cpu_kernels()
-quiet_tensorflow_start()
+Importing nriqa configures nothing. Entry points (the stages, the command line, the service)
+call `nriqa.core.runtime.configure()` first; a program that uses nriqa as a library does too.
+"""
 
 __version__ = "0.1.0"

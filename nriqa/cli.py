@@ -4,7 +4,7 @@
   score     score image files or folders with the trained model (nriqa.serving.scoring)
   evaluate  measure the model against one labelled dataset folder (nriqa.evaluation.external)
 
-Exit status (nriqa.errors.ExitCode), the same for every command and for the pipeline's stages:
+Exit status (nriqa.core.errors.ExitCode), the same for every command and for the pipeline's stages:
 0 done; 1 done, but some inputs failed (each named on stderr); 2 nothing done: a usage error or
 a problem with the input, params or environment, printed as `error: ...`.
 
@@ -17,18 +17,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nriqa.core.errors import reporting_errors
+from nriqa.core.runtime import configure
 from nriqa.data.formats import FORMATS
-from nriqa.errors import reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure()
     args = parser().parse_args(argv)  # a usage error exits 2 here, as argparse does
     return reporting_errors(args.handler)(args)
 
 
 def parser() -> argparse.ArgumentParser:
     # The commands and the exit status; the notes below them are for developers.
-    root = argparse.ArgumentParser(prog="python -m nriqa",
+    root = argparse.ArgumentParser(prog="nriqa",
                                    description="\n\n".join(__doc__.split("\n\n")[:3]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
@@ -39,19 +41,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def runs(args) -> None:
-    from nriqa.ops.runs import runs_table
+    from nriqa.ops.runs import runs_table  # lazy: MLflow loads only for this command
 
     print(runs_table(args.params, args.experiment, args.max_results))
 
 
 def score(args) -> int:
-    from nriqa.serving.scoring import run_score
+    from nriqa.serving.scoring import run_score  # lazy: TensorFlow loads only for this command
 
     return run_score(args)
 
 
 def evaluate(args) -> int:
-    from nriqa.evaluation.external import run_evaluate
+    from nriqa.evaluation.external import run_evaluate  # lazy: TensorFlow loads only for this command
 
     return run_evaluate(args)
 

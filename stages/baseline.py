@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from nriqa.core.stage import stage_main, written_aside
 from nriqa.evaluation.baseline import predict_test_split
-from nriqa.stage import stage_main, written_aside
 
 
 @stage_main

@@ -10,14 +10,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from nriqa.core.metrics import CATEGORY_NAMES
+from nriqa.core.stage import load_params, stage_main, write_json
 from nriqa.evaluation import external, plots
-from nriqa.ops import tracking
-from nriqa.evaluation.report import (TYPE_ACCURACY_COLUMNS, add_baseline, add_categories, distortion_accuracy_table,
-                              distortion_confusion, per_distortion_table, per_level_table, rounded, score_test_split,
-                              summarize, test_set_digest)
-from nriqa.evaluation.metrics import CATEGORY_NAMES
+from nriqa.evaluation.report import (
+    TYPE_ACCURACY_COLUMNS,
+    add_baseline,
+    add_categories,
+    distortion_accuracy_table,
+    distortion_confusion,
+    per_distortion_table,
+    per_level_table,
+    rounded,
+    score_test_split,
+    summarize,
+    test_set_digest,
+)
 from nriqa.model.bundle import load_model
-from nriqa.stage import load_params, stage_main, write_json
+from nriqa.ops import tracking
 
 
 def parse_args():

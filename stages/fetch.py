@@ -6,8 +6,8 @@
 import argparse
 from pathlib import Path
 
+from nriqa.core.stage import load_params, stage_main
 from nriqa.data.sources import fetch_dataset
-from nriqa.stage import load_params, stage_main
 
 
 @stage_main

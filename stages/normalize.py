@@ -6,8 +6,8 @@
 import argparse
 from pathlib import Path
 
+from nriqa.core.stage import load_params, stage_main, write_json, written_aside
 from nriqa.data.formats import build_index, dataset_format
-from nriqa.stage import load_params, stage_main, write_json, written_aside
 
 
 @stage_main

@@ -22,10 +22,10 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_HOME", str(PROJECT / "bentoml_home"))  # before bentoml is imported
 
+from nriqa.core.stage import load_params, stage_main, write_json  # noqa: E402
 from nriqa.model.bundle import fetch_bundle  # noqa: E402
 from nriqa.ops.packaging import package, promoted_version  # noqa: E402
 from nriqa.ops.tracking import resolve_tracking_uri  # noqa: E402
-from nriqa.stage import load_params, stage_main, write_json  # noqa: E402
 
 
 @stage_main

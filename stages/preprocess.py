@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from nriqa.core.stage import load_params, stage_main, staging, write_json
 from nriqa.data.formats import dataset_format
 from nriqa.data.shards import split_by_reference, write_shards
 from nriqa.data.trainset import INDEX_NAME
-from nriqa.stage import load_params, stage_main, staging, write_json
 
 
 @stage_main

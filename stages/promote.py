@@ -10,9 +10,9 @@ The candidate's SRCC is the one in its metrics file; the champion's comes from t
 import argparse
 from pathlib import Path
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
+from nriqa.core.stage import load_params, read_json, stage_main, write_json
 from nriqa.ops import registry, tracking
-from nriqa.stage import load_params, read_json, stage_main, write_json
 
 
 @stage_main

@@ -10,7 +10,7 @@ removed; each new one is written aside and renamed, the run pointer last, so a c
 old pointer beside a new model.
 
 With `train.strategy: multi_worker` every worker runs this stage (the chief through `dvc repro`,
-the others as `python -m stages.train ...` with the same arguments; README: Running as a team).
+the others as `python -m stages.train ...` with the same arguments; docs/team.md).
 Only the chief opens the MLflow run and writes the outputs; another worker trains alongside it,
 saves into a temporary folder that is then deleted (TensorFlow's pattern for multi-worker
 saving) and leaves the project's outputs and the tracking store alone.
@@ -21,14 +21,14 @@ import csv
 import tempfile
 from pathlib import Path
 
+from nriqa.core.imaging import preprocessing_config
+from nriqa.core.stage import load_params, remove_stale, stage_main, written_aside
 from nriqa.data.formats import MOS_SCALES, dataset_format
 from nriqa.data.shards import example_crops
 from nriqa.model.bundle import INFO, WEIGHTS, log_bundle, save_bundle
 from nriqa.model.distribution import check_strategy, is_chief
-from nriqa.model.imaging import preprocessing_config
 from nriqa.model.training import train
 from nriqa.ops import tracking
-from nriqa.stage import load_params, remove_stale, stage_main, written_aside
 
 POINTER = "mlflow_run.json"
 

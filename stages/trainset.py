@@ -7,8 +7,8 @@ import argparse
 import os
 from pathlib import Path
 
+from nriqa.core.stage import load_params, stage_main, staging
 from nriqa.data.trainset import generate_training_set
-from nriqa.stage import load_params, stage_main, staging
 
 
 @stage_main

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_PARAMS, VENV_BIN, make_clone, project_env, run
+from tests.helpers import TINY_PARAMS, VENV_BIN, make_clone, project_env, run
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def tiny_project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A small untrained model with the distortion-type head (`service_helpers.make_tiny_model`)."""
-    from service_helpers import make_tiny_model
+    from tests.service_helpers import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
@@ -30,7 +30,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def served(tmp_path_factory):
     """A running `bentoml serve` of a packaged tiny model (`service_helpers.Server`), for test_service.py
     and test_webpage.py: started once per session, since start-up costs tens of seconds."""
-    from service_helpers import Server
+    from tests.service_helpers import Server
 
     server = Server(tmp_path_factory.mktemp("served"))
     yield server
@@ -40,7 +40,7 @@ def served(tmp_path_factory):
 @pytest.fixture(scope="session")
 def served_plain(tmp_path_factory):
     """The same, for a model without the distortion-type head."""
-    from service_helpers import Server
+    from tests.service_helpers import Server
 
     server = Server(tmp_path_factory.mktemp("served_plain"), distortion_types=0)
     yield server

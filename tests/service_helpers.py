@@ -18,7 +18,14 @@ import pytest
 import requests
 from PIL import Image
 
-from helpers import PROJECT, VENV_BIN, free_port, run, stop_process_group, tool_env
+from tests.helpers import (
+    PROJECT,
+    VENV_BIN,
+    free_port,
+    run,
+    stop_process_group,
+    tool_env,
+)
 
 TINY_PREPROCESSING = {"mode": "native", "resize": [224, 224], "crop_size": 32, "stride": 32,
                       "max_crops": 4}
@@ -68,7 +75,7 @@ def check_distortions(distortions, probabilities=None, atol: float = 1e-3) -> No
     them (type 0: "no distortion"); with `probabilities` (the image's type probabilities from
     `score_images`), each probability is the model's for that type and no type left out is
     likelier."""
-    from nriqa.model.prediction import head_types, type_name
+    from nriqa.core.taxonomy import head_types, type_name
 
     assert isinstance(distortions, list) and len(distortions) == 3, distortions
     for entry in distortions:
@@ -89,7 +96,7 @@ def check_distortions(distortions, probabilities=None, atol: float = 1e-3) -> No
 
 def local_scores(model_dir: Path, files: list[Path]):
     """(MOS, type probabilities or None) computed in this process, the reference values."""
-    from nriqa.model.imaging import crops_for_prediction, decode_image
+    from nriqa.core.imaging import crops_for_prediction, decode_image
     from nriqa.model.bundle import load_model
     from nriqa.model.prediction import score_images
 

@@ -8,9 +8,15 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from nriqa.evaluation.baseline import (N_FEATURES, BrisqueSVR, brisque_features, feature_names,
-                                      features_for_paths, predict_test_split)
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
+from nriqa.evaluation.baseline import (
+    N_FEATURES,
+    BrisqueSVR,
+    brisque_features,
+    feature_names,
+    features_for_paths,
+    predict_test_split,
+)
 
 
 def natural_image(seed: int, size: int = 96) -> np.ndarray:

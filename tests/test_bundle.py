@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from helpers import PROJECT
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 from nriqa.model import bundle
 from nriqa.model.network import make_model
 from nriqa.model.prediction import predict_mos
+from tests.helpers import PROJECT
 
 PREPROCESSING = {"mode": "native", "resize": [32, 32], "crop_size": 32, "stride": 32,
                  "max_crops": 6}
@@ -69,6 +69,7 @@ save_weights(make_model(input_size=32, width=0.25, depth=2, head_units=(8,)), sy
 """
 
 
+@pytest.mark.integration  # starts a Python process
 def test_two_processes_save_identical_bytes(tmp_path):
     """Keras names shared objects by memory address, which each process places elsewhere."""
     for name in ("a.keras", "b.keras"):

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service_helpers import check_distortions, local_scores, make_tiny_model, read_jsonl, score_cli, textured
+from tests.service_helpers import (
+    check_distortions,
+    local_scores,
+    make_tiny_model,
+    read_jsonl,
+    score_cli,
+    textured,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +42,7 @@ def image_tree(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.integration  # starts a Python process
 def test_folder_jsonl_output_skips_and_names_broken_file(tiny_model, image_tree, tmp_path):
     out = tmp_path / "scores.jsonl"
     result = score_cli([str(image_tree), "--model-dir", str(tiny_model), "--format", "jsonl",
@@ -59,6 +67,7 @@ CSV_HEADER = ["path", "mos", "category", "distortion_1", "p_1", "distortion_2", 
               "distortion_3", "p_3"]
 
 
+@pytest.mark.integration  # starts a Python process
 def test_csv_to_stdout_matches_predict_mos(tiny_model, image_tree):
     from nriqa.data.distortions import DISTORTIONS
 
@@ -77,6 +86,7 @@ def test_csv_to_stdout_matches_predict_mos(tiny_model, image_tree):
                           image_probabilities)
 
 
+@pytest.mark.integration  # starts a Python process
 def test_model_without_type_head_gives_no_distortions(plain_model, image_tree, tmp_path):
     files = [image_tree / "a.png", image_tree / "nested" / "d.webp"]
     expected, probabilities = local_scores(plain_model, files)
@@ -98,7 +108,7 @@ def test_model_without_type_head_gives_no_distortions(plain_model, image_tree, t
 
 def test_quality_map_is_the_crop_scores_averaged_into_the_mos(tiny_model, image_tree):
     """One model pass gives the MOS and the map: the map's mean is the MOS."""
-    from nriqa.model.imaging import crops_for_prediction, decode_image, prediction_layout
+    from nriqa.core.imaging import crops_for_prediction, decode_image, prediction_layout
     from nriqa.model.bundle import load_model
     from nriqa.model.prediction import score_crop_sets, score_images
     from nriqa.serving.quality_map import quality_map
@@ -117,6 +127,7 @@ def test_quality_map_is_the_crop_scores_averaged_into_the_mos(tiny_model, image_
         assert np.mean(values) == pytest.approx(float(image_mos), abs=1e-5)
 
 
+@pytest.mark.integration  # starts a Python process
 def test_map_option_writes_one_png_per_image(tiny_model, image_tree, tmp_path):
     out, maps = tmp_path / "scores.jsonl", tmp_path / "maps"
     files = [image_tree / "a.png", image_tree / "nested" / "d.webp", image_tree / "a.png"]
@@ -133,6 +144,7 @@ def test_map_option_writes_one_png_per_image(tiny_model, image_tree, tmp_path):
     assert sorted(p.name for p in maps.iterdir()) == ["a-2.png", "a.png", "d.png"]
 
 
+@pytest.mark.integration  # starts a Python process
 def test_nothing_scored_is_an_error(tiny_model, image_tree, tmp_path):
     result = score_cli([str(image_tree / "nested" / "broken.png"), str(tmp_path / "missing.jpg"),
                         "--model-dir", str(tiny_model)], check=False)
@@ -141,6 +153,7 @@ def test_nothing_scored_is_an_error(tiny_model, image_tree, tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.integration  # starts a Python process
 def test_missing_model_folder_says_so(image_tree, tmp_path):
     result = score_cli([str(image_tree), "--model-dir", str(tmp_path)], check=False)
     assert result.returncode == 2
@@ -153,7 +166,8 @@ class Crash(BaseException):
 
 def test_rows_already_scored_survive_a_crash(tiny_model, image_tree, tmp_path, monkeypatch):
     from nriqa.cli import main
-    from nriqa.model import imaging, prediction
+    from nriqa.core import imaging
+    from nriqa.model import prediction
 
     files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"] * prediction.CHUNK
     real_decode, decoded = imaging.decode_image, []
@@ -177,8 +191,8 @@ def test_any_error_on_one_file_is_named_and_the_rest_scored(tiny_model, image_tr
                                                             monkeypatch, capsys):
     """Not only NriqaError: whatever a decoder raises for one file (here a KeyError, as PIL
     raises for some malformed TIFF tags) skips that file alone, and the exit status says so."""
-    from nriqa.model import imaging
     from nriqa.cli import main
+    from nriqa.core import imaging
 
     bad = image_tree / "nested" / "b.JPG"
     real_decode = imaging.decode_image
@@ -203,6 +217,7 @@ TF_BANNERS = ("oneDNN custom operations", "cuInit", "absl::InitializeLog", "cuda
               "rebuild TensorFlow", "cpu_feature_guard")
 
 
+@pytest.mark.integration  # starts a Python process
 def test_tensorflow_start_up_banners_are_not_shown(tiny_model, image_tree):
     result = score_cli([str(image_tree / "a.png"), str(image_tree / "nested" / "broken.png"),
                         "--model-dir", str(tiny_model)], check=False)
@@ -215,7 +230,7 @@ def test_tensorflow_start_up_banners_are_not_shown(tiny_model, image_tree):
 def test_only_the_known_banners_are_filtered(capfd):
     import os
 
-    from nriqa.tf_startup import banner_pattern, filtered_stderr
+    from nriqa.core.runtime import banner_pattern, filtered_stderr
 
     with filtered_stderr(banner_pattern(gpu_expected=False)):
         os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see ...\n"
@@ -231,11 +246,11 @@ def test_only_the_known_banners_are_filtered(capfd):
 
 
 def test_one_error_path_gives_the_documented_exit_codes(capsys):
-    """`nriqa.errors.reporting_errors` is the one NriqaError -> exit path of the CLI and the
+    """`nriqa.core.errors.reporting_errors` is the one NriqaError -> exit path of the CLI and the
     stages: 0 done, 1 some inputs failed, 2 nothing done (`error: ...` on stderr)."""
     from nriqa.cli import main
-    from nriqa.errors import ExitCode, NriqaError, reporting_errors
-    from nriqa.stage import stage_main
+    from nriqa.core.errors import ExitCode, NriqaError, reporting_errors
+    from nriqa.core.stage import stage_main
 
     assert [ExitCode.OK, ExitCode.PARTIAL, ExitCode.ERROR] == [0, 1, 2]
 

@@ -1,5 +1,5 @@
 """The same weights whatever instruction sets the CPU has: the project caps oneDNN's kernels at
-AVX2 (`nriqa.tf_startup.pin_cpu_kernels`), so a machine with AVX-512 trains what one with AVX2
+AVX2 (`nriqa.core.runtime.pin_cpu_kernels`), so a machine with AVX-512 trains what one with AVX2
 only trains. Emulated here with oneDNN's own cap, `ONEDNN_MAX_CPU_ISA`, set in the environment
 as a user or another machine would have it."""
 
@@ -12,7 +12,9 @@ import sys
 import pytest
 import yaml
 
-from helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
+from tests.helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
+
+pytestmark = pytest.mark.integration  # trainings in processes
 
 # A tiny training of the pipeline's own kind (`nriqa.model.training.train`); prints a digest of
 # the weights. With `override`, the variable is set again after nriqa's pin, as if the project
@@ -20,10 +22,11 @@ from helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
 TRAIN_SCRIPT = """
 import hashlib, json, os, sys
 from pathlib import Path
-import nriqa
+from nriqa.core.runtime import configure
+configure()
 if sys.argv[3]:
     os.environ["ONEDNN_MAX_CPU_ISA"] = sys.argv[3]
-from nriqa.model.imaging import preprocessing_config
+from nriqa.core.imaging import preprocessing_config
 from nriqa.model.training import train
 params = json.loads(sys.argv[2])
 model, _ = train(Path(sys.argv[1]), params, preprocessing_config(params))

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from nriqa.core.errors import NriqaError
 from nriqa.data.formats import INDEX_COLUMNS, build_index, dataset_format
-from nriqa.errors import NriqaError
 
 
 def image(path: Path, shade: int = 128) -> None:

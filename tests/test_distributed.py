@@ -29,8 +29,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import (TINY_PARAMS, free_port, make_clone, merge, project_env, stage_command,
-                      stop_process_group, write_tiny_shards)
+from tests.helpers import (
+    TINY_PARAMS,
+    free_port,
+    make_clone,
+    merge,
+    project_env,
+    stage_command,
+    stop_process_group,
+    write_tiny_shards,
+)
+
+pytestmark = pytest.mark.integration  # multi-worker trainings in processes
 
 PARAMS = merge(TINY_PARAMS, {"train": {"epochs": 2, "patience": 2, "batch_size": 4}})
 
@@ -129,7 +139,7 @@ def test_the_chief_is_tf_distributes(strategy, environ, chief):
 
 
 def test_bad_strategy_settings_say_what_to_fix(monkeypatch):
-    from nriqa.errors import NriqaError
+    from nriqa.core.errors import NriqaError
     from nriqa.model.distribution import cluster_task, distribution_strategy
 
     with pytest.raises(NriqaError, match=re.escape("one of none | mirrored | multi_worker")):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import PROJECT
+from tests.helpers import PROJECT
 
 PACKAGE = PROJECT / "nriqa"
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
@@ -59,6 +59,8 @@ def test_stage_depends_on_exactly_the_modules_it_imports(name):
     deps = declared(STAGES[name])
     script = STAGES[name]["cmd"].split("-m ")[1].split()[0].replace(".", "/") + ".py"
     assert script in deps, f"{name}: its script {script} is not a dep"
+    # `python -m stages.X` runs the package's __init__.py (the process set-up) first.
+    assert "stages/__init__.py" in deps, f"{name}: stages/__init__.py is not a dep"
     python_deps = [PROJECT / dep for dep in deps if dep.endswith(".py") and
                    not dep.startswith("nriqa/")]
     listed = {dep for dep in deps if dep.startswith("nriqa/")}
@@ -81,9 +83,9 @@ def test_package_depends_on_every_module_it_ships():
 
 def test_imports_are_found_at_module_level_and_in_functions(tmp_path):
     source = tmp_path / "stage.py"
-    source.write_text("from nriqa.ops import tracking\nfrom nriqa import errors\nimport nriqa.model.network\n"
+    source.write_text("from nriqa.ops import tracking\nfrom nriqa.core import errors\nimport nriqa.model.network\n"
                       "def f():\n    from nriqa.data.shards import read_split\n    import numpy\n")
-    assert imported_modules(source) == {"nriqa.ops.tracking", "nriqa.errors", "nriqa.model.network",
+    assert imported_modules(source) == {"nriqa.ops.tracking", "nriqa.core.errors", "nriqa.model.network",
                                         "nriqa.data.shards"}
 
 

@@ -14,10 +14,16 @@ import pytest
 import yaml
 from scipy import stats
 
-from helpers import PROJECT, run, tool_env
-from nriqa.errors import NriqaError
-from nriqa.evaluation.external import evaluate_folder, open_folder, open_folders, parse_entries, write_reports
-from service_helpers import textured
+from nriqa.core.errors import NriqaError
+from nriqa.evaluation.external import (
+    evaluate_folder,
+    open_folder,
+    open_folders,
+    parse_entries,
+    write_reports,
+)
+from tests.helpers import PROJECT, run, tool_env
+from tests.service_helpers import textured
 
 TYPES = [1, 8, 10]
 
@@ -69,7 +75,7 @@ def evaluate_cli(args: list[str], check: bool = True):
 # --- The figures ---------------------------------------------------------------------------------
 
 def test_metrics_agree_with_scipy_on_the_predictions(tid_result, loaded, tid_folder):
-    from nriqa.model.imaging import decode_image
+    from nriqa.core.imaging import decode_image
     from nriqa.model.prediction import predict_mos
 
     predictions = tid_result.predictions
@@ -169,6 +175,7 @@ def test_missing_or_unreadable_folder_names_entry_and_path(tmp_path, koniq_folde
         open_folders([{"name": "wrong", "path": str(koniq_folder), "format": "tid2013"}], tmp_path)
 
 
+@pytest.mark.integration  # starts a Python process
 def test_stage_stops_on_a_missing_folder_before_the_test_split(tmp_path):
     """Nothing to evaluate exists here (no model, no data): the stage must fail on the
     external entry, with a clear message, before it would have needed any of it."""
@@ -191,6 +198,7 @@ def test_stage_stops_on_a_missing_folder_before_the_test_split(tmp_path):
 
 # --- python -m nriqa evaluate ---------------------------------------------------------------------
 
+@pytest.mark.integration  # starts a Python process
 def test_cli_prints_the_figures(tiny_model, tid_folder, tid_result):
     result = evaluate_cli([str(tid_folder), "--format", "tid2013", "--model-dir", str(tiny_model)])
     out = result.stdout
@@ -200,6 +208,7 @@ def test_cli_prints_the_figures(tiny_model, tid_folder, tid_result):
     assert "predict" in result.stderr and "18/18" in result.stderr  # the progress bar
 
 
+@pytest.mark.integration  # starts a Python process
 def test_cli_json(tiny_model, koniq_folder, loaded):
     result = evaluate_cli([str(koniq_folder), "--format", "koniq10k", "--model-dir", str(tiny_model),
                            "--json"])
@@ -213,6 +222,7 @@ def test_cli_json(tiny_model, koniq_folder, loaded):
     assert "per_distortion_srcc" not in figures
 
 
+@pytest.mark.integration  # starts a Python process
 def test_cli_missing_folder(tiny_model, tmp_path):
     missing = tmp_path / "no_such_set"
     result = evaluate_cli([str(missing), "--format", "kadid10k", "--model-dir", str(tiny_model)],

@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nriqa.errors import NriqaError
-from nriqa.model.imaging import (apply_policy, crops_for_prediction, decode_image, grid_crops,
-                           prediction_layout)
+from nriqa.core.errors import NriqaError
+from nriqa.core.imaging import (
+    apply_policy,
+    crops_for_prediction,
+    decode_image,
+    grid_crops,
+    prediction_layout,
+)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
@@ -158,7 +163,7 @@ def test_layout_says_where_each_scored_crop_lies(mode, shape):
 
 def test_thin_image_is_cropped_without_a_padded_copy():
     """An 8-pixel-high strip gives the crops of its padded grid, but padding is per crop: the
-    whole strip padded to the crop height would take 4x its memory (issue 9, item 6)."""
+    whole strip padded to the crop height would take 4x its memory."""
     import tracemalloc
 
     strip = RNG.integers(0, 256, (8, 200_000, 3), dtype=np.uint8)
@@ -192,7 +197,7 @@ def test_png_with_a_broken_checksum_is_damaged(where):
 
 @pytest.mark.parametrize("mode, key", [("L", 7), ("RGB", (7, 8, 9))])
 def test_colour_key_transparency_composites_on_white(mode, key):
-    """A tRNS colour key makes those pixels clear, as alpha 0 does in RGBA (issue 9, item 9)."""
+    """A tRNS colour key makes those pixels clear, as alpha 0 does in RGBA."""
     pixels = RGB.copy()
     pixels[:10] = (7, 8, 9)
     image = Image.fromarray(pixels).convert(mode) if mode == "L" else Image.fromarray(pixels)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nriqa.core.errors import NriqaError
 from nriqa.data.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION
-from nriqa.errors import NriqaError
 from nriqa.data.labels import _TID2013_MOS, level_mos
 
 

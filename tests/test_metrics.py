@@ -1,4 +1,4 @@
-"""Tests for nriqa.evaluation.metrics and nriqa.evaluation.plots: known values, degenerate input, categories, PNG determinism."""
+"""Tests for nriqa.core.metrics and nriqa.evaluation.plots: known values, degenerate input, categories, PNG determinism."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from nriqa.errors import NriqaError
-from nriqa.evaluation.metrics import (
+from nriqa.core.errors import NriqaError
+from nriqa.core.metrics import (
     CATEGORY_NAMES,
     DEFAULT_THRESHOLDS,
     categorize,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 from nriqa.model.bundle import load_model, save_bundle
 from nriqa.model.network import make_model
 from nriqa.model.prediction import predict_mos
@@ -59,7 +59,8 @@ def test_type_head_adds_one_logit_per_type():
 
 
 def test_undistorted_class_follows_the_24_types():
-    from nriqa.model.prediction import head_types, top_distortions
+    from nriqa.core.taxonomy import head_types
+    from nriqa.model.prediction import top_distortions
 
     model = make_model(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24,
                        mos_head="per_type", undistorted_class=True)

@@ -9,7 +9,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from helpers import VENV_BIN, project_env, run
+from tests.helpers import VENV_BIN, project_env, run
+
+pytestmark = pytest.mark.integration  # `dvc repro` in clones
 
 DVC = str(VENV_BIN / "dvc")
 
@@ -143,7 +145,7 @@ def test_second_repro_runs_nothing(tiny_project):
                                            ("nriqa/model/network.py", "evaluate"),
                                            ("nriqa/ops/tracking.py", "package")])
 def test_dvc_status_sees_a_change_to_a_module_a_stage_imports(tiny_project, module, stage):
-    """The modules the issue found missing from dvc.yaml (tests/test_dvc_deps.py keeps all of
+    """Modules once missing from dvc.yaml (tests/test_dvc_deps.py keeps all of
     them listed): changing one makes its stage stale, not "up to date"."""
     path = tiny_project / module
     original = path.read_text()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 from nriqa.model import efficientnet_lite, pretrained
 
 

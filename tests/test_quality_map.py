@@ -2,7 +2,15 @@
 
 import numpy as np
 
-from nriqa.serving.quality_map import LEGEND_HEIGHT, RAMP, map_overlay, map_values, quality_map, ramp, ramp_colours
+from nriqa.serving.quality_map import (
+    LEGEND_HEIGHT,
+    RAMP,
+    map_overlay,
+    map_values,
+    quality_map,
+    ramp,
+    ramp_colours,
+)
 
 # A 100x50 frame: crops of 32 at three of the grid's six corners (the others thinned away).
 GRID = quality_map(100, 50, [(0, 0), (0, 68), (18, 20)], 32, [1.0, 8.0, 4.0])

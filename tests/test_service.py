@@ -19,10 +19,22 @@ import requests
 import yaml
 from PIL import Image
 
-from helpers import PROJECT
-from service_helpers import (MAX_BATCH_IMAGES, MAX_BATCH_PIXELS, MAX_UPLOAD_BYTES, check_distortions,
-                     encode, good_images, local_scores, png_claiming, png_with_broken_checksum,
-                     score_cli, textured)
+from tests.helpers import PROJECT
+from tests.service_helpers import (
+    MAX_BATCH_IMAGES,
+    MAX_BATCH_PIXELS,
+    MAX_UPLOAD_BYTES,
+    check_distortions,
+    encode,
+    good_images,
+    local_scores,
+    png_claiming,
+    png_with_broken_checksum,
+    score_cli,
+    textured,
+)
+
+pytestmark = pytest.mark.integration  # a `bentoml serve` process
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +100,7 @@ def test_score_matches_predict_mos_and_type_probabilities(served, corpus):
 def test_quality_map_is_the_crops_averaged_into_the_score(served, corpus):
     """`map=true` returns the crop scores whose mean is the MOS, where the crops lie; the same
     score as without it (one model pass gives both)."""
-    from nriqa.model.imaging import decode_image, prediction_layout
+    from nriqa.core.imaging import decode_image, prediction_layout
 
     preprocessing = json.loads((served.model_dir / "model.json").read_text())["preprocessing"]
     uploads = {name: (corpus / name).read_bytes() for name in ("photo.png", "rotated.jpg",
@@ -246,7 +258,7 @@ def test_concurrent_clients_match_the_cli(served, corpus, tmp_path):
     """384 requests from 16 clients, every one answered right.
 
     More than 300, because the model service that `bentoml.depends` reached dropped the calls in
-    flight each time its client renewed its session, every 100 calls (issue 13)."""
+    flight each time its client renewed its session, every 100 calls."""
     paths = sorted(corpus.iterdir())
     out = tmp_path / "cli.jsonl"
     score_cli([str(corpus), "--model-dir", str(served.model_dir), "--format", "jsonl",

@@ -17,18 +17,23 @@ import numpy as np
 import pytest
 from starlette.responses import JSONResponse
 
-from helpers import PROJECT, run, tool_env
-from service_helpers import TINY_PREPROCESSING, encode, png_claiming, textured
-from nriqa.errors import NriqaError
-from nriqa.evaluation.metrics import DEFAULT_THRESHOLDS, categorize
+from nriqa.core.errors import NriqaError
+from nriqa.core.metrics import DEFAULT_THRESHOLDS, categorize
 from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher
 from nriqa.serving.middleware import UploadGuard
 from nriqa.serving.quality_map import ramp
 from nriqa.serving.responses import ImageError, Score
-from nriqa.serving.settings import ServingSettings, model_tag, serving_settings, stored_model
+from nriqa.serving.settings import (
+    ServingSettings,
+    model_tag,
+    serving_settings,
+    stored_model,
+)
 from nriqa.serving.webpage import page_config, webpage_app
+from tests.helpers import PROJECT, run, tool_env
+from tests.service_helpers import TINY_PREPROCESSING, encode, png_claiming, textured
 
 SERVE = {"max_upload_bytes": 200_000, "max_pixels": 20_000, "max_batch_images": 3,
          "max_batch_pixels": 30_000, "max_batch_size": 2}
@@ -96,6 +101,7 @@ def test_settings_errors_say_what_to_do(tmp_path):
         UploadScorer.for_model(missing)  # at service start: no model is loaded
 
 
+@pytest.mark.integration  # starts a Python process
 def test_service_imports_without_a_model_store(tmp_path):
     """The model store is read when the service starts, not when service.py is imported."""
     home = tmp_path / "bentoml_home"

@@ -22,9 +22,7 @@ import os
 import shutil
 import stat
 import struct
-import sys
 import threading
-import types
 import zipfile
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 from nriqa.data.archives import extract_archive
 from nriqa.data.downloads import cache_name, download
 from nriqa.data.sources import fetch_dataset
@@ -601,9 +599,7 @@ def failing_synthetic(monkeypatch):
         (Path(out_dir) / "half-written.bmp").write_bytes(b"")
         raise RuntimeError("generator failed")
 
-    module = types.ModuleType("nriqa.data.synthetic")
-    module.generate_tid2013_like = generate_tid2013_like
-    monkeypatch.setitem(sys.modules, "nriqa.data.synthetic", module)
+    monkeypatch.setattr("nriqa.data.sources.generate_tid2013_like", generate_tid2013_like)
 
 
 def test_synthetic_source_generates_what_its_params_ask(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
+from nriqa.core.errors import NriqaError
 from nriqa.data.distortions import DISTORTIONS, distort
-from nriqa.errors import NriqaError
 from nriqa.data.synthetic import generate_tid2013_like, load_reference
 
 TINY = dict(num_references=2, image_size=(96, 64), distortion_types=(1, 2, 11, 13, 17),

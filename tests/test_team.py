@@ -1,4 +1,4 @@
-"""The project run by a team, on real back ends on 127.0.0.1 (README: Running as a team).
+"""The project run by a team, on real back ends on 127.0.0.1 (docs/team.md).
 
 * A tracking server started by `make tracking-server`: `mlflow server` on a real PostgreSQL
   (Debian's, run as the `postgres` user when the tests run as root), artifacts proxied through
@@ -30,8 +30,19 @@ import pytest
 import requests
 import yaml
 
-from helpers import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone, merge,
-                      project_env, run, stop_process_group)
+from tests.helpers import (
+    PROJECT,
+    TINY_PARAMS,
+    VENV_BIN,
+    free_port,
+    make_clone,
+    merge,
+    project_env,
+    run,
+    stop_process_group,
+)
+
+pytestmark = pytest.mark.integration  # PostgreSQL, an MLflow server and sshd
 
 DVC = str(VENV_BIN / "dvc")
 PYTHON = str(VENV_BIN / "python")

@@ -22,8 +22,19 @@ import pytest
 import requests
 import yaml
 
-from helpers import (PROJECT, TINY_PARAMS, VENV_BIN, free_port, make_clone,
-                      project_env, run, stage_command, stop_process_group)
+from tests.helpers import (
+    PROJECT,
+    TINY_PARAMS,
+    VENV_BIN,
+    free_port,
+    make_clone,
+    project_env,
+    run,
+    stage_command,
+    stop_process_group,
+)
+
+pytestmark = pytest.mark.integration  # MLflow servers and `dvc repro` in clones
 
 DVC = str(VENV_BIN / "dvc")
 PYTHON = str(VENV_BIN / "python")
@@ -325,7 +336,7 @@ def test_crash_mid_training_leaves_the_run_failed_and_unregistered(pipeline, cli
 
 
 def test_written_aside_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
-    from nriqa.stage import written_aside
+    from nriqa.core.stage import written_aside
 
     target = tmp_path / "out" / "pointer.json"
     with written_aside(target) as aside:
@@ -459,8 +470,8 @@ def test_gate_compares_only_scores_from_the_same_test_set(tmp_path):
 def test_candidate_without_test_set_is_refused(tmp_path):
     import mlflow
 
+    from nriqa.core.errors import NriqaError
     from nriqa.ops import registry
-    from nriqa.errors import NriqaError
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     pointer = hand_made_candidate(uri, 0.5)
@@ -500,7 +511,7 @@ def test_a_stage_file_that_is_missing_or_broken_names_itself_and_the_stage_that_
         tmp_path, monkeypatch, content, problem):
     """What promote (metrics.json), package (promotion.json) and evaluate (the run pointer)
     read from an earlier stage: never a traceback, always the file and what to run."""
-    from nriqa.errors import NriqaError
+    from nriqa.core.errors import NriqaError
     from nriqa.ops.packaging import promoted_version
     from nriqa.ops.tracking import read_pointer
 
@@ -590,8 +601,8 @@ def test_an_unreadable_champion_stops_the_gate(server, proxies, monkeypatch):
     stays, and the message says why."""
     from mlflow import MlflowClient
 
+    from nriqa.core.errors import NriqaError
     from nriqa.ops import registry
-    from nriqa.errors import NriqaError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     client = MlflowClient(server)

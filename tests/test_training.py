@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
+from tests.helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
 
 # The stage's own imports first (stages.train: tracking, imaging, model, training, and the quiet
 # TensorFlow start that lists devices), then a real training with train.threads = 1.
@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 import stages.train  # noqa: F401  everything the train stage imports before it trains
 import tensorflow as tf
-from nriqa.model.imaging import preprocessing_config
+from nriqa.core.imaging import preprocessing_config
 from nriqa.model.training import train
 params = json.loads(sys.argv[2])
 train(Path(sys.argv[1]), params, preprocessing_config(params))
@@ -36,6 +36,7 @@ print("THREADS", json.dumps({"started": started, "frozen": frozen}))
 """
 
 
+@pytest.mark.integration  # starts a Python process
 def test_train_threads_reach_tensorflow_before_its_runtime_starts(tmp_path):
     import yaml
 
@@ -57,7 +58,7 @@ def test_default_threads_param_is_two():
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, "2", True])
 def test_bad_threads_name_the_field(threads):
-    from nriqa.errors import NriqaError
+    from nriqa.core.errors import NriqaError
     from nriqa.model.training import set_threads
 
     with pytest.raises(NriqaError, match="train.threads"):
@@ -115,7 +116,7 @@ def test_dataset_share_sets_how_much_of_an_epoch_the_labelled_folder_gets(tmp_pa
 
 @pytest.mark.parametrize("share", [0, 1.0, 1.5, "half"])
 def test_bad_dataset_share_names_the_field(tmp_path, share):
-    from nriqa.errors import NriqaError
+    from nriqa.core.errors import NriqaError
     from nriqa.model.training import train
 
     params = merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), TINY_PARAMS)

@@ -11,11 +11,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from nriqa.core.errors import NriqaError
 from nriqa.data.distortions import DISTORTIONS, LEVELS
-from nriqa.errors import NriqaError
-from nriqa.data.synthetic import REFERENCE_SOURCES
 from nriqa.data.labels import PRISTINE_MOS
-from nriqa.data.trainset import TRAINING_PHOTOS, check_photos, generate_training_set, make_image
+from nriqa.data.synthetic import REFERENCE_SOURCES
+from nriqa.data.trainset import (
+    TRAINING_PHOTOS,
+    check_photos,
+    generate_training_set,
+    make_image,
+)
+
+pytestmark = pytest.mark.integration  # the Debian photos of `make system-deps`
 
 TINY = dict(num_images=12, image_size=(64, 48), seed=3, pristine_fraction=0.0, progress=False)
 

@@ -20,8 +20,9 @@ import pytest
 import requests
 
 from nriqa.serving.quality_map import map_values
+from tests.service_helpers import MAX_UPLOAD_BYTES, encode, textured
 
-from service_helpers import MAX_UPLOAD_BYTES, encode, textured
+pytestmark = pytest.mark.integration  # a `bentoml serve` process and Chromium
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -24,7 +24,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ its arguments (all randomness comes from ``rng``).  Use :func:`distort` (type nu
 
 Each type is written once as ``_type(image, strength, rng)`` with a continuous (or integer) strength
 parameter, and :data:`CALIBRATED_STRENGTHS` holds the five strengths used for levels 1..5.  Those were
-found once by ``scripts/calibrate_synthetic.py``: for each (type, level) it searched the strength whose
+found once by ``experiments/calibrate_synthetic.py``: for each (type, level) it searched the strength whose
 median RGB PSNR over the 25 default references (512x384) matches the median PSNR that TID2013 reports
 for that type and level (``shared/reference/tid2013_levels.csv``), the measure the labeller
 (:mod:`nriqa.data.labels`) reads; saturation changes (type 18), whose TID2013 PSNR is luma-only, are set by hand.  The numbers are hard-coded here so the
@@ -80,9 +80,9 @@ from scipy import ndimage
 from skimage.restoration import denoise_tv_chambolle
 from skimage.util import random_noise
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
+from nriqa.core.taxonomy import LEVELS, TYPE_NAMES
 
-LEVELS = (1, 2, 3, 4, 5)
 MIN_POSITION, MAX_POSITION = 0.5, 5.5  # continuous strengths: half a level beyond each end
 MIN_SIDE = 32  # smallest height or width every distortion supports
 
@@ -383,7 +383,7 @@ def _sparse_sampling_and_reconstruction(image, kept_fraction, rng):
 # --------------------------------------------------------------------------------------------------
 StrengthFunction = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
 
-# Strength per level 1..5, found by scripts/calibrate_synthetic.py (see the module docstring); the
+# Strength per level 1..5, found by experiments/calibrate_synthetic.py (see the module docstring); the
 # parameter's unit is the one named in each function's signature.
 CALIBRATED_STRENGTHS: dict[int, tuple[float, float, float, float, float]] = {
     1: (3.265, 4.616, 6.583, 9.341, 13.28),
@@ -458,33 +458,33 @@ class Distortion:
 
 
 DISTORTIONS: dict[int, Distortion] = {
-    number: Distortion(number, name, function)
-    for number, name, function in [
-        (1, "additive Gaussian noise", _additive_gaussian_noise),
-        (2, "additive noise in colour components", _additive_colour_noise),
-        (3, "spatially correlated noise", _spatially_correlated_noise),
-        (4, "masked noise", _masked_noise),
-        (5, "high-frequency noise", _high_frequency_noise),
-        (6, "impulse noise", _impulse_noise),
-        (7, "quantization noise", _quantization_noise),
-        (8, "Gaussian blur", _gaussian_blur),
-        (9, "image denoising", _image_denoising),
-        (10, "JPEG compression", _jpeg_compression),
-        (11, "JPEG2000 compression", _jpeg2000_compression),
-        (12, "JPEG transmission errors", _jpeg_transmission_errors),
-        (13, "JPEG2000 transmission errors", _jpeg2000_transmission_errors),
-        (14, "non-eccentricity pattern noise", _non_eccentricity_pattern_noise),
-        (15, "local block-wise distortions of different intensity", _local_blockwise_distortions),
-        (16, "mean shift (intensity shift)", _mean_shift),
-        (17, "contrast change", _contrast_change),
-        (18, "change of colour saturation", _saturation_change),
-        (19, "multiplicative Gaussian noise", _multiplicative_gaussian_noise),
-        (20, "comfort noise", _comfort_noise),
-        (21, "lossy compression of noisy images", _lossy_compression_of_noisy_images),
-        (22, "image colour quantization with dither", _colour_quantization_with_dither),
-        (23, "chromatic aberrations", _chromatic_aberrations),
-        (24, "sparse sampling and reconstruction", _sparse_sampling_and_reconstruction),
-    ]
+    number: Distortion(number, TYPE_NAMES[number], function)
+    for number, function in enumerate([
+        _additive_gaussian_noise,
+        _additive_colour_noise,
+        _spatially_correlated_noise,
+        _masked_noise,
+        _high_frequency_noise,
+        _impulse_noise,
+        _quantization_noise,
+        _gaussian_blur,
+        _image_denoising,
+        _jpeg_compression,
+        _jpeg2000_compression,
+        _jpeg_transmission_errors,
+        _jpeg2000_transmission_errors,
+        _non_eccentricity_pattern_noise,
+        _local_blockwise_distortions,
+        _mean_shift,
+        _contrast_change,
+        _saturation_change,
+        _multiplicative_gaussian_noise,
+        _comfort_noise,
+        _lossy_compression_of_noisy_images,
+        _colour_quantization_with_dither,
+        _chromatic_aberrations,
+        _sparse_sampling_and_reconstruction,
+    ], start=1)
 }
 
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 
 
 class ResumableDownloader:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from nriqa.core.taxonomy import type_name
+
 REFERENCE = 2                # nriqa.data.synthetic's cup of coffee
 IMAGE_SIZE = (320, 240)      # width, height: small enough for any serve.max_pixels in use
 SEED = 12
@@ -23,7 +25,7 @@ INDEX = "examples.json"
 
 def write_examples(folder: str | Path) -> list[dict]:
     """Write the examples as PNG files and `examples.json` (file and title of each, in order)."""
-    from nriqa.data.distortions import DISTORTIONS as TYPES
+    # lazy: the generator needs scikit-image, which the Bento (reading the index only) lacks
     from nriqa.data.distortions import distort
     from nriqa.data.synthetic import image_rng, load_reference
 
@@ -34,7 +36,7 @@ def write_examples(folder: str | Path) -> list[dict]:
     for number, level in DISTORTIONS:
         distorted = distort(clean, number, level, image_rng(SEED, REFERENCE, number, level))
         images.append((f"type{number:02d}-level{level}.png",
-                       f"{TYPES[number].name}, level {level} of 5", distorted))
+                       f"{type_name(number)}, level {level} of 5", distorted))
     for file, _, image in images:
         Image.fromarray(image).save(folder / file)
     index = [{"file": file, "title": title} for file, title, _ in images]

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 
 # The image files a dataset's image folder may hold, and that `python -m nriqa score` finds in
-# a folder: Pillow (`nriqa.model.imaging.decode_image`) reads them all.
+# a folder: Pillow (`nriqa.core.imaging.decode_image`) reads them all.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 INDEX_COLUMNS = ["image", "reference", "distortion", "level", "mos", "mos_std", "path"]
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 
 # type: median MOS at levels 1..5, TID2013.
 _TID2013_MOS: dict[int, tuple[float, ...]] = {

@@ -2,7 +2,7 @@
 
 Splitting is by reference content: every distorted version of one reference lands in the
 same split, because random per-image splits let the network see the test content during
-training and inflate the scores. Images are decoded once (`nriqa.model.imaging`) and stored as
+training and inflate the scores. Images are decoded once (`nriqa.core.imaging`) and stored as
 raw uint8 pixels after the preprocess policy, so training only crops and flips.
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nriqa.errors import NriqaError
-from nriqa.model.imaging import apply_policy, crops_for_prediction, decode_image
+from nriqa.core.errors import NriqaError
+from nriqa.core.imaging import apply_policy, crops_for_prediction, decode_image
 
 SPLITS = ("train", "val", "test")
 

@@ -28,11 +28,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from nriqa.core.errors import NriqaError
+from nriqa.core.stage import staging
 from nriqa.data.archives import extract_archive
 from nriqa.data.downloads import download
 from nriqa.data.formats import FORMATS
-from nriqa.errors import NriqaError
-from nriqa.stage import staging
+from nriqa.data.synthetic import generate_tid2013_like
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,6 @@ def fetch_dataset(data_params: dict, out_dir: Path) -> None:
 def _build_synthetic(data_params: dict, tmp: Path) -> Path:
     # Imported here so that fetching a real dataset does not depend on the
     # generator (and its imaging stack) being importable.
-    from nriqa.data.synthetic import generate_tid2013_like
 
     options = dict(
         num_references=int(data_params["num_references"]),

@@ -50,8 +50,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from nriqa.core.errors import NriqaError
 from nriqa.data.distortions import DISTORTIONS, LEVELS, MIN_SIDE, distort
-from nriqa.errors import NriqaError
 from nriqa.data.labels import level_mos
 
 MAX_REFERENCES = 25
@@ -239,7 +239,7 @@ def generate_tid2013_like(
     """Write a TID2013-format dataset of synthetic distortions into the existing, empty ``out_dir``.
 
     ``image_size`` is (width, height).  See the module docstring for what is written and how.
-    Raises :class:`~nriqa.errors.NriqaError` for arguments out of range.
+    Raises :class:`~nriqa.core.errors.NriqaError` for arguments out of range.
     """
     if not isinstance(num_references, int) or not 1 <= num_references <= MAX_REFERENCES:
         raise NriqaError(f"num_references must be an integer in 1..{MAX_REFERENCES}, got {num_references!r}")

@@ -46,9 +46,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from nriqa.data.formats import INDEX_COLUMNS
+from nriqa.core.errors import NriqaError
 from nriqa.data.distortions import DISTORTIONS, MAX_POSITION, MIN_POSITION, MIN_SIDE
-from nriqa.errors import NriqaError
+from nriqa.data.formats import INDEX_COLUMNS
 from nriqa.data.labels import PRISTINE_MOS, level_mos
 
 _MATE = Path("/usr/share/backgrounds/mate/nature")
@@ -98,7 +98,7 @@ def reference_crop(rng: np.random.Generator, image_size: tuple[int, int]) -> tup
     # Shrink so that the short side is 2-4 times the crop's: natural detail at the scale of
     # TID2013's references, and the source JPEG's own artefacts averaged away. (1-2.5 times
     # gives sharper crops, closer to the validation references' gradients, but did not score
-    # better: BENCHMARKS, session 5.)
+    # better: docs/experiments.md.)
     scale = rng.uniform(2.0, 4.0) * min(width, height) / min(photo.shape[:2])
     size = (max(width, round(photo.shape[1] * scale)), max(height, round(photo.shape[0] * scale)))
     shrunk = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)

@@ -55,9 +55,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 
+from nriqa.core.errors import NriqaError
+from nriqa.core.metrics import srcc
 from nriqa.data.distortions import luma
-from nriqa.errors import NriqaError
-from nriqa.evaluation.metrics import srcc
 
 __all__ = ["N_FEATURES", "BrisqueSVR", "brisque_features", "features_for_paths", "feature_names",
            "predict_test_split"]

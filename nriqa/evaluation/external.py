@@ -7,7 +7,7 @@ three steps the test split does, so the numbers are comparable with `test.*`:
 1. the folder is indexed by the dataset readers (`nriqa.data.formats.build_index`);
 2. its images are scored by `nriqa.evaluation.report.score_index`, i.e.
    `nriqa.model.prediction.score_paths`, the CLI's scoring loop;
-3. SRCC, PLCC, ... come from `nriqa.evaluation.metrics.quality_metrics`, and SRCC per distortion type from
+3. SRCC, PLCC, ... come from `nriqa.core.metrics.quality_metrics`, and SRCC per distortion type from
    `per_group_srcc` where the dataset has types (KonIQ-10k has none, so it gets no such table).
 
 Scoring, metrics and plotting modules are imported inside the functions that use them, so that
@@ -25,8 +25,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from nriqa.core.errors import NriqaError
+from nriqa.core.metrics import per_group_srcc, quality_metrics
 from nriqa.data.formats import FORMATS, build_index
-from nriqa.errors import NriqaError
+from nriqa.evaluation.report import (
+    distortion_accuracy_table,
+    distortion_metrics,
+    score_index,
+)
+from nriqa.ops.tracking import open_named_model
 
 ENTRY_FIELDS = ("name", "path", "format")
 # The name becomes a file name (reports/external/<name>.csv) and part of metric keys
@@ -125,8 +132,6 @@ def open_folder(path: Path, fmt: str, name: str = "", label: str = "") -> Labell
 def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
                     progress: bool = True) -> ExternalResult:
     """Score every image of the folder and measure the scores against its MOS."""
-    from nriqa.evaluation.report import distortion_accuracy_table, distortion_metrics, score_index
-    from nriqa.evaluation.metrics import per_group_srcc, quality_metrics
 
     try:
         scored = score_index(model, preprocessing, folder.index, folder.path,
@@ -179,7 +184,6 @@ def reset_dir(out_dir: Path) -> None:
 def run_evaluate(args) -> None:
     """`python -m nriqa evaluate`, its arguments parsed by `nriqa.cli`; the model is loaded
     exactly as `python -m nriqa score` loads it."""
-    from nriqa.model.bundle import open_named_model
 
     # Indexed first: a wrong path or format fails before the model is loaded.
     folder = open_folder(args.path, args.format)

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from nriqa.evaluation.metrics import fit_logistic, logistic_5, quality_metrics
+from nriqa.core.metrics import fit_logistic, logistic_5, quality_metrics
 
 __all__ = ["confusion_plot", "per_distortion_plot", "scatter_plot", "training_curves_plot"]
 

@@ -14,9 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nriqa.errors import NriqaError
-from nriqa.evaluation.metrics import categorize, category_metrics, per_group_srcc, quality_metrics
-from nriqa.model.prediction import head_types, score_paths
+from nriqa.core.errors import NriqaError
+from nriqa.core.metrics import (
+    categorize,
+    category_metrics,
+    per_group_srcc,
+    quality_metrics,
+)
+from nriqa.core.taxonomy import head_types
+from nriqa.model.prediction import score_paths
 
 
 def score_test_split(model, preprocessing: dict, splits: pd.DataFrame, raw_dir: Path) -> pd.DataFrame:

@@ -5,7 +5,7 @@ A bundle is a folder with two files:
   model.json   what turns images into the model's input and its output into answers:
                `preprocessing` (mode, resize, crop_size, stride, max_crops), `mos_range` (the
                label scale: the lowest and highest MOS), `distortion_types` (the names of the
-               type head's classes in column order, `nriqa.model.prediction.head_types`; empty
+               type head's classes in column order, `nriqa.core.taxonomy.head_types`; empty
                without that head), and the training's own record (params, best epoch, split sizes)
 
 The train stage writes it to `models/`; `log_bundle` logs it to MLflow as a keras-flavor model
@@ -25,7 +25,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from nriqa.errors import NriqaError
+import nriqa
+from nriqa.core.errors import NriqaError
+from nriqa.core.stage import write_json, written_aside
+from nriqa.core.taxonomy import head_types, type_name
 
 WEIGHTS = "model.keras"
 INFO = "model.json"
@@ -35,7 +38,8 @@ PREPROCESSING_KEYS = ("mode", "resize", "crop_size", "stride", "max_crops")
 MLFLOW_WEIGHTS = "data/model.keras"
 # The files the custom layer needs to deserialize; logged as code/nriqa/ beside the model
 # because the keras flavor has no `code_paths`.
-MODEL_CODE = ("__init__.py", "tf_startup.py", "errors.py", "model/__init__.py", "model/network.py")
+MODEL_CODE = ("__init__.py", "core/__init__.py", "core/errors.py", "model/__init__.py", "model/network.py",
+              "model/efficientnet_lite.py", "model/pretrained.py")
 _PINNED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -47,7 +51,6 @@ def save_bundle(model, folder: str | Path, info: dict) -> Path:
     `info` is model.json's content: it needs `preprocessing` and `mos_range`; the names of the
     type head's classes (`distortion_types`) are added from the model.
     """
-    from nriqa.stage import write_json, written_aside
 
     folder = Path(folder)
     info = {**info, "distortion_types": type_names(model)}
@@ -100,9 +103,8 @@ def _number_shared_objects(config, numbers: dict | None = None):
 
 
 def type_names(model) -> list[str]:
-    """The type head's classes in column order (`nriqa.model.prediction.head_types`); none
+    """The type head's classes in column order (`nriqa.core.taxonomy.head_types`); none
     without the head."""
-    from nriqa.model.prediction import head_types, type_name
 
     return [type_name(t) for t in head_types(int(model.output_shape[-1]) - 1)]
 
@@ -120,7 +122,7 @@ def check_info(info, where: Path) -> dict:
     if missing:
         raise NriqaError(f"{where}: preprocessing lacks {', '.join(missing)}")
     if not {"mos_range", "distortion_types"} & info.keys():
-        # Saved before model.json recorded its scale and type names (nriqa before session 5).
+        # Saved before model.json recorded its scale and type names (an older nriqa).
         raise NriqaError(f"{where}: written by an older nriqa (no mos_range or distortion_types); "
                          "train a new model and, where the old champion stays in its way, "
                          "force its promotion: `dvc exp run -S mlflow.force_promote=true promote`")
@@ -173,7 +175,8 @@ def load_bundle(folder: str | Path) -> Bundle:
     """The model and its model.json; a NriqaError names what is missing or unreadable."""
     import keras
 
-    import nriqa.model.network  # noqa: F401  registers the custom layers before Keras deserializes
+    # lazy: loads TensorFlow; registers the custom layers before Keras deserializes
+    import nriqa.model.network  # noqa: F401
 
     folder = Path(folder)
     info = check_bundle(folder)
@@ -227,8 +230,6 @@ def log_bundle(folder: str | Path, example, model) -> str:
 
     import mlflow
 
-    import nriqa
-
     folder = Path(folder)
     # Pinned requirements: otherwise MLflow infers them by loading the model in a subprocess,
     # which costs a TensorFlow import and cannot see the custom layer anyway.
@@ -248,24 +249,6 @@ def log_bundle(folder: str | Path, example, model) -> str:
             shutil.copyfile(package / name, extra / "code" / "nriqa" / name)
         mlflow.MlflowClient().log_model_artifacts(logged.model_id, str(extra))
     return logged.model_uri
-
-
-def open_named_model(model_uri: str | None, model_dir: Path, params_path: Path, workdir: str):
-    """(model, model.json) of the model a command names: an MLflow model URI, read from the
-    tracking store that `params_path`'s `mlflow` section (or MLFLOW_TRACKING_URI) names and
-    downloaded into `workdir`, or else the bundle folder `model_dir`."""
-    if not model_uri:
-        return load_model(model_dir)
-    tracking_uri = None  # without params.yaml, MLflow reads MLFLOW_TRACKING_URI itself
-    if params_path.is_file():
-        import yaml
-
-        from nriqa.ops.tracking import resolve_tracking_uri
-
-        params = yaml.safe_load(params_path.read_text()) or {}
-        if "mlflow" in params:
-            tracking_uri = resolve_tracking_uri(params, params_path.resolve().parent)
-    return load_model(fetch_bundle(model_uri, workdir, tracking_uri=tracking_uri))
 
 
 def fetch_bundle(model_uri: str, destination: str | Path, *,

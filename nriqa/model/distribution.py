@@ -23,7 +23,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
 
@@ -59,7 +59,7 @@ def check_strategy(name) -> None:
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
             raise NriqaError("train.strategy multi_worker: TF_CONFIG is not set; it names every "
-                             "worker's host:port and this one's index (README: Running as a team)")
+                             "worker's host:port and this one's index (docs/team.md)")
         cluster_task()  # a malformed TF_CONFIG fails here, clearly
 
 

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from nriqa.model.pretrained import efficientnet_lite0_weights
+
 # (repeats, kernel, first stride, expansion, output channels) per stage, as in EfficientNet-B0.
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
@@ -109,7 +111,6 @@ def load_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None:
 
 def imagenet_classifier() -> keras.Model:
     """The whole ImageNet network, logits over the 1,000 classes: a check of the port."""
-    from nriqa.model.pretrained import efficientnet_lite0_weights  # reads 19 MB
 
     inputs = keras.Input((None, None, 3), name="image")
     x = layers.GlobalAveragePooling2D(name="effnet_pool")(stage_outputs(inputs)[-1])

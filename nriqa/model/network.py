@@ -15,7 +15,9 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
+from nriqa.model import efficientnet_lite
+from nriqa.model.pretrained import efficientnet_lite0_weights
 
 BACKBONES = ("mobilenet_style", "efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_small")
 POOLING = ("last", "stages")
@@ -108,18 +110,12 @@ def _pooled(x, name):
 def _efficientnet_features(inputs, *, depth: int, weights, pooling: str, freeze: bool):
     """Pooled EfficientNet-Lite0 features of the first `depth` blocks; with `pooling: stages`
     every stage's output is pooled (early stages see the distortion, late ones the content)."""
-    # Imported here: a logged model carries network.py without them (bundle.MODEL_CODE), and
-    # loading one needs only the layers.
-    from nriqa.model import efficientnet_lite
-
     if not 1 <= depth <= efficientnet_lite.BLOCKS:
         raise NriqaError(f"model.depth: efficientnet_lite0 has {efficientnet_lite.BLOCKS} blocks; "
                          f"got {depth}")
     backbone = keras.Model(inputs, efficientnet_lite.stage_outputs(inputs, blocks=depth),
                            name="efficientnet_lite0")
     if weights == "imagenet":
-        from nriqa.model.pretrained import efficientnet_lite0_weights
-
         efficientnet_lite.load_weights(backbone, efficientnet_lite0_weights())
         for layer in backbone.layers:
             # Batch norm keeps ImageNet's statistics: small crop batches would only add noise.
@@ -140,7 +136,7 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
 
     Its output is one row per crop: the MOS in column 0, then (with `distortion_types` > 0)
     one logit per TID2013 distortion type, 1..`distortion_types`, and with `undistorted_class` one
-    more for an undistorted image (`nriqa.model.prediction.head_types`). With
+    more for an undistorted image (`nriqa.core.taxonomy.head_types`). With
     `mos_head="per_type"` the MOS is the type probabilities' weighted mean of one MOS per type.
     One tensor, not a dict, so MLflow, BentoML and the service see one plain output.
     """

@@ -1,7 +1,7 @@
 """Scoring images with a trained model: the functions evaluate, the service and the CLI call.
 
 An image's predicted MOS is the mean of the model's scores over a fixed grid of crops
-(`nriqa.model.imaging.crops_for_prediction`); crops of many images go through the model in one
+(`nriqa.core.imaging.crops_for_prediction`); crops of many images go through the model in one
 batched call. `score_paths` scores files: the evaluate stage (test split, evaluate.external) and
 `python -m nriqa score` both go through it.
 """
@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from nriqa.model import imaging
+from nriqa.core import imaging
+from nriqa.core.taxonomy import head_types, type_name
 
 # Files decoded and scored per model call. Their crops (at most predict.max_crops each) fill
 # the model's batches well, and only one chunk of crops waits in memory, never the decoded
@@ -114,21 +115,6 @@ def score_crop_sets(model, crop_sets: list[np.ndarray], batch_size: int = 256):
     logits = means[:, 1:] - means[:, 1:].max(axis=1, keepdims=True)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return mos, probabilities.astype(np.float32), crop_scores
-
-
-UNDISTORTED = "no distortion"  # the name of type 0, the type head's class after the 24 types
-
-
-def head_types(classes: int) -> list[int]:
-    """The TID2013 type of each type-head class, in column order: types 1..24, then, in a model
-    with `model.undistorted_class`, 0 (an undistorted image)."""
-    return [k + 1 if k < 24 else 0 for k in range(classes)]
-
-
-def type_name(distortion: int) -> str:
-    from nriqa.data.distortions import DISTORTIONS
-
-    return DISTORTIONS[distortion].name if distortion else UNDISTORTED
 
 
 def top_distortions(probabilities: np.ndarray, count: int = 3) -> list[dict]:

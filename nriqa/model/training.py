@@ -21,15 +21,21 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from nriqa.errors import NriqaError
-from nriqa.evaluation.metrics import srcc
-from nriqa.model.distribution import (DistributableModel, chiefs_values, distributed_dataset,
-                                     distributed_layers, distribution_strategy, epoch_batches)
+from nriqa.core.errors import NriqaError
+from nriqa.core.imaging import crops_for_prediction
+from nriqa.core.metrics import srcc
+from nriqa.data.shards import load_split_arrays, read_split
 from nriqa.model import efficientnet_lite
-from nriqa.model.imaging import crops_for_prediction
+from nriqa.model.distribution import (
+    DistributableModel,
+    chiefs_values,
+    distributed_dataset,
+    distributed_layers,
+    distribution_strategy,
+    epoch_batches,
+)
 from nriqa.model.network import model_from_params
 from nriqa.model.prediction import score_images
-from nriqa.data.shards import load_split_arrays, read_split
 
 LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
 

@@ -18,10 +18,11 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from nriqa.core.errors import NriqaError
+from nriqa.core.stage import read_json
 from nriqa.data.examples import write_examples
-from nriqa.errors import NriqaError
 from nriqa.model.bundle import bentoml_model
-from nriqa.stage import read_json
+from nriqa.ops.registry import version_uri
 
 EXAMPLES_DIR = "examples"
 # The keys of params.yaml `serve` that the service reads; each has an environment override
@@ -48,7 +49,6 @@ def promoted_version(promotion_path: Path) -> tuple[str, str, str]:
     The URI names the exact version (`models:/<name>/<version>`), never the alias: the alias may
     have moved since, and the Bento is labelled with this version and run.
     """
-    from nriqa.ops.registry import version_uri
 
     promotion = read_json(promotion_path, stage="promote")
     missing = [key for key in ("registered_model", "champion_version", "champion_run_id")

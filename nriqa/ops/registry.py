@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 
 ALIAS = "champion"
 METRIC = "test_srcc"

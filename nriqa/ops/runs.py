@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 from nriqa.ops.tracking import check_reachable, resolve_tracking_uri
 
 

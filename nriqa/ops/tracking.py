@@ -23,18 +23,14 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from nriqa.errors import NriqaError
-from nriqa.stage import read_json
+import yaml
+
+from nriqa.core.errors import NriqaError
+from nriqa.core.stage import read_json, write_json
+from nriqa.model.bundle import fetch_bundle, load_model
+from nriqa.ops.provenance import folder_digest, log_dataset, provenance_tags
 
 POINTER_KEYS = ("run_id", "experiment_id", "tracking_uri", "model_uri")
-
-# MLflow retries a failing HTTP request 7 times with exponential backoff (minutes in all) and
-# waits 120 s for each answer. A pipeline stage should fail in seconds instead; a user who wants
-# patience sets these variables themselves, and their values win.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
 
 # --- Where the runs go ------------------------------------------------------------------------
 
@@ -138,8 +134,6 @@ def training_run(params: dict, shard_dir: Path):
     """
     import mlflow
 
-    from nriqa.ops.provenance import folder_digest, log_dataset, provenance_tags
-
     uri = connect(params)
     digest = folder_digest(shard_dir)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
@@ -171,7 +165,6 @@ class TrainingRun:
     def write_pointer(self, path: Path, model_uri: str) -> None:
         """The pointer file (models/mlflow_run.json): how evaluate and promote find this run
         and the model logged to it (`nriqa.model.bundle.log_bundle`)."""
-        from nriqa.stage import write_json
 
         write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id,
                           "tracking_uri": self.tracking_uri, "model_uri": model_uri})
@@ -249,3 +242,17 @@ def log_evaluation(pointer: dict, metrics: dict, artifacts: dict[str, list[Path]
             for path in paths:
                 if path.exists():
                     mlflow.log_artifact(str(path), artifact_path=folder or None)
+
+
+def open_named_model(model_uri: str | None, model_dir: Path, params_path: Path, workdir: str):
+    """(model, model.json) of the model a command names: an MLflow model URI, read from the
+    tracking store that `params_path`'s `mlflow` section (or MLFLOW_TRACKING_URI) names and
+    downloaded into `workdir`, or else the bundle folder `model_dir`."""
+    if not model_uri:
+        return load_model(model_dir)
+    tracking_uri = None  # without params.yaml, MLflow reads MLFLOW_TRACKING_URI itself
+    if params_path.is_file():
+        params = yaml.safe_load(params_path.read_text()) or {}
+        if "mlflow" in params:
+            tracking_uri = resolve_tracking_uri(params, params_path.resolve().parent)
+    return load_model(fetch_bundle(model_uri, workdir, tracking_uri=tracking_uri))

@@ -1,6 +1,6 @@
 """The scoring APIs' work: uploaded files in, a `Score` or a client error out.
 
-Each upload is decoded and cut into its crop grid in a thread (`nriqa.model.imaging`, the same
+Each upload is decoded and cut into its crop grid in a thread (`nriqa.core.imaging`, the same
 path training and the CLI use); every failure there is the client's bad input and becomes a
 4xx or, in a batch, that image's `{"error": ...}`. The crops go through the model together
 with the other requests' (`nriqa.serving.batching`).
@@ -20,13 +20,20 @@ import numpy as np
 from PIL import Image
 from starlette.responses import JSONResponse
 
-from nriqa.errors import NriqaError
-from nriqa.evaluation.metrics import categorize
-from nriqa.model.imaging import crops_for_prediction, decode_image, prediction_layout
-from nriqa.model.prediction import top_distortions
+from nriqa.core.errors import NriqaError
+from nriqa.core.imaging import crops_for_prediction, decode_image, prediction_layout
+from nriqa.core.metrics import categorize
+from nriqa.model.bundle import load_model
+from nriqa.model.prediction import score_crop_sets, top_distortions
 from nriqa.serving.batching import ModelBatcher
 from nriqa.serving.quality_map import quality_map
-from nriqa.serving.responses import Distortion, ImageError, InputError, QualityMap, Score
+from nriqa.serving.responses import (
+    Distortion,
+    ImageError,
+    InputError,
+    QualityMap,
+    Score,
+)
 from nriqa.serving.settings import ServingSettings, serving_settings, stored_model
 
 
@@ -46,8 +53,6 @@ class UploadScorer:
     @classmethod
     def for_model(cls, bento_model) -> UploadScorer:
         """Load the model a `bentoml.models.BentoModel` names, and its settings."""
-        from nriqa.model.bundle import load_model
-        from nriqa.model.prediction import score_crop_sets
 
         stored = stored_model(bento_model)
         model, info = load_model(stored.path)

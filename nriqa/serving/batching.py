@@ -17,7 +17,7 @@ class ModelBatcher:
     no request waits for a timer. It runs in the HTTP worker's own process: no second
     service, no copy of the crops over a socket. (A second, batchable BentoML service behind
     `bentoml.depends` did this before; its HTTP client dropped calls in flight each time it
-    renewed its session, and moving crops between processes cost throughput: issue 13.)
+    renewed its session, and moving crops between processes cost throughput.)
 
     `score_crop_sets` is `nriqa.model.prediction.score_crop_sets` bound to the model: crop sets
     in, (MOS, distortion-type probabilities or None, crop scores) out, one entry per image.

@@ -29,7 +29,7 @@ def ramp(mos_range) -> list[tuple[float, tuple[int, int, int]]]:
 
 def quality_map(width: int, height: int, corners: list[tuple[int, int]], crop_size: int,
                 crop_scores) -> dict:
-    """The crop scores on their grid, as `nriqa.model.imaging.prediction_layout` places them.
+    """The crop scores on their grid, as `nriqa.core.imaging.prediction_layout` places them.
 
     `scores[i][j]` is the MOS of the crop whose top-left corner is (`tops[i]`, `lefts[j]`) in
     the width x height frame the crops were cut from; None where the grid was thinned

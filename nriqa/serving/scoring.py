@@ -8,7 +8,7 @@ image's quality map (`nriqa.serving.quality_map`: its crop scores, whose mean is
 as DIR/<name>.png, with a 0..9 colour legend along the bottom.
 Rows are written as they are scored (CSV, or JSON lines with `--format jsonl`), so a crash
 keeps what was done. A file that fails for any reason is named on stderr and skipped; the exit
-status (`nriqa.errors.ExitCode`) is 1 if any file failed, 2 if nothing could start (no files, no
+status (`nriqa.core.errors.ExitCode`) is 1 if any file failed, 2 if nothing could start (no files, no
 model). Its arguments are parsed in `nriqa.cli`.
 """
 
@@ -24,7 +24,13 @@ from typing import Iterator
 
 import yaml
 
-from nriqa.errors import ExitCode, NriqaError
+from nriqa.core.errors import ExitCode, NriqaError
+from nriqa.core.imaging import prediction_layout
+from nriqa.core.metrics import DEFAULT_THRESHOLDS, categorize
+from nriqa.data.formats import IMAGE_SUFFIXES
+from nriqa.model.prediction import score_paths, top_distortions
+from nriqa.ops.tracking import open_named_model
+from nriqa.serving.quality_map import MAX_MAP_SIDE, map_overlay, quality_map
 
 # How many of the likeliest distortion types each row names.
 TOP_DISTORTIONS = 3
@@ -35,7 +41,6 @@ CSV_FIELDS = ["path", "mos", "category"] + [
 
 def find_images(paths: list[Path]) -> list[Path]:
     """Files as given (whatever their suffix); folders expanded to their image files, sorted."""
-    from nriqa.data.formats import IMAGE_SUFFIXES
 
     found = []
     for path in paths:
@@ -59,8 +64,6 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
     With `map_dir`, each image's quality map is written there, coloured along `mos_range` (the
     model.json's), and the row's `map` names it.
     """
-    from nriqa.evaluation.metrics import categorize
-    from nriqa.model.prediction import score_paths, top_distortions
 
     maps = MapWriter(map_dir, preprocessing, mos_range) if map_dir is not None else None
     for scored in score_paths(model, preprocessing, files, progress=progress,
@@ -93,17 +96,12 @@ class MapWriter:
     def keep(self, image) -> tuple:
         from PIL import Image
 
-        from nriqa.model.imaging import prediction_layout
-        from nriqa.serving.quality_map import MAX_MAP_SIDE
-
         small = Image.fromarray(image)
         small.thumbnail((MAX_MAP_SIDE, MAX_MAP_SIDE))
         return small, prediction_layout(image, self.preprocessing)
 
     def write(self, path: Path, kept: tuple, crop_scores) -> Path:
         import numpy as np
-
-        from nriqa.serving.quality_map import map_overlay, quality_map
 
         small, (width, height, corners) = kept
         grid = quality_map(width, height, corners, self.preprocessing["crop_size"], crop_scores)
@@ -158,7 +156,6 @@ def _csv_row(row: dict) -> dict:
 
 def _thresholds(params_path: Path) -> dict:
     """The category thresholds of params.yaml's `evaluate.categories`, else the defaults."""
-    from nriqa.evaluation.metrics import DEFAULT_THRESHOLDS
 
     params = (yaml.safe_load(params_path.read_text()) or {}) if params_path.is_file() else {}
     return dict(params.get("evaluate", {}).get("categories") or DEFAULT_THRESHOLDS)
@@ -171,8 +168,6 @@ def _open_output(path: Path | None):
 def run_score(args) -> ExitCode:
     """`python -m nriqa score`, its arguments parsed by `nriqa.cli`."""
     from tqdm import tqdm
-
-    from nriqa.model.bundle import open_named_model
 
     failed = []
 

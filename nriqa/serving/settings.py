@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 from nriqa.ops.packaging import EXAMPLES_DIR, SERVE_KEYS, serve_settings
 
 DEFAULT_MODEL_TAG = "nriqa:latest"

@@ -3,7 +3,7 @@
 The page posts uploads to `/score` (with `map=true`, for the heat map) and `/score_batch`, so
 it scores exactly as the API does and shows the API's own error messages. This ASGI app only
 serves the page, its example images, and previews: every upload is previewed as
-`nriqa.model.imaging.decode_image` decodes it (TIFF and 16-bit files too, which browsers do not show,
+`nriqa.core.imaging.decode_image` decodes it (TIFF and 16-bit files too, which browsers do not show,
 upright as EXIF says, transparency on white), the pixels the model scores.
 """
 
@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
+from nriqa.core.imaging import decode_image
+from nriqa.core.metrics import ordered_categories
 from nriqa.data.examples import read_index
-from nriqa.model.imaging import decode_image
-from nriqa.evaluation.metrics import ordered_categories
 from nriqa.serving.quality_map import ramp
 
 if TYPE_CHECKING:

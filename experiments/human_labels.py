@@ -1,6 +1,6 @@
 """Agreement with real people: the labeller's and a trained model's SRCC on the human-label dev set.
 
-    .venv/bin/python benchmarks/human_labels.py [--set DIR] [--model-dir models]
+    .venv/bin/python -m experiments.human_labels [--set DIR] [--model-dir models]
 
 The dev set (`../shared/humanlabels`, read its README) is TID2013's own human MOS on 660
 re-made TID2013 images. It is built once into DIR (default `data/external/humanlabels`, about
@@ -44,7 +44,7 @@ def labeller_predictions(dev_set: Path) -> pd.DataFrame:
 
 
 def report(title: str, frame: pd.DataFrame) -> None:
-    from nriqa.evaluation.metrics import per_group_srcc, quality_metrics
+    from nriqa.core.metrics import per_group_srcc, quality_metrics
 
     overall = quality_metrics(frame["mos"], frame["pred"])
     per_type = per_group_srcc(frame, "distortion")
@@ -58,7 +58,7 @@ def model_report(scored: pd.DataFrame, model, preprocessing: dict, dev_set: Path
     at levels 3-5 the type head's top-1 and top-3 accuracy; the 12 pristine references' scores,
     and how often each scores above its own distorted versions at levels 3-5 (overall and per
     type)."""
-    from nriqa.evaluation.metrics import categorize, per_group_srcc, quality_metrics
+    from nriqa.core.metrics import categorize, per_group_srcc, quality_metrics
     from nriqa.evaluation.report import distortion_metrics, score_index
 
     report = {"srcc": quality_metrics(scored["mos"], scored["pred"])["srcc"],
@@ -89,7 +89,6 @@ def main() -> None:
     parser.add_argument("--set", type=Path, default=ROOT / "data" / "external" / "humanlabels")
     parser.add_argument("--model-dir", type=Path)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     build(args.set)
     report("labeller (type and level)", labeller_predictions(args.set))
     if args.model_dir:

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize, special, stats
-from nriqa.errors import NriqaError
+
+from nriqa.core.errors import NriqaError
 
 __all__ = [
     "CATEGORY_NAMES",
@@ -276,7 +277,9 @@ def category_metrics(mos, pred, thresholds: Mapping[str, float] = DEFAULT_THRESH
     square over all categories, including empty ones, so matrices from
     different runs line up.
     """
-    from sklearn.metrics import confusion_matrix  # here: training imports this module for srcc
+    from sklearn.metrics import (
+        confusion_matrix,  # here: training imports this module for srcc
+    )
 
     mos, pred = _as_pair(mos, pred, minimum=1)
     labels, _ = ordered_categories(thresholds)

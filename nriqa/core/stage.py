@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from nriqa.errors import NriqaError, reporting_errors
+from nriqa.core.errors import NriqaError, reporting_errors
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -22,7 +22,7 @@ def load_params(path: str | Path = "params.yaml") -> dict:
 
 def stage_main(main):
     """Run a stage's main(); a NriqaError prints `error: ...` and exits with ExitCode.ERROR (2),
-    without a traceback, as the command line does (`nriqa.errors.reporting_errors`)."""
+    without a traceback, as the command line does (`nriqa.core.errors.reporting_errors`)."""
     run = reporting_errors(main)
 
     @functools.wraps(main)

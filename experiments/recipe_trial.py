@@ -1,13 +1,13 @@
 """Train one recipe on already-built shards and measure it on people and on the test split.
 
-    .venv/bin/python benchmarks/recipe_trial.py NAME -S train.seed=7 -S model.width=0.5 \\
+    .venv/bin/python -m experiments.recipe_trial NAME -S train.seed=7 -S model.width=0.5 \\
         [--shards data/processed] [--set data/external/humanlabels]
 
 For comparing recipes quickly on the same data, without the rest of the pipeline: trains with
 `nriqa.model.training.train` (params.yaml plus the `-S section.key=value` overrides, values in YAML),
-saves the model to `benchmarks/trials/NAME/`, then prints the validation curve, SRCC against the
-human-label dev set (built there by `benchmarks/human_labels.py` if missing) and SRCC on the
-test split. One JSON line per trial is appended to `benchmarks/trials/results.jsonl`. The
+saves the model to `data/experiments/trials/NAME/`, then prints the validation curve, SRCC against the
+human-label dev set (built there by `experiments/human_labels.py` if missing) and SRCC on the
+test split. One JSON line per trial is appended to `data/experiments/trials/results.jsonl`. The
 human-label set is only measured, never trained or early-stopped on.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,19 +22,16 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+TRIALS = ROOT / "data" / "experiments" / "trials"  # outside the source tree (data/ is ignored)
 
 
 def main() -> None:
-    from human_labels import build, model_report
-    from nriqa.evaluation.report import distortion_metrics
-
+    from experiments.human_labels import build, model_report
+    from nriqa.core.imaging import preprocessing_config
+    from nriqa.core.metrics import quality_metrics
     from nriqa.data.formats import build_index
-    from nriqa.evaluation.report import score_index
-    from nriqa.model.imaging import preprocessing_config
-    from nriqa.evaluation.metrics import quality_metrics
     from nriqa.data.labels import MOS_RANGE
+    from nriqa.evaluation.report import distortion_metrics, score_index
     from nriqa.model.bundle import save_bundle
     from nriqa.model.training import train
 
@@ -58,7 +54,7 @@ def main() -> None:
     start = time.perf_counter()
     model, result = train(args.shards, params, preprocessing,
                           keep_best_epoch=not args.final_epoch)
-    out = ROOT / "benchmarks" / "trials" / args.name
+    out = TRIALS / args.name
     save_bundle(model, out, {"preprocessing": preprocessing, "mos_range": list(MOS_RANGE)})
 
     build(args.set)
@@ -77,7 +73,7 @@ def main() -> None:
             "test_srcc": round(quality_metrics(test["mos"], test["pred"])["srcc"], 4),
             "test_types": distortion_metrics(test)}
     print(json.dumps(line))
-    with (ROOT / "benchmarks" / "trials" / "results.jsonl").open("a") as results:
+    with (TRIALS / "results.jsonl").open("a") as results:
         results.write(json.dumps(line) + "\n")
 
 

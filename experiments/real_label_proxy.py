@@ -1,8 +1,8 @@
 """A stand-in for a small real-label dataset, to see whether the recipe learns from one.
 
-    .venv/bin/python benchmarks/real_label_proxy.py data/raw /tmp/proxy
-    .venv/bin/python benchmarks/real_label_proxy.py --photos /tmp/photo-proxy
-    .venv/bin/python benchmarks/real_label_proxy.py --photos --foreign --label-noise /tmp/photo-proxy-foreign
+    .venv/bin/python -m experiments.real_label_proxy data/raw /tmp/proxy
+    .venv/bin/python -m experiments.real_label_proxy --photos /tmp/photo-proxy
+    .venv/bin/python -m experiments.real_label_proxy --photos --foreign --label-noise /tmp/photo-proxy-foreign
 
 The acceptance check trains on a TID2013-layout folder with real human MOS (1,320 images, 11
 types, a content-disjoint split) and compares the CNN with the BRISQUE + SVR baseline. That
@@ -12,7 +12,7 @@ human-label set's 11 types on 24 references (1,320 images), each labelled as peo
 behave, per image: its RGB PSNR against its reference mapped through its type's per-level
 curve (TID2013's median PSNR -> median MOS, `shared/reference/tid2013_levels.csv`). Such labels
 move with content inside a (type, level) cell, as people's do and the generator's cell medians
-do not; on the human-label set they reach SRCC 0.94 against real MOS (session 3).
+do not; on the human-label set they reach SRCC 0.94 against real MOS (docs/experiments.md).
 
 ``--photos`` makes the references from photographs instead (the real folder's are Kodak
 photographs, on which BRISQUE does far better than on the synthetic set's star fields and
@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +142,7 @@ FOREIGN_RANGES = {1: (1e-3, 0.5, False), 2: (1e-3, 0.8, False), 3: (1e-3, 0.5, F
 
 def psnr_matched(distortion: int, pristine: np.ndarray, target: float, seed) -> np.ndarray:
     """`foreign_distortion` at the strength whose RGB PSNR is nearest `target` (bisection)."""
-    from nriqa.evaluation.metrics import rgb_psnr
+    from nriqa.core.metrics import rgb_psnr
 
     low, high, integer = FOREIGN_RANGES[distortion]
     tried = {}  # strength -> (RGB PSNR, image)
@@ -172,10 +171,10 @@ def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int | Non
     """24 photographic references, 11 types x 5 levels each; returns (label, name) per image."""
     import cv2
 
+    from nriqa.core.metrics import rgb_psnr
     from nriqa.data.distortions import distort
     from nriqa.data.shards import split_by_reference
     from nriqa.data.trainset import TRAINING_PHOTOS
-    from nriqa.evaluation.metrics import rgb_psnr
 
     photos = sorted(np.random.default_rng(seed).choice(len(TRAINING_PHOTOS), REFERENCES, replace=False))
     lines, references = [], []
@@ -215,8 +214,8 @@ def write_photo_proxy(out_dir: Path, curves: pd.DataFrame, split_seed: int | Non
 def write_synthetic_proxy(raw_dir: Path, out_dir: Path, curves: pd.DataFrame) -> list[tuple[float, str]]:
     """The synthetic dataset's first 24 references, its images of the 11 types copied; returns
     (label, name) per image."""
+    from nriqa.core.metrics import rgb_psnr
     from nriqa.data.formats import build_index
-    from nriqa.evaluation.metrics import rgb_psnr
 
     index, _ = build_index(raw_dir, "tid2013")
     references = sorted(index["reference"].unique())[:REFERENCES]
@@ -245,7 +244,6 @@ def write_labels(out_dir: Path, lines: list[tuple[float, str]]) -> None:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("raw_dir", type=Path, nargs="?", metavar="RAW_DIR", help="the synthetic dataset (TID2013 layout)")
     parser.add_argument("out_dir", type=Path)

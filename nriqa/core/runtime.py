@@ -1,5 +1,7 @@
-"""What must be settled before TensorFlow starts: the CPU kernels it may use, and its start-up
-banners, kept out of the stage logs and the CLI's output.
+"""What a process of the project settles before it does any work: `configure()`, called first by
+every entry point (the stages, the command line, the service). It pins the CPU kernels
+TensorFlow may use, keeps TensorFlow's start-up banners out of the logs, and makes MLflow's HTTP
+client fail in seconds. Importing nriqa sets none of this.
 
 The same weights on any x86-64 machine: oneDNN picks its kernels by the widest instruction set
 the CPU has (AVX2, AVX-512, AMX), and kernels of other widths sum in another order, so the same
@@ -101,6 +103,21 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
 
 # oneDNN's name for the widest instruction set it may use; read when its first kernel is made.
 CPU_ISA = "AVX2"
+
+# MLflow retries a failing HTTP request 7 times with exponential backoff (minutes in all) and
+# waits 120 s for each answer. A pipeline stage should fail in seconds instead; a user who wants
+# patience sets these variables themselves, and their values win.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def configure() -> None:
+    """Settle this process before TensorFlow or MLflow start; safe to call more than once."""
+    pin_cpu_kernels()
+    quiet_tensorflow_start()
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def pin_cpu_kernels() -> None:

@@ -6,12 +6,12 @@ Reads TID2013's per-level statistics (``../shared/reference/tid2013_levels.csv``
    references (512x384) matches TID2013's median PSNR for that type and level.  It measures the median
    PSNR on a log-spaced grid of strengths, makes that curve monotone, and interpolates (integers are
    rounded for integer parameters such as JPEG quality).  TID2013's own PSNR is luma PSNR, but the
-   human-label images are graded like RGB-PSNR-calibrated ones (BENCHMARKS, session 8), so RGB
+   human-label images are graded like RGB-PSNR-calibrated ones (docs/experiments.md), so RGB
    it is.  The result is pasted into
    ``nriqa.data.distortions.CALIBRATED_STRENGTHS``;
 2. the per-level mos_std rule's numbers, pasted into ``nriqa.data.synthetic.MOS_STD_BY_LEVEL``.
 
-Run:  python scripts/calibrate_synthetic.py [path/to/tid2013_levels.csv [types,to,redo]]
+Run:  .venv/bin/python -m experiments.calibrate_synthetic [path/to/tid2013_levels.csv [types,to,redo]]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nriqa.core.metrics import rgb_psnr
 from nriqa.data.distortions import DISTORTIONS
 from nriqa.data.synthetic import MAX_REFERENCES, image_rng, load_reference
-from nriqa.evaluation.metrics import rgb_psnr
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "tid2013_levels.csv"
 SIZE = (512, 384)

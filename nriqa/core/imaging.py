@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from nriqa.errors import NriqaError
+from nriqa.core.errors import NriqaError
 
 # Guards against decompression bombs; the service passes its own configured limit.
 DEFAULT_MAX_PIXELS = 64_000_000
