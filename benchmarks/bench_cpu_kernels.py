@@ -26,13 +26,14 @@ from nriqa.core.runtime import configure
 configure()
 if sys.argv[1] != "pinned":
     os.environ["ONEDNN_MAX_CPU_ISA"] = sys.argv[1]
-import numpy as np, tensorflow as tf, yaml
-from nriqa.model.network import model_from_params
-params = yaml.safe_load(open("params.yaml"))
-tf.config.threading.set_intra_op_parallelism_threads(params["train"]["threads"])
-tf.config.threading.set_inter_op_parallelism_threads(params["train"]["threads"])
-model = model_from_params(params["model"])
-size = params["model"]["input_size"]
+import numpy as np, tensorflow as tf
+from nriqa.core.config import load_config
+from nriqa.model.network import make_model
+config = load_config()
+tf.config.threading.set_intra_op_parallelism_threads(config.train.threads)
+tf.config.threading.set_inter_op_parallelism_threads(config.train.threads)
+model = make_model(config.model)
+size = config.model.input_size
 rng = np.random.default_rng(0)
 crops = rng.uniform(0, 255, (64, size, size, 3)).astype(np.float32)
 target = np.zeros((64, model.output_shape[-1]), np.float32)

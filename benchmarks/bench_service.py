@@ -58,16 +58,16 @@ def make_images(count: int, size: tuple[int, int]) -> list[bytes]:
 def model_folder(workdir: Path) -> tuple[Path, str]:
     if (PROJECT / "models" / "model.keras").is_file():
         return PROJECT / "models", "trained model from models/ (params.yaml settings)"
+    from nriqa.core.config import load_config
     from nriqa.core.imaging import preprocessing_config
-    from nriqa.core.stage import load_params
-    from nriqa.model.network import model_from_params
+    from nriqa.model.network import make_model
 
-    params = load_params(PROJECT / "params.yaml")
+    config = load_config(PROJECT / "params.yaml")
     folder = workdir / "model"
     folder.mkdir()
-    model_from_params(params["model"]).save(folder / "model.keras")
-    (folder / "model.json").write_text(json.dumps({"preprocessing": preprocessing_config(params)}))
-    return folder, "freshly built default-size make_model() (params.yaml model section; untrained)"
+    make_model(config.model).save(folder / "model.keras")
+    (folder / "model.json").write_text(json.dumps({"preprocessing": preprocessing_config(config)}))
+    return folder, "freshly built default make_model() (params.yaml model section; untrained)"
 
 
 def bench_in_process(folder: Path, images: list[bytes], repeats: int) -> dict:

@@ -27,6 +27,7 @@ TRIALS = ROOT / "data" / "experiments" / "trials"  # outside the source tree (da
 
 def main() -> None:
     from experiments.human_labels import build, model_report
+    from nriqa.core.config import parse_config
     from nriqa.core.imaging import preprocessing_config
     from nriqa.core.metrics import quality_metrics
     from nriqa.data.formats import build_index
@@ -50,9 +51,10 @@ def main() -> None:
         key, value = override.split("=", 1)
         section, field = key.split(".")
         params[section][field] = yaml.safe_load(value)
-    preprocessing = preprocessing_config(params)
+    config = parse_config(params)
+    preprocessing = preprocessing_config(config)
     start = time.perf_counter()
-    model, result = train(args.shards, params, preprocessing,
+    model, result = train(args.shards, config.model, config.train, preprocessing,
                           keep_best_epoch=not args.final_epoch)
     out = TRIALS / args.name
     save_bundle(model, out, {"preprocessing": preprocessing, "mos_range": list(MOS_RANGE)})

@@ -41,19 +41,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def runs(args) -> None:
-    from nriqa.ops.runs import runs_table  # lazy: MLflow loads only for this command
+    # lazy: MLflow loads only for this command
+    from nriqa.ops.runs import runs_table
 
     print(runs_table(args.params, args.experiment, args.max_results))
 
 
 def score(args) -> int:
-    from nriqa.serving.scoring import run_score  # lazy: TensorFlow loads only for this command
+    # lazy: TensorFlow loads only for this command
+    from nriqa.serving.scoring import run_score
 
     return run_score(args)
 
 
 def evaluate(args) -> int:
-    from nriqa.evaluation.external import run_evaluate  # lazy: TensorFlow loads only for this command
+    # lazy: TensorFlow loads only for this command
+    from nriqa.evaluation.external import run_evaluate
 
     return run_evaluate(args)
 

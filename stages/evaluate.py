@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from nriqa.core.config import load_config
 from nriqa.core.metrics import CATEGORY_NAMES
-from nriqa.core.stage import load_params, stage_main, write_json
+from nriqa.core.stage import stage_main, write_json
 from nriqa.evaluation import external, plots
 from nriqa.evaluation.report import (
     TYPE_ACCURACY_COLUMNS,
@@ -48,13 +49,14 @@ def parse_args():
 def main():
     args = parse_args()
     reports = args.reports
-    params = load_params()
+    config = load_config()
     # Checked first: an unreachable tracking server should not cost a whole evaluation.
     run = tracking.open_pointer(args.model / "mlflow_run.json")
     # So are the external folders: a mistyped path must not wait for the test split.
     # Relative paths are the project's, also under `dvc exp run --temp` (which runs in a copy).
-    folders = external.open_folders(params["evaluate"]["external"], tracking.project_root())
-    thresholds = params["evaluate"]["categories"]
+    folders = external.open_folders([entry.model_dump() for entry in config.evaluate.external],
+                                    tracking.project_root())
+    thresholds = config.evaluate.categories
     model, info = load_model(args.model)
     splits = pd.read_csv(args.splits)
     test = score_test_split(model, info["preprocessing"], splits, args.raw)

@@ -6,7 +6,8 @@
 import argparse
 from pathlib import Path
 
-from nriqa.core.stage import load_params, stage_main
+from nriqa.core.config import load_config
+from nriqa.core.stage import stage_main
 from nriqa.data.sources import fetch_dataset
 
 
@@ -15,7 +16,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("raw_dir", type=Path, help="where the dataset goes (data/raw)")
     args = parser.parse_args()
-    fetch_dataset(load_params()["data"], args.raw_dir)
+    fetch_dataset(load_config().data, args.raw_dir)
 
 
 if __name__ == "__main__":

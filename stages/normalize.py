@@ -6,7 +6,8 @@
 import argparse
 from pathlib import Path
 
-from nriqa.core.stage import load_params, stage_main, write_json, written_aside
+from nriqa.core.config import load_config
+from nriqa.core.stage import stage_main, write_json, written_aside
 from nriqa.data.formats import build_index, dataset_format
 
 
@@ -18,7 +19,7 @@ def main():
     parser.add_argument("report", type=Path,
                         help="what was resolved and what not (data/interim/normalize_report.json)")
     args = parser.parse_args()
-    index, report = build_index(args.raw_dir, dataset_format(load_params()["data"]))
+    index, report = build_index(args.raw_dir, dataset_format(load_config().data))
     write_json(args.report, report)
     with written_aside(args.index) as aside:
         index.to_csv(aside, index=False)

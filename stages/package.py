@@ -22,7 +22,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_HOME", str(PROJECT / "bentoml_home"))  # before bentoml is imported
 
-from nriqa.core.stage import load_params, stage_main, write_json  # noqa: E402
+from nriqa.core.config import load_config  # noqa: E402
+from nriqa.core.stage import stage_main, write_json  # noqa: E402
 from nriqa.model.bundle import fetch_bundle  # noqa: E402
 from nriqa.ops.packaging import package, promoted_version  # noqa: E402
 from nriqa.ops.tracking import resolve_tracking_uri  # noqa: E402
@@ -42,16 +43,17 @@ def main():
                         help="what was built (reports/bento.json)")
     args = parser.parse_args()
     # `serve`, and the category thresholds (`evaluate.categories`) the service answers with.
-    params = load_params(PROJECT / "params.yaml")
+    config = load_config(PROJECT / "params.yaml")
 
     if args.model_dir is not None:
         report = package(args.model_dir, run_id=args.run_id, version=args.version,
-                         params=params, project_dir=PROJECT)
+                         config=config, project_dir=PROJECT)
     else:
         model_uri, run_id, version = promoted_version(args.promotion)
         with tempfile.TemporaryDirectory(prefix="nriqa-champion-") as folder:
-            model_dir = fetch_bundle(model_uri, folder, tracking_uri=resolve_tracking_uri(params))
-            report = package(model_dir, run_id=run_id, version=version, params=params,
+            tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+            model_dir = fetch_bundle(model_uri, folder, tracking_uri=tracking_uri)
+            report = package(model_dir, run_id=run_id, version=version, config=config,
                              project_dir=PROJECT, model_uri=model_uri)
     write_json(args.report, report)
     print(f"Built Bento {report['bento_tag']} with model {report['model_tag']} "

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nriqa.core.stage import load_params, stage_main, staging, write_json
+from nriqa.core.config import Config, load_config
+from nriqa.core.stage import stage_main, staging, write_json
 from nriqa.data.formats import dataset_format
 from nriqa.data.shards import split_by_reference, write_shards
 from nriqa.data.trainset import INDEX_NAME
@@ -28,17 +29,17 @@ def main():
     parser.add_argument("out_dir", type=Path, help="shards, splits.csv, summary.json (data/processed)")
     args = parser.parse_args()
     raw_dir, trainset_dir, out_dir = args.raw_dir, args.trainset_dir, args.out_dir
-    params = load_params()
-    settings = params["preprocess"]
-    with_trainset = uses_trainset(params)
-    ratios = dict(settings["split"])
-    if with_trainset and params["data"]["source"] == "synthetic":
+    config = load_config()
+    settings = config.preprocess
+    with_trainset = uses_trainset(config)
+    ratios = dict(settings.split)
+    if with_trainset and config.data.source == "synthetic":
         ratios["train"] = 0.0
-    index = split_by_reference(pd.read_csv(args.index), ratios, int(settings["seed"]))
+    index = split_by_reference(pd.read_csv(args.index), ratios, settings.seed)
     # The type head speaks TID2013's 24 types; KADID-10k numbers its 25 differently and
     # KonIQ-10k has none, so their images train the MOS only (their `distortion` stays for
     # the per-type tables).
-    tid2013_types = dataset_format(params["data"]) == "tid2013"
+    tid2013_types = dataset_format(config.data) == "tid2013"
     index = index.assign(root=str(raw_dir), type_label=index["distortion"] if tid2013_types else None,
                          generated=False)
     if with_trainset:
@@ -47,20 +48,19 @@ def main():
                                      type_label=generated["distortion"], generated=True)
         index = pd.concat([index, generated], ignore_index=True)
     with staging(out_dir) as tmp:  # renamed at the end: a failed run leaves no half-written shards
-        summary = write_shards(index, tmp, mode=settings["mode"], resize=settings["resize"],
-                               crop_size=int(params["model"]["input_size"]),
-                               shards=int(settings["shards"]))
+        summary = write_shards(index, tmp, mode=settings.mode, resize=list(settings.resize),
+                               crop_size=config.model.input_size, shards=settings.shards)
         index.to_csv(tmp / "splits.csv", index=False)
         write_json(tmp / "summary.json", summary)
         tmp.rename(out_dir)
     print({split: info["images"] for split, info in summary.items()})
 
 
-def uses_trainset(params: dict) -> bool:
+def uses_trainset(config: Config) -> bool:
     """`trainset.mix: auto` mixes the generated images in when the labels share TID2013's scale."""
-    mix = params["trainset"]["mix"]
+    mix = config.trainset.mix
     if mix == "auto":
-        return dataset_format(params["data"]) == "tid2013"
+        return dataset_format(config.data) == "tid2013"
     return bool(mix)
 
 

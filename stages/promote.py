@@ -10,8 +10,9 @@ The candidate's SRCC is the one in its metrics file; the champion's comes from t
 import argparse
 from pathlib import Path
 
+from nriqa.core.config import load_config
 from nriqa.core.errors import NriqaError
-from nriqa.core.stage import load_params, read_json, stage_main, write_json
+from nriqa.core.stage import read_json, stage_main, write_json
 from nriqa.ops import registry, tracking
 
 
@@ -22,11 +23,11 @@ def main():
     parser.add_argument("metrics", type=Path, help="its test metrics (reports/metrics.json)")
     parser.add_argument("report", type=Path, help="the decision (reports/promotion.json)")
     args = parser.parse_args()
-    settings = load_params()["mlflow"]
+    settings = load_config().mlflow
     srcc = candidate_srcc(args.metrics)
     pointer = tracking.open_pointer(args.pointer)
-    report = registry.promote(pointer, settings["registered_model"], srcc,
-                              force=bool(settings.get("force_promote", False)))
+    report = registry.promote(pointer, settings.registered_model, srcc,
+                              force=settings.force_promote)
     write_json(args.report, report)
     verdict = "promoted to champion" if report["promoted"] else "not promoted"
     print(f"{report['registered_model']} v{report['candidate_version']} "

@@ -21,8 +21,9 @@ import csv
 import tempfile
 from pathlib import Path
 
+from nriqa.core.config import load_config
 from nriqa.core.imaging import preprocessing_config
-from nriqa.core.stage import load_params, remove_stale, stage_main, written_aside
+from nriqa.core.stage import remove_stale, stage_main, written_aside
 from nriqa.data.formats import MOS_SCALES, dataset_format
 from nriqa.data.shards import example_crops
 from nriqa.model.bundle import INFO, WEIGHTS, log_bundle, save_bundle
@@ -43,32 +44,32 @@ def main():
     args = parser.parse_args()
     # Every param, because the MLflow run records them all; the training reads `model`,
     # `train` and `predict`, and model.json records the preprocessing and the label scale.
-    params = load_params()
-    preprocessing = preprocessing_config(params)
-    check_strategy(params["train"]["strategy"])  # before a run is opened
-    if not is_chief(params):
+    config = load_config()
+    preprocessing = preprocessing_config(config)
+    check_strategy(config.train.strategy)  # before a run is opened
+    if not is_chief(config.train.strategy):
         with tempfile.TemporaryDirectory(prefix="nriqa-worker-") as scratch:
-            model, result = train(args.shard_dir, params, preprocessing)
-            save_outputs(model, params, preprocessing, result, Path(scratch) / "models",
+            model, result = train(args.shard_dir, config.model, config.train, preprocessing)
+            save_outputs(model, config, preprocessing, result, Path(scratch) / "models",
                          Path(scratch) / "train_history.csv")
         print("worker: trained; outputs are the chief's to write")
         return
-    with tracking.training_run(params, args.shard_dir) as run:
+    with tracking.training_run(config, args.shard_dir) as run:
         remove_stale(args.model_dir / POINTER, args.model_dir / WEIGHTS, args.model_dir / INFO,
                      args.history)
-        model, result = train(args.shard_dir, params, preprocessing,
+        model, result = train(args.shard_dir, config.model, config.train, preprocessing,
                               extra_callbacks=[run.epoch_logger()])
-        save_outputs(model, params, preprocessing, result, args.model_dir, args.history)
+        save_outputs(model, config, preprocessing, result, args.model_dir, args.history)
         run.log_summary(result)
         model_uri = log_bundle(args.model_dir, example_crops(args.shard_dir, preprocessing), model)
         run.write_pointer(args.model_dir / POINTER, model_uri)
 
 
-def save_outputs(model, params, preprocessing, result, model_dir, history_csv):
+def save_outputs(model, config, preprocessing, result, model_dir, history_csv):
     save_bundle(model, model_dir, {
         "preprocessing": preprocessing,
-        "mos_range": list(MOS_SCALES[dataset_format(params["data"])]),
-        "params": {key: params[key] for key in ("data", "preprocess", "model", "train")},
+        "mos_range": list(MOS_SCALES[dataset_format(config.data)]),
+        "params": {key: config.as_dict()[key] for key in ("data", "preprocess", "model", "train")},
         "best_epoch": result["best_epoch"], "best_val_srcc": result["best_val_srcc"],
         "split_sizes": {"train": result["train_images"], "val": result["val_images"]},
     })

@@ -7,7 +7,8 @@ import argparse
 import os
 from pathlib import Path
 
-from nriqa.core.stage import load_params, stage_main, staging
+from nriqa.core.config import load_config
+from nriqa.core.stage import stage_main, staging
 from nriqa.data.trainset import generate_training_set
 
 
@@ -16,12 +17,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="the generated images and their index (data/trainset)")
     args = parser.parse_args()
-    settings = load_params()["trainset"]
-    types = settings["distortion_types"]
+    settings = load_config().trainset
+    types = settings.distortion_types
     with staging(args.out_dir) as tmp:
-        generate_training_set(tmp, num_images=int(settings["images"]),
-                              image_size=tuple(settings["image_size"]), seed=int(settings["seed"]),
-                              pristine_fraction=float(settings["pristine_fraction"]),
+        generate_training_set(tmp, num_images=settings.images,
+                              image_size=settings.image_size, seed=settings.seed,
+                              pristine_fraction=settings.pristine_fraction,
                               **({} if types == "all" else {"distortion_types": types}))
         os.rename(tmp, args.out_dir)
 

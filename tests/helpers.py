@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from nriqa.core.config import Config, DataConfig, ModelConfig, parse_config
+
 # --------------------------------------------------------------------------------------------
 # Project clones, processes and training shards (moved from conftest.py, so that benchmarks/
 # no longer import a pytest conftest)
@@ -35,6 +37,27 @@ TINY_PARAMS = {
 }
 
 
+# The small from-scratch network that unit tests build (not the default's pretrained one).
+TINY_NETWORK = {"backbone": "mobilenet_style", "weights": None, "pooling": "last", "freeze": False,
+                "fusion": False, "input_size": 32, "width": 0.25, "depth": 2, "head_units": [8],
+                "distortion_types": 0, "undistorted_class": False, "mos_head": "direct"}
+
+
+def config(overrides: dict | None = None) -> Config:
+    """params.yaml with `overrides` merged in, parsed as the stages parse it."""
+    return parse_config(merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), overrides or {}))
+
+
+def model_config(**overrides) -> ModelConfig:
+    """TINY_NETWORK, with `overrides`."""
+    return config({"model": {**TINY_NETWORK, **overrides}}).model
+
+
+def data_config(**overrides) -> DataConfig:
+    """params.yaml's data section, with `overrides`."""
+    return config({"data": overrides}).data
+
+
 def stage_command(name: str, python: str = sys.executable) -> list[str]:
     """A stage's command as dvc.yaml runs it, paths included, with this interpreter."""
     cmd = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][name]["cmd"].split()
@@ -44,7 +67,7 @@ def stage_command(name: str, python: str = sys.executable) -> list[str]:
 def merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) and key in base else value
+        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
 
 

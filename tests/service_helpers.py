@@ -22,6 +22,7 @@ from tests.helpers import (
     PROJECT,
     VENV_BIN,
     free_port,
+    model_config,
     run,
     stop_process_group,
     tool_env,
@@ -48,9 +49,7 @@ def make_tiny_model(folder: Path, distortion_types: int = 24, max_crops: int = 4
     from nriqa.model.network import make_model
 
     keras.utils.set_random_seed(3)
-    model = make_model(input_size=32, width=0.25, depth=2, head_units=(8,),
-                       distortion_types=distortion_types,
-                       undistorted_class=undistorted_class and bool(distortion_types))
+    model = make_model(model_config(input_size=32, width=0.25, depth=2, head_units=(8,), distortion_types=distortion_types, undistorted_class=undistorted_class and bool(distortion_types)))
     for seed, name in enumerate(["mos", "distortion_logits"][:1 + bool(distortion_types)], 3):
         head = model.get_layer(name)
         kernel, bias = head.get_weights()

@@ -16,7 +16,7 @@ from nriqa.core.errors import NriqaError
 from nriqa.model import bundle
 from nriqa.model.network import make_model
 from nriqa.model.prediction import predict_mos
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, model_config
 
 PREPROCESSING = {"mode": "native", "resize": [32, 32], "crop_size": 32, "stride": 32,
                  "max_crops": 6}
@@ -25,8 +25,7 @@ INFO = {"preprocessing": PREPROCESSING, "mos_range": [0.0, 9.0]}
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return make_model(input_size=32, width=0.25, depth=2, head_units=(8,), initial_mos=4.0,
-                      distortion_types=3)
+    return make_model(model_config(input_size=32, width=0.25, depth=2, head_units=(8,), distortion_types=3), initial_mos=4.0)
 
 
 @pytest.fixture()
@@ -65,7 +64,8 @@ import sys, keras
 keras.utils.set_random_seed(5)
 from nriqa.model.network import make_model
 from nriqa.model.bundle import save_weights
-save_weights(make_model(input_size=32, width=0.25, depth=2, head_units=(8,)), sys.argv[1])
+from tests.helpers import model_config
+save_weights(make_model(model_config()), sys.argv[1])
 """
 
 

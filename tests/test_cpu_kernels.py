@@ -26,10 +26,11 @@ from nriqa.core.runtime import configure
 configure()
 if sys.argv[3]:
     os.environ["ONEDNN_MAX_CPU_ISA"] = sys.argv[3]
+from nriqa.core.config import parse_config
 from nriqa.core.imaging import preprocessing_config
 from nriqa.model.training import train
-params = json.loads(sys.argv[2])
-model, _ = train(Path(sys.argv[1]), params, preprocessing_config(params))
+config = parse_config(json.loads(sys.argv[2]))
+model, _ = train(Path(sys.argv[1]), config.model, config.train, preprocessing_config(config))
 digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
 print("WEIGHTS", digest)
 """

@@ -16,6 +16,7 @@ from PIL import Image
 
 from nriqa.core.errors import NriqaError
 from nriqa.data.formats import INDEX_COLUMNS, build_index, dataset_format
+from tests.helpers import data_config
 
 
 def image(path: Path, shade: int = 128) -> None:
@@ -220,11 +221,11 @@ def test_koniq10k_adapter(tmp_path):
     ({"source": "local", "format": "kadid10k"}, "kadid10k"),
 ])
 def test_dataset_format(params, fmt):
-    assert dataset_format(params) == fmt
+    assert dataset_format(data_config(**params)) == fmt
 
 
-def test_dataset_format_refuses_unknown(tmp_path):
+def test_unknown_source_or_format_names_the_field(tmp_path):
     with pytest.raises(NriqaError, match="data.format"):
-        dataset_format({"source": "local", "format": None})
+        data_config(source="local", format=None)
     with pytest.raises(NriqaError, match="data.source"):
-        dataset_format({"source": "imagenet"})
+        data_config(source="imagenet")

@@ -135,7 +135,7 @@ def tf_config(task_type, index, chief=False):
 def test_the_chief_is_tf_distributes(strategy, environ, chief):
     from nriqa.model.distribution import is_chief
 
-    assert is_chief({"train": {"strategy": strategy}}, environ) is chief
+    assert is_chief(strategy, environ) is chief
 
 
 def test_bad_strategy_settings_say_what_to_fix(monkeypatch):

@@ -90,33 +90,33 @@ def test_imports_are_found_at_module_level_and_in_functions(tmp_path):
 
 
 def params_read_by(script: Path) -> set[str]:
-    """`section.key` for each params.yaml value a stage script reads itself: `params["s"]["k"]`
-    on what `load_params()` returned, or `settings["k"]` where `settings = load_params()["s"]`
-    (values it hands whole to library functions are not followed)."""
+    """`section.key` for each params.yaml value a stage script reads itself: `config.s.k` on
+    what `load_config()` returned, or `settings.k` where `settings = load_config().s` (or
+    `config.s`); sections handed whole to library functions are not followed."""
     tree = ast.parse(script.read_text(), str(script))
 
-    def key(node) -> str | None:
-        return node.slice.value if (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
-                                    and isinstance(node.slice.value, str)) else None
+    def is_load_config(node) -> bool:
+        return isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_config"
 
-    def is_load_params(node) -> bool:
-        return isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_params"
-
-    whole, sections = set(), {}  # names bound to load_params() / to one of its sections
+    whole, sections = set(), {}  # names bound to load_config() / to one of its sections
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             name, value = node.targets[0].id, node.value
-            if is_load_params(value):
+            if is_load_config(value):
                 whole.add(name)
-            elif key(value) and (is_load_params(value.value) or getattr(value.value, "id", None) in whole):
-                sections[name] = key(value)
+            elif isinstance(value, ast.Attribute) and (
+                    is_load_config(value.value) or getattr(value.value, "id", None) in whole):
+                sections[name] = value.attr
     read = set()
     for node in ast.walk(tree):
-        if key(node) and isinstance(node.value, ast.Subscript) and key(node.value) and \
-                getattr(node.value.value, "id", None) in whole:
-            read.add(f"{key(node.value)}.{key(node)}")
-        elif key(node) and getattr(node.value, "id", None) in sections:
-            read.add(f"{sections[node.value.id]}.{key(node)}")
+        if not isinstance(node, ast.Attribute):
+            continue
+        inner = node.value
+        if isinstance(inner, ast.Attribute) and (is_load_config(inner.value) or
+                                                 getattr(inner.value, "id", None) in whole):
+            read.add(f"{inner.attr}.{node.attr}")
+        elif getattr(inner, "id", None) in sections:
+            read.add(f"{sections[inner.id]}.{node.attr}")
     return read
 
 

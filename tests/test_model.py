@@ -7,6 +7,7 @@ from nriqa.core.errors import NriqaError
 from nriqa.model.bundle import load_model, save_bundle
 from nriqa.model.network import make_model
 from nriqa.model.prediction import predict_mos
+from tests.helpers import model_config
 
 PREPROCESSING = {"mode": "native", "resize": [32, 32], "crop_size": 32, "stride": 32,
                  "max_crops": 6}
@@ -14,7 +15,7 @@ PREPROCESSING = {"mode": "native", "resize": [32, 32], "crop_size": 32, "stride"
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return make_model(input_size=32, width=0.25, depth=2, head_units=(8,), initial_mos=4.0)
+    return make_model(model_config(input_size=32, width=0.25, depth=2, head_units=(8,)), initial_mos=4.0)
 
 
 def blurred_crops(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +39,7 @@ def trained_model():
     import keras
 
     keras.utils.set_random_seed(0)
-    model = make_model(input_size=32, width=0.25, depth=2, head_units=(8,), initial_mos=4.5)
+    model = make_model(model_config(input_size=32, width=0.25, depth=2, head_units=(8,)), initial_mos=4.5)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
     crops, mos = blurred_crops(64, seed=1)
     model.fit(crops, mos, batch_size=4, epochs=30, verbose=0)
@@ -47,14 +48,14 @@ def trained_model():
 
 @pytest.mark.parametrize("depth, width", [(1, 0.25), (3, 0.5)])
 def test_factory_shapes(depth, width):
-    model = make_model(input_size=48, width=width, depth=depth, head_units=(16, 8))
+    model = make_model(model_config(input_size=48, width=width, depth=depth, head_units=(16, 8)))
     assert model.input_shape == (None, 48, 48, 3)
     assert model.output_shape == (None, 1)
     assert model(np.zeros((2, 48, 48, 3), np.float32)).shape == (2, 1)
 
 
 def test_type_head_adds_one_logit_per_type():
-    model = make_model(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24)
+    model = make_model(model_config(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24))
     assert model.output_shape == (None, 25)
 
 
@@ -62,8 +63,7 @@ def test_undistorted_class_follows_the_24_types():
     from nriqa.core.taxonomy import head_types
     from nriqa.model.prediction import top_distortions
 
-    model = make_model(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24,
-                       mos_head="per_type", undistorted_class=True)
+    model = make_model(model_config(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24, mos_head="per_type", undistorted_class=True))
     assert model.output_shape == (None, 26)
     assert model.get_layer("mos_per_type").output.shape[-1] == 25  # its own MOS too
     assert head_types(25) == [*range(1, 25), 0] and head_types(24) == list(range(1, 25))
@@ -76,8 +76,7 @@ def test_undistorted_class_follows_the_24_types():
 def test_per_type_head_weighs_one_mos_per_type_by_the_type_probabilities():
     import keras
 
-    model = make_model(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24,
-                       mos_head="per_type", initial_mos=4.0)
+    model = make_model(model_config(input_size=32, width=0.25, depth=1, head_units=(8,), distortion_types=24, mos_head="per_type"), initial_mos=4.0)
     crops = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3)).astype(np.float32)
     inside = keras.Model(model.input, [model.get_layer("type_weights").output,
                                        model.get_layer("mos_per_type").output, model.output])
@@ -88,14 +87,15 @@ def test_per_type_head_weighs_one_mos_per_type_by_the_type_probabilities():
 
 
 def test_applications_backbone_shapes():
-    model = make_model(backbone="mobilenet_v2", input_size=32, width=0.35, head_units=(8,))
+    model = make_model(model_config(backbone="mobilenet_v2", input_size=32, width=0.35, head_units=(8,)))
     assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 1)
 
 
 def pretrained_model(**kwargs):
-    return make_model(backbone="efficientnet_lite0", weights="imagenet", input_size=32,
-                      head_units=(8,), distortion_types=24, undistorted_class=True,
-                      mos_head="per_type", **kwargs)
+    return make_model(model_config(**{"backbone": "efficientnet_lite0", "weights": "imagenet",
+                                      "input_size": 32, "depth": 4, "head_units": (8,),
+                                      "distortion_types": 24, "undistorted_class": True,
+                                      "mos_head": "per_type", **kwargs}))
 
 
 @pytest.mark.parametrize("freeze", [False, True])
@@ -152,12 +152,12 @@ def test_backbone_steps_scale_with_backbone_lr_scale():
 ])
 def test_bad_params_name_the_field(kwargs, field):
     with pytest.raises(NriqaError, match=field):
-        make_model(**kwargs)
+        make_model(model_config(**kwargs))
 
 
 def test_initial_output_is_the_mean_mos():
     """A flat crop gives no features, so an untrained model outputs exactly its starting MOS."""
-    model = make_model(input_size=32, width=0.25, depth=2, head_units=(8,), initial_mos=6.5)
+    model = make_model(model_config(input_size=32, width=0.25, depth=2, head_units=(8,)), initial_mos=6.5)
     flat = np.full((2, 32, 32, 3), 128.0, np.float32)
     np.testing.assert_allclose(np.asarray(model(flat)), 6.5, rtol=0, atol=1e-6)
 

@@ -34,6 +34,7 @@ from nriqa.core.errors import NriqaError
 from nriqa.data.archives import extract_archive
 from nriqa.data.downloads import cache_name, download
 from nriqa.data.sources import fetch_dataset
+from tests.helpers import data_config
 
 # --------------------------------------------------------------------------
 # A local HTTP server with Range support and simulated interruptions
@@ -200,7 +201,7 @@ def test_download_checks_md5_extracts_and_reuses_the_cache(server, tmp_path):
               "cache_dir": str(tmp_path / "downloads")}
     out = tmp_path / "data" / "raw"
 
-    fetch_dataset(params, out)
+    fetch_dataset(data_config(**params), out)
 
     assert (out / "dmos.csv").read_text().startswith("dist_img,ref_img,dmos,var")
     assert (out / "images" / "I01_01_01.png").exists()
@@ -209,7 +210,7 @@ def test_download_checks_md5_extracts_and_reuses_the_cache(server, tmp_path):
 
     # A second run finds the verified file in the cache and replaces the output.
     (out / "stray").write_text("from an older run")
-    fetch_dataset(params, out)
+    fetch_dataset(data_config(**params), out)
     assert len(server.requests) == 1
     assert not (out / "stray").exists()
 
@@ -223,7 +224,7 @@ def test_checksum_mismatch_deletes_the_download_and_names_both_hashes(server, tm
     params = {"source": "kadid10k", "url": url, "md5": wrong, "cache_dir": str(tmp_path / "dl")}
 
     with pytest.raises(NriqaError) as err:
-        fetch_dataset(params, out)
+        fetch_dataset(data_config(**params), out)
 
     message = str(err.value)
     assert url in message and wrong in message and md5(data) in message
@@ -284,26 +285,26 @@ def test_http_error_names_the_url(server, tmp_path):
 
 def test_md5_is_required_where_no_official_checksum_exists(tmp_path):
     with pytest.raises(NriqaError, match=r"data\.md5 is required for kadid10k"):
-        fetch_dataset({"source": "kadid10k", "cache_dir": str(tmp_path)}, tmp_path / "raw")
+        fetch_dataset(data_config(**{"source": "kadid10k", "cache_dir": str(tmp_path)}), tmp_path / "raw")
     with pytest.raises(NriqaError, match=r"data\.md5\.images is required for koniq10k"):
-        fetch_dataset({"source": "koniq10k", "md5": {"scores": "0" * 32}, "cache_dir": str(tmp_path)},
+        fetch_dataset(data_config(**{"source": "koniq10k", "md5": {"scores": "0" * 32}, "cache_dir": str(tmp_path)}),
                       tmp_path / "raw")
     with pytest.raises(NriqaError, match="must be a mapping"):
-        fetch_dataset({"source": "koniq10k", "md5": "0" * 32, "cache_dir": str(tmp_path)}, tmp_path / "raw")
+        fetch_dataset(data_config(**{"source": "koniq10k", "md5": "0" * 32, "cache_dir": str(tmp_path)}), tmp_path / "raw")
     with pytest.raises(NriqaError, match="32 hexadecimal"):
-        fetch_dataset({"source": "kadid10k", "md5": "abc", "cache_dir": str(tmp_path)}, tmp_path / "raw")
+        fetch_dataset(data_config(**{"source": "kadid10k", "md5": "abc", "cache_dir": str(tmp_path)}), tmp_path / "raw")
     assert_clean(tmp_path / "raw")
 
 
 def test_cache_dir_is_required_for_downloads(tmp_path):
     with pytest.raises(NriqaError, match=r"data\.cache_dir is empty"):
-        fetch_dataset({"source": "tid2013"}, tmp_path / "raw")
+        fetch_dataset(data_config(source="tid2013", cache_dir=None), tmp_path / "raw")
     assert_clean(tmp_path / "raw")
 
 
 def test_unknown_source_is_refused(tmp_path):
     with pytest.raises(NriqaError, match="data.source"):
-        fetch_dataset({"source": "imagenet"}, tmp_path / "raw")
+        fetch_dataset(data_config(**{"source": "imagenet"}), tmp_path / "raw")
 
 
 KONIQ_SCORES = make_zip({"koniq10k_scores_and_distributions.csv":
@@ -324,7 +325,7 @@ def test_koniq_gathers_scores_and_images_from_two_archives(server, tmp_path):
     params = koniq_params(server, tmp_path, images, "/i.zip", "/s.zip")
     out = tmp_path / "raw"
 
-    fetch_dataset(params, out)
+    fetch_dataset(data_config(**params), out)
 
     assert sorted(p.name for p in out.iterdir()) == ["1024x768", "koniq10k_scores_and_distributions.csv"]
     assert (out / "1024x768" / "826373.jpg").read_bytes() == b"jpeg"
@@ -336,8 +337,8 @@ def test_koniq_archives_with_the_same_file_name_do_not_collide_in_the_cache(serv
     images = make_zip({"1024x768/826373.jpg": b"jpeg"})
     params = koniq_params(server, tmp_path, images, "/images/data.zip", "/scores/data.zip")
 
-    fetch_dataset(params, tmp_path / "raw")
-    fetch_dataset(params, tmp_path / "raw")  # both stay cached: no download the second time
+    fetch_dataset(data_config(**params), tmp_path / "raw")
+    fetch_dataset(data_config(**params), tmp_path / "raw")  # both stay cached: no download the second time
 
     assert (tmp_path / "raw" / "1024x768" / "826373.jpg").read_bytes() == b"jpeg"
     assert len(server.requests) == 2
@@ -360,7 +361,7 @@ def test_an_archive_without_the_dataset_is_refused(server, tmp_path):
     params = {"source": "kadid10k", "url": server.url("/kadid10k.zip"), "md5": md5(data),
               "cache_dir": str(tmp_path / "dl")}
     with pytest.raises(NriqaError, match="dmos.csv"):
-        fetch_dataset(params, tmp_path / "raw")
+        fetch_dataset(data_config(**params), tmp_path / "raw")
     assert_clean(tmp_path / "raw")
 
 
@@ -411,7 +412,7 @@ def test_unsafe_member_through_fetch_leaves_no_output(server, tmp_path):
     params = {"source": "kadid10k", "url": server.url("/kadid10k.zip"), "md5": md5(data),
               "cache_dir": str(tmp_path / "dl")}
     with pytest.raises(NriqaError, match="evil.txt"):
-        fetch_dataset(params, tmp_path / "data" / "raw")
+        fetch_dataset(data_config(**params), tmp_path / "data" / "raw")
     assert_clean(tmp_path / "data" / "raw")
     assert not (tmp_path / "data" / "evil.txt").exists()
 
@@ -450,7 +451,7 @@ def test_tid2013_rar_is_fetched_and_its_root_found(server, tmp_path):
               "cache_dir": str(tmp_path / "dl")}
     out = tmp_path / "raw"
 
-    fetch_dataset(params, out)
+    fetch_dataset(data_config(**params), out)
 
     assert sorted(p.name for p in out.iterdir()) == [
         "distorted_images", "mos_std.txt", "mos_with_names.txt", "reference_images"]
@@ -572,7 +573,7 @@ def test_local_folder_is_copied(tmp_path):
     (src / "mos_with_names.txt").write_text("5.0 i01_01_1.bmp\n")
     out = tmp_path / "raw"
 
-    fetch_dataset({"source": "local", "path": str(src), "format": "tid2013"}, out)
+    fetch_dataset(data_config(**{"source": "local", "path": str(src), "format": "tid2013"}), out)
 
     assert (out / "mos_with_names.txt").read_text() == "5.0 i01_01_1.bmp\n"
     assert (out / "distorted_images").is_dir()
@@ -584,11 +585,11 @@ def test_local_missing_or_empty_folder_is_named(tmp_path):
     empty.mkdir()
     out = tmp_path / "raw"
     with pytest.raises(NriqaError, match=f"{missing}.*does not exist"):
-        fetch_dataset({"source": "local", "path": str(missing), "format": "tid2013"}, out)
+        fetch_dataset(data_config(**{"source": "local", "path": str(missing), "format": "tid2013"}), out)
     with pytest.raises(NriqaError, match=f"{empty}.*empty"):
-        fetch_dataset({"source": "local", "path": str(empty), "format": "tid2013"}, out)
+        fetch_dataset(data_config(**{"source": "local", "path": str(empty), "format": "tid2013"}), out)
     with pytest.raises(NriqaError, match="data.format"):
-        fetch_dataset({"source": "local", "path": str(empty), "format": "imagenet"}, out)
+        fetch_dataset(data_config(**{"source": "local", "path": str(empty), "format": "imagenet"}), out)
     assert_clean(out)
 
 
@@ -611,7 +612,7 @@ def test_synthetic_source_generates_what_its_params_ask(tmp_path):
 
     params = {"source": "synthetic", "seed": 2013, "num_references": 2, "image_size": [40, 32],
               "distortion_types": [1, 8], "levels": [1, 3]}
-    fetch_dataset(params, tmp_path / "raw")
+    fetch_dataset(data_config(**params), tmp_path / "raw")
     index, report = build_index(tmp_path / "raw", "tid2013")
     assert len(index) == 2 * 2 * 2 and report["unscored"] == []
     assert sorted(index["reference"].unique()) == ["I01", "I02"]
@@ -628,7 +629,7 @@ def test_synthetic_source_generates_what_its_params_ask(tmp_path):
     # Type 1, additive noise, is drawn from the seed.
     noisy = index.set_index(["reference", "distortion", "level"]).loc[("I01", 1, 3), "path"]
     assert (tmp_path / "raw" / noisy).read_bytes() == (direct / noisy).read_bytes()
-    fetch_dataset({**params, "seed": 2014}, tmp_path / "other")
+    fetch_dataset(data_config(**{**params, "seed": 2014}), tmp_path / "other")
     assert (tmp_path / "other" / noisy).exists()
     assert (tmp_path / "other" / noisy).read_bytes() != (direct / noisy).read_bytes()
 
@@ -637,8 +638,8 @@ def test_synthetic_all_types_generates_every_type(tmp_path):
     from nriqa.data.distortions import DISTORTIONS
     from nriqa.data.formats import build_index
 
-    fetch_dataset({"source": "synthetic", "seed": 1, "num_references": 1, "image_size": [32, 32],
-                   "distortion_types": "all", "levels": [1]}, tmp_path / "raw")
+    fetch_dataset(data_config(**{"source": "synthetic", "seed": 1, "num_references": 1, "image_size": [32, 32],
+                   "distortion_types": "all", "levels": [1]}), tmp_path / "raw")
     index, _ = build_index(tmp_path / "raw", "tid2013")
     assert sorted(index["distortion"]) == sorted(DISTORTIONS) and len(DISTORTIONS) == 24
 
@@ -646,7 +647,7 @@ def test_synthetic_all_types_generates_every_type(tmp_path):
 def test_a_failing_generator_leaves_nothing(tmp_path, failing_synthetic):
     (tmp_path / "raw").mkdir()  # from an earlier run
     with pytest.raises(RuntimeError):
-        fetch_dataset({"source": "synthetic", "seed": 13, "num_references": 1,
-                       "image_size": [32, 32], "distortion_types": [1], "levels": [1]},
+        fetch_dataset(data_config(**{"source": "synthetic", "seed": 13, "num_references": 1,
+                       "image_size": [32, 32], "distortion_types": [1], "levels": [1]}),
                       tmp_path / "raw")
     assert_clean(tmp_path / "raw")

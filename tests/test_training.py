@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
+from tests.helpers import (
+    PROJECT,
+    TINY_PARAMS,
+    config,
+    merge,
+    tool_env,
+    write_tiny_shards,
+)
 
 # The stage's own imports first (stages.train: tracking, imaging, model, training, and the quiet
 # TensorFlow start that lists devices), then a real training with train.threads = 1.
@@ -21,10 +28,11 @@ from pathlib import Path
 import yaml
 import stages.train  # noqa: F401  everything the train stage imports before it trains
 import tensorflow as tf
+from nriqa.core.config import parse_config
 from nriqa.core.imaging import preprocessing_config
 from nriqa.model.training import train
-params = json.loads(sys.argv[2])
-train(Path(sys.argv[1]), params, preprocessing_config(params))
+config = parse_config(json.loads(sys.argv[2]))
+train(Path(sys.argv[1]), config.model, config.train, preprocessing_config(config))
 started = (tf.config.threading.get_intra_op_parallelism_threads(),
            tf.config.threading.get_inter_op_parallelism_threads())
 try:  # refused once the runtime has started: so it started with the pools read above
@@ -38,7 +46,6 @@ print("THREADS", json.dumps({"started": started, "frozen": frozen}))
 
 @pytest.mark.integration  # starts a Python process
 def test_train_threads_reach_tensorflow_before_its_runtime_starts(tmp_path):
-    import yaml
 
     shards = write_tiny_shards(tmp_path / "shards", train=8, val=4)
     params = merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), TINY_PARAMS)
@@ -51,7 +58,6 @@ def test_train_threads_reach_tensorflow_before_its_runtime_starts(tmp_path):
 
 
 def test_default_threads_param_is_two():
-    import yaml
 
     assert yaml.safe_load((PROJECT / "params.yaml").read_text())["train"]["threads"] == 2
 
@@ -117,9 +123,6 @@ def test_dataset_share_sets_how_much_of_an_epoch_the_labelled_folder_gets(tmp_pa
 @pytest.mark.parametrize("share", [0, 1.0, 1.5, "half"])
 def test_bad_dataset_share_names_the_field(tmp_path, share):
     from nriqa.core.errors import NriqaError
-    from nriqa.model.training import train
 
-    params = merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), TINY_PARAMS)
-    params["train"]["dataset_share"] = share
-    with pytest.raises(NriqaError, match="train.dataset_share: a number between 0 and 1"):
-        train(tmp_path, params, {})
+    with pytest.raises(NriqaError, match="train.dataset_share: Input should be"):
+        config({"train": {"dataset_share": share}})

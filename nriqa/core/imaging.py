@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from nriqa.core.config import Config
 from nriqa.core.errors import NriqaError
 
 # Guards against decompression bombs; the service passes its own configured limit.
@@ -194,12 +195,12 @@ def prediction_layout(image: np.ndarray, preprocessing: dict) -> tuple[int, int,
                                        max_crops=preprocessing["max_crops"])
 
 
-def preprocessing_config(params: dict) -> dict:
-    """The slice of params.yaml that prediction needs; saved beside every model."""
+def preprocessing_config(config: Config) -> dict:
+    """The slice of params.yaml that prediction needs; saved beside every model (model.json)."""
     return {
-        "mode": params["preprocess"]["mode"],
-        "resize": list(params["preprocess"]["resize"]),
-        "crop_size": int(params["model"]["input_size"]),
-        "stride": int(params["predict"]["stride"]),
-        "max_crops": int(params["predict"]["max_crops"]),
+        "mode": config.preprocess.mode,
+        "resize": list(config.preprocess.resize),
+        "crop_size": config.model.input_size,
+        "stride": config.predict.stride,
+        "max_crops": config.predict.max_crops,
     }

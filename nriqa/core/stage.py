@@ -1,4 +1,4 @@
-"""What every stage script shares: reading params.yaml, turning NriqaError into a clear exit, and
+"""What every stage script shares: turning NriqaError into a clear exit, and
 writing outputs so that a failed stage never leaves one a later stage would take as finished."""
 
 from __future__ import annotations
@@ -11,13 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
-
 from nriqa.core.errors import NriqaError, reporting_errors
-
-
-def load_params(path: str | Path = "params.yaml") -> dict:
-    return yaml.safe_load(Path(path).read_text())
 
 
 def stage_main(main):

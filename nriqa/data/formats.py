@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nriqa.core.config import DataConfig
 from nriqa.core.errors import NriqaError
 
 # The image files a dataset's image folder may hold, and that `python -m nriqa score` finds in
@@ -49,22 +50,14 @@ MOS_SCALES = {"tid2013": (0.0, 9.0), "kadid10k": (1.0, 5.0), "koniq10k": (1.0, 5
 _SHOWN = 10
 
 
-def dataset_format(data_params: dict) -> str:
+def dataset_format(data: DataConfig) -> str:
     """The layout of ``data/raw`` for the given ``data`` params.
 
     The synthetic generator writes TID2013's layout, so it shares its reader.
     """
-    source = data_params.get("source")
-    if source in ("synthetic", "tid2013"):
+    if data.source in ("synthetic", "tid2013"):
         return "tid2013"
-    if source in ("kadid10k", "koniq10k"):
-        return source
-    if source == "local":
-        fmt = data_params.get("format")
-        if fmt not in FORMATS:
-            raise NriqaError(f"data.format is {fmt!r}; with source: local it must be one of {', '.join(FORMATS)}")
-        return fmt
-    raise NriqaError(f"data.source is {source!r}; expected synthetic, tid2013, kadid10k, koniq10k or local")
+    return data.format if data.source == "local" else data.source
 
 
 def build_index(raw_dir: Path, fmt: str) -> tuple[pd.DataFrame, dict]:

@@ -28,16 +28,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from nriqa.core.config import DataConfig
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import staging
 from nriqa.data.archives import extract_archive
 from nriqa.data.downloads import download
-from nriqa.data.formats import FORMATS
 from nriqa.data.synthetic import generate_tid2013_like
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "tid2013", "kadid10k", "koniq10k", "local")
 
 _MMSP = "https://datasets.vqa.mmsp-kn.de/archives/"
 
@@ -79,24 +78,22 @@ _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 # --------------------------------------------------------------------------
 
 
-def fetch_dataset(data_params: dict, out_dir: Path) -> None:
-    """Materialise the dataset described by ``data_params`` at ``out_dir``.
+def fetch_dataset(data: DataConfig, out_dir: Path) -> None:
+    """Materialise the dataset described by ``data`` at ``out_dir``.
 
     ``out_dir`` is replaced as a whole: on success it holds the dataset root;
     on failure it does not exist and no temporary folder is left behind.
-    Downloads stay in ``data_params["cache_dir"]`` for the next run.
+    Downloads stay in ``data.cache_dir`` for the next run.
     """
-    source = data_params.get("source")
-    if source not in SOURCES:
-        raise NriqaError(f"data.source is {source!r}; expected one of: {', '.join(SOURCES)}")
+    source = data.source
     out_dir = Path(out_dir)
     with staging(out_dir) as tmp:
         if source == "synthetic":
-            root = _build_synthetic(data_params, tmp)
+            root = _build_synthetic(data, tmp)
         elif source == "local":
-            root = _copy_local(data_params, tmp)
+            root = _copy_local(data, tmp)
         else:
-            root = _download_and_extract(source, data_params, tmp)
+            root = _download_and_extract(source, data, tmp)
         # The rename is the commit point: the folder appears complete or not at all.
         os.rename(root, out_dir)
     log.info("dataset ready in %s", out_dir)
@@ -107,19 +104,19 @@ def fetch_dataset(data_params: dict, out_dir: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def _build_synthetic(data_params: dict, tmp: Path) -> Path:
+def _build_synthetic(data: DataConfig, tmp: Path) -> Path:
     # Imported here so that fetching a real dataset does not depend on the
     # generator (and its imaging stack) being importable.
 
     options = dict(
-        num_references=int(data_params["num_references"]),
-        image_size=tuple(data_params["image_size"]),
-        levels=data_params["levels"],
-        seed=int(data_params["seed"]),
+        num_references=data.num_references,
+        image_size=data.image_size,
+        levels=data.levels,
+        seed=data.seed,
         progress=True,
     )
     # "all" is params.yaml's word for the generator's default: every type it knows.
-    types = data_params["distortion_types"]
+    types = data.distortion_types
     if types != "all":
         options["distortion_types"] = types
     root = tmp / "dataset"
@@ -128,13 +125,8 @@ def _build_synthetic(data_params: dict, tmp: Path) -> Path:
     return root
 
 
-def _copy_local(data_params: dict, tmp: Path) -> Path:
-    if data_params.get("format") not in FORMATS:
-        raise NriqaError(
-            f"data.format is {data_params.get('format')!r}; with source: local it must say how "
-            f"data.path is laid out: one of {', '.join(FORMATS)}"
-        )
-    raw = data_params.get("path")
+def _copy_local(data: DataConfig, tmp: Path) -> Path:
+    raw = data.path
     if not raw:
         raise NriqaError("data.path is empty; source: local needs the folder of an extracted dataset")
     path = Path(raw).expanduser()
@@ -154,11 +146,11 @@ def _copy_local(data_params: dict, tmp: Path) -> Path:
 # --------------------------------------------------------------------------
 
 
-def _download_and_extract(source: str, data_params: dict, tmp: Path) -> Path:
-    archives = resolve_archives(source, data_params)
-    if not data_params.get("cache_dir"):
+def _download_and_extract(source: str, data: DataConfig, tmp: Path) -> Path:
+    archives = resolve_archives(source, data)
+    if not data.cache_dir:
         raise NriqaError(f"data.cache_dir is empty; source: {source} needs a folder to keep downloads in")
-    cache_dir = Path(data_params["cache_dir"])
+    cache_dir = Path(data.cache_dir)
     files = {role: download(a.url, a.md5, cache_dir) for role, a in archives.items()}
 
     extracted = tmp / "extract"
@@ -179,15 +171,15 @@ def _download_and_extract(source: str, data_params: dict, tmp: Path) -> Path:
     return marker.parent
 
 
-def resolve_archives(source: str, data_params: dict) -> dict[str, Archive]:
+def resolve_archives(source: str, data: DataConfig) -> dict[str, Archive]:
     """The archives to fetch for ``source``, with params.yaml's overrides applied.
 
     For single-archive datasets ``url`` and ``md5`` are strings.  KonIQ-10k has
     two archives, so there they are mappings by role: ``{images: ..., scores: ...}``.
     """
     official = OFFICIAL[source]
-    urls = _by_role(source, "url", data_params.get("url"), official)
-    md5s = _by_role(source, "md5", data_params.get("md5"), official)
+    urls = _by_role(source, "url", data.url, official)
+    md5s = _by_role(source, "md5", data.md5, official)
     archives = {}
     for role, default in official.items():
         md5 = md5s.get(role) or default.md5

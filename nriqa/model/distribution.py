@@ -42,11 +42,11 @@ def cluster_task(environ=os.environ) -> tuple[str, int, bool]:
                          f"({error!r}): {environ['TF_CONFIG']}") from error
 
 
-def is_chief(params: dict, environ=os.environ) -> bool:
+def is_chief(strategy: str, environ=os.environ) -> bool:
     """Whether this process writes the outputs (model, history, MLflow run): always, except in
     a multi_worker training, where only the chief does (the `chief` task if the cluster names
     one, else worker 0), as tf.distribute decides it."""
-    if params["train"]["strategy"] != "multi_worker":
+    if strategy != "multi_worker":
         return True
     kind, index, has_chief = cluster_task(environ)
     return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)

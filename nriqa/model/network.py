@@ -15,12 +15,11 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from nriqa.core.config import ModelConfig
 from nriqa.core.errors import NriqaError
 from nriqa.model import efficientnet_lite
 from nriqa.model.pretrained import efficientnet_lite0_weights
 
-BACKBONES = ("mobilenet_style", "efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_small")
-POOLING = ("last", "stages")
 # Blocks of the from-scratch LCN stream beside a pretrained backbone (`fusion`), whose `depth`
 # counts the backbone's blocks: the from-scratch default's depth.
 FUSED_SCRATCH_DEPTH = 3
@@ -126,63 +125,44 @@ def _efficientnet_features(inputs, *, depth: int, weights, pooling: str, freeze:
     return [p for i, x in enumerate(chosen) for p in _pooled(x, f"pool{i}")]
 
 
-def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width: float = 1.0,
-               depth: int = 4, dropout: float = 0.25, head_units=(128, 64),
-               input_norm: str = "lcn", lcn_epsilon: float = 1e-2, mos_head: str = "direct",
-               weights=None, initial_mos: float = 4.5,
-               distortion_types: int = 0, undistorted_class: bool = False,
-               pooling: str = "last", freeze: bool = False, fusion: bool = False) -> keras.Model:
-    """Build the crop-level model; arguments mirror params.yaml's `model` section.
+def make_model(config: ModelConfig, *, initial_mos: float = 4.5) -> keras.Model:
+    """Build the crop-level model that params.yaml's `model` section describes.
 
     Its output is one row per crop: the MOS in column 0, then (with `distortion_types` > 0)
     one logit per TID2013 distortion type, 1..`distortion_types`, and with `undistorted_class` one
     more for an undistorted image (`nriqa.core.taxonomy.head_types`). With
     `mos_head="per_type"` the MOS is the type probabilities' weighted mean of one MOS per type.
     One tensor, not a dict, so MLflow, BentoML and the service see one plain output.
+    `initial_mos` is the MOS the untrained model starts from (the training labels' mean).
     """
-    if backbone not in BACKBONES:
-        raise NriqaError(f"model.backbone: {backbone!r} is not one of {', '.join(BACKBONES)}")
-    if weights not in (None, "imagenet"):
-        raise NriqaError(f"model.weights: {weights!r} must be null or imagenet")
-    if weights and backbone == "mobilenet_style":
-        raise NriqaError("model.weights: imagenet weights exist for efficientnet_lite0 (offline) "
-                         "and the keras.applications backbones (which download them)")
-    if pooling not in POOLING:
-        raise NriqaError(f"model.pooling: {pooling!r} must be one of {', '.join(POOLING)}")
-    if mos_head not in ("direct", "per_type"):
-        raise NriqaError(f"model.mos_head: {mos_head!r} must be direct or per_type")
-    if undistorted_class and distortion_types not in (0, 24):
-        raise NriqaError(f"model.undistorted_class needs the type head of all 24 TID2013 types "
-                         f"(model.distortion_types: 24), got {distortion_types}")
-    if input_norm not in ("lcn", "none"):
-        raise NriqaError(f"model.input_norm: {input_norm!r} must be lcn or none")
-
+    backbone, input_size, width, depth = config.backbone, config.input_size, config.width, config.depth
+    distortion_types, mos_head = config.distortion_types, config.mos_head
     inputs = keras.Input((input_size, input_size, 3), name="crop")
 
     def from_scratch_stream():
         x = layers.Rescaling(1 / 255, name="to_unit")(inputs)
-        if input_norm == "lcn":
-            x = LocalContrastNormalization(epsilon=lcn_epsilon, name="lcn")(x)
+        if config.input_norm == "lcn":
+            x = LocalContrastNormalization(epsilon=config.lcn_epsilon, name="lcn")(x)
         blocks = depth if backbone == "mobilenet_style" else FUSED_SCRATCH_DEPTH
         return _pooled(_mobilenet_style(x, width, blocks), "pool_scratch")
 
     if backbone == "mobilenet_style":
         features = from_scratch_stream()
     elif backbone == "efficientnet_lite0":
-        features = _efficientnet_features(inputs, depth=depth, weights=weights, pooling=pooling,
-                                          freeze=freeze)
-        if fusion:  # beside the from-scratch LCN stream, as DBCNN fuses two streams
+        features = _efficientnet_features(inputs, depth=depth, weights=config.weights,
+                                          pooling=config.pooling, freeze=config.freeze)
+        if config.fusion:  # beside the from-scratch LCN stream, as DBCNN fuses two streams
             features += from_scratch_stream()
     else:
-        features = _pooled(_applications_backbone(inputs, backbone, input_size, width, weights),
+        features = _pooled(_applications_backbone(inputs, backbone, input_size, width, config.weights),
                            "pool")
     x = layers.Concatenate(name="pool")(features)
     if backbone != "mobilenet_style":
         # Pretrained activations reach tens; on that scale the head's first steps blow up.
         x = layers.LayerNormalization(name="pool_norm")(x)
-    for i, units in enumerate(head_units):
+    for i, units in enumerate(config.head_units):
         x = layers.Dense(units, activation="relu", name=f"head{i + 1}")(x)
-        x = layers.Dropout(dropout, name=f"head{i + 1}_dropout")(x)
+        x = layers.Dropout(config.dropout, name=f"head{i + 1}_dropout")(x)
     # Starting at the mean MOS spares the first epochs from learning the offset.
     start = keras.initializers.Constant(initial_mos)
     if not distortion_types:
@@ -192,28 +172,15 @@ def make_model(*, backbone: str = "mobilenet_style", input_size: int = 64, width
     # and it tells users why an image scored low.
     # With `undistorted_class`, one more class after the types: no distortion at all, so a clean
     # image has a kind of its own (and its own MOS) instead of borrowing a faint distortion's.
-    classes = distortion_types + int(undistorted_class)
+    classes = distortion_types + int(config.undistorted_class)
     logits = layers.Dense(classes, name="distortion_logits")(x)
     if mos_head == "per_type":
         # One severity scale per kind of distortion, weighted by how likely each kind is.
         per_type = layers.Dense(classes, name="mos_per_type", bias_initializer=start)(x)
-        weights = layers.Softmax(name="type_weights")(logits)
-        mos = layers.Dot(axes=1, name="mos")([weights, per_type])
+        type_weights = layers.Softmax(name="type_weights")(logits)
+        mos = layers.Dot(axes=1, name="mos")([type_weights, per_type])
     else:
         mos = layers.Dense(1, name="mos", bias_initializer=start)(x)
     outputs = layers.Concatenate(name="scores")([mos, logits])
     return keras.Model(inputs, outputs, name=f"nriqa_{backbone}")
-
-
-def model_from_params(model_params: dict, initial_mos: float = 4.5) -> keras.Model:
-    return make_model(
-        backbone=model_params["backbone"], input_size=int(model_params["input_size"]),
-        width=float(model_params["width"]), depth=int(model_params["depth"]),
-        dropout=float(model_params["dropout"]), head_units=tuple(model_params["head_units"]),
-        input_norm=model_params["input_norm"],
-        lcn_epsilon=float(model_params["lcn_epsilon"]), weights=model_params["weights"],
-        initial_mos=initial_mos, distortion_types=int(model_params["distortion_types"]),
-        mos_head=model_params["mos_head"], undistorted_class=bool(model_params["undistorted_class"]),
-        pooling=model_params["pooling"], freeze=bool(model_params["freeze"]),
-        fusion=bool(model_params["fusion"]))
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from nriqa.core.config import ModelConfig, TrainConfig
 from nriqa.core.errors import NriqaError
 from nriqa.core.imaging import crops_for_prediction
 from nriqa.core.metrics import srcc
@@ -34,7 +35,7 @@ from nriqa.model.distribution import (
     distribution_strategy,
     epoch_batches,
 )
-from nriqa.model.network import model_from_params
+from nriqa.model.network import make_model
 from nriqa.model.prediction import score_images
 
 LOSSES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": "huber"}
@@ -226,50 +227,41 @@ class EpochTimer(keras.callbacks.Callback):
         logs["epoch_seconds"] = time.perf_counter() - self.start
 
 
-def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=(),
-          keep_best_epoch: bool = True):
+def train(shard_dir: Path, model_config: ModelConfig, settings: TrainConfig, preprocessing: dict,
+          extra_callbacks=(), keep_best_epoch: bool = True):
     """Train from the shards; returns (model with the best epoch's weights, or the last
     epoch's with `keep_best_epoch` false, as short screening runs compare them; history dict)."""
-    train_params = params["train"]
-    dataset_share = train_params["dataset_share"]
-    if dataset_share is not None and not (isinstance(dataset_share, (int, float))
-                                          and 0.0 < dataset_share < 1.0):
-        raise NriqaError(f"train.dataset_share: a number between 0 and 1 (exclusive) or null, "
-                         f"got {dataset_share!r}")
-    set_threads(train_params["threads"])
-    strategy = distribution_strategy(train_params["strategy"])
-    if strategy is not None and int(train_params["batch_size"]) % strategy.num_replicas_in_sync:
-        raise NriqaError(f"train.batch_size {train_params['batch_size']} is the global batch: it "
+    set_threads(settings.threads)
+    strategy = distribution_strategy(settings.strategy)
+    if strategy is not None and settings.batch_size % strategy.num_replicas_in_sync:
+        raise NriqaError(f"train.batch_size {settings.batch_size} is the global batch: it "
                          f"must divide evenly across the {strategy.num_replicas_in_sync} replicas")
-    make_deterministic(int(train_params["seed"]))
+    make_deterministic(settings.seed)
     val_images, val_mos, _, _ = load_split_arrays(shard_dir, "val")
     # A fixed, seeded subset keeps each epoch's validation pass short on large validation sets.
-    keep = np.sort(np.random.default_rng(int(train_params["seed"])).permutation(len(val_mos))
-                   [:int(train_params["val_images"])])
+    keep = np.sort(np.random.default_rng(settings.seed).permutation(len(val_mos))[:settings.val_images])
     val_images, val_mos = [val_images[i] for i in keep], val_mos[keep]
     train_mos, train_types = (np.array(column) for column in zip(
         *((m, t) for _, m, _, t in read_split(shard_dir, "train").as_numpy_iterator())))
     # No type head where the training data has no types: it would be trained on nothing.
-    model_params = {**params["model"],
-                    "distortion_types": params["model"]["distortion_types"] if train_types.any() else 0}
+    if not train_types.any():
+        model_config = model_config.model_copy(update={"distortion_types": 0})
     # Variables (model, optimizer) made in the strategy's scope are mirrored on every replica.
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = model_from_params(model_params, initial_mos=float(train_mos.mean()))
+        model = make_model(model_config, initial_mos=float(train_mos.mean()))
         trainer = CropSetModel(model)
         # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
-        steps = int(train_params["epochs"]) * epoch_batches(
-            len(train_mos), int(train_params["batch_size"]), strategy)
-        learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
-        optimizer = BackboneScaledAdam(
-            learning_rate, backbone_scale=float(train_params["backbone_lr_scale"]))
+        steps = settings.epochs * epoch_batches(len(train_mos), settings.batch_size, strategy)
+        learning_rate = keras.optimizers.schedules.CosineDecay(settings.lr, steps)
+        optimizer = BackboneScaledAdam(learning_rate, backbone_scale=settings.backbone_lr_scale)
         trainer.compile(optimizer=optimizer,
-                        loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"]),
-                                        bool(model_params["undistorted_class"])))
+                        loss=joint_loss(settings.loss, settings.type_loss_weight,
+                                        model_config.undistorted_class))
     def make_dataset():
         return training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
-                                crops_per_image=int(train_params["crops_per_image"]),
-                                batch_size=int(train_params["batch_size"]),
-                                seed=int(train_params["seed"]), dataset_share=dataset_share)
+                                crops_per_image=settings.crops_per_image,
+                                batch_size=settings.batch_size,
+                                seed=settings.seed, dataset_share=settings.dataset_share)
 
     dataset = make_dataset()
     if strategy is not None:
@@ -277,12 +269,12 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
         dataset = distributed_dataset(strategy, make_dataset)
     restore_layers = distributed_layers(model, strategy)
     early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_srcc", mode="max", patience=int(train_params["patience"]),
+        monitor="val_srcc", mode="max", patience=settings.patience,
         restore_best_weights=keep_best_epoch, verbose=1)
     # Order matters: the validation callback writes val_srcc before early stopping reads it.
     callbacks = [EpochTimer(), ValidationSRCC(model, val_images, val_mos, preprocessing, strategy),
                  *extra_callbacks, early_stopping]
-    history = trainer.fit(dataset, epochs=int(train_params["epochs"]), callbacks=callbacks,
+    history = trainer.fit(dataset, epochs=settings.epochs, callbacks=callbacks,
                           verbose=2)
     restore_layers()  # the saved model is the same as a single device's
     best_epoch = int(np.argmax(history.history["val_srcc"]))

@@ -18,6 +18,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from nriqa.core.config import Config
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import read_json
 from nriqa.data.examples import write_examples
@@ -110,11 +111,11 @@ def build_bento(model_tag: str, *, project_dir: str | Path, bento_name: str,
                                               name=bento_name, labels=labels)
 
 
-def package(model_dir: str | Path, *, run_id: str, version: str, params: dict,
+def package(model_dir: str | Path, *, run_id: str, version: str, config: Config,
             project_dir: str | Path = ".", model_uri: str = "") -> dict:
     """Model folder -> model store -> Bento. Returns what `reports/bento.json` records."""
-    serve = params["serve"]
-    categories = params["evaluate"]["categories"]
+    serve = config.serve.model_dump()
+    categories = config.evaluate.categories
     # The model and the Bento share one name: the service's default tag is `<name>:latest`.
     stored = save_to_store(model_dir, name=serve["bento_name"],
                            run_id=run_id, version=version, serve=serve,

@@ -9,6 +9,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from nriqa.core.config import DataConfig
+
 _CHUNK = 1 << 20
 
 
@@ -51,8 +53,8 @@ def folder_digest(folder: Path) -> str:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def provenance_tags(params: dict, data_digest: str) -> dict:
-    tags = {**git_state(), "data.source": str(params["data"]["source"]), "data.md5": data_digest}
+def provenance_tags(data: DataConfig, data_digest: str) -> dict:
+    tags = {**git_state(), "data.source": data.source, "data.md5": data_digest}
     # Set by DVC for `dvc exp run` only; a plain `dvc repro` has no experiment name.
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
@@ -61,14 +63,14 @@ def provenance_tags(params: dict, data_digest: str) -> dict:
     return tags
 
 
-def log_dataset(params: dict, shard_dir: Path, digest: str) -> None:
+def log_dataset(data: DataConfig, shard_dir: Path, digest: str) -> None:
     """Record the dataset as an MLflow input: its split table, source and digest."""
     import mlflow
     import pandas as pd
 
     splits = pd.read_csv(shard_dir / "splits.csv")
-    source = params["data"]["source"]
-    where = params["data"].get("path") or params["data"].get("url") or source
+    source = data.source
+    where = data.path or data.url or source
     dataset = mlflow.data.from_pandas(splits, source=str(where), targets="mos",
                                       name=f"{source}-{shard_dir.as_posix()}", digest=digest)
     mlflow.log_input(dataset, context="training")

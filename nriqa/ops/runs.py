@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
+from nriqa.core.config import load_config
 from nriqa.core.errors import NriqaError
 from nriqa.ops.tracking import check_reachable, resolve_tracking_uri
 
@@ -16,12 +15,15 @@ def runs_table(params_path: str | Path = "params.yaml", experiment: str | None =
     import mlflow
 
     path = Path(params_path)
-    params = yaml.safe_load(path.read_text()) if path.exists() else {
-        "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "nriqa"}}
-    uri = resolve_tracking_uri(params, Path.cwd())
+    if path.exists():
+        settings = load_config(path).mlflow
+        configured, default_experiment = settings.tracking_uri, settings.experiment
+    else:  # outside a project: MLFLOW_TRACKING_URI, else MLflow's local store here
+        configured, default_experiment = "sqlite:///mlflow.db", "nriqa"
+    uri = resolve_tracking_uri(configured, Path.cwd())
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or params["mlflow"]["experiment"]
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_experiment
     if mlflow.get_experiment_by_name(name) is None:
         raise NriqaError(f"no MLflow experiment {name!r} in {uri}: train a model first.")
     runs = mlflow.search_runs(experiment_names=[name], order_by=["metrics.test_srcc DESC"],

@@ -23,8 +23,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-import yaml
-
+from nriqa.core.config import Config, MlflowConfig, load_config
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import read_json, write_json
 from nriqa.model.bundle import fetch_bundle, load_model
@@ -43,9 +42,10 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
-def resolve_tracking_uri(params: dict, root: Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else params.yaml's; relative local stores made absolute."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
+def resolve_tracking_uri(configured: str, root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else `configured` (params.yaml's mlflow.tracking_uri);
+    relative local stores made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
     root = root or project_root()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{root / uri[len('sqlite:///'):]}"
@@ -79,15 +79,15 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                          f"HTTP {response.status_code}.")
 
 
-def connect(params: dict) -> str:
+def connect(settings: MlflowConfig) -> str:
     """Point MLflow at the store and experiment for this project; returns the tracking URI."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     root = project_root()
-    uri = resolve_tracking_uri(params, root)
+    uri = resolve_tracking_uri(settings.tracking_uri, root)
     check_reachable(uri)
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params["mlflow"]["experiment"]
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or settings.experiment
     mlflow.set_tracking_uri(uri)
     try:
         if mlflow.get_experiment_by_name(name) is None:
@@ -125,7 +125,7 @@ def _raise_on_sigterm(signum, frame):
 
 
 @contextlib.contextmanager
-def training_run(params: dict, shard_dir: Path):
+def training_run(config: Config, shard_dir: Path):
     """An MLflow run around a training on the shards in `shard_dir`: FINISHED if the block
     completes, FAILED if it raises.
 
@@ -134,14 +134,14 @@ def training_run(params: dict, shard_dir: Path):
     """
     import mlflow
 
-    uri = connect(params)
+    uri = connect(config.mlflow)
     digest = folder_digest(shard_dir)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         with mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None) as run:
-            mlflow.log_params(flatten(params))
-            mlflow.set_tags(provenance_tags(params, digest))
-            log_dataset(params, shard_dir, digest)
+            mlflow.log_params(flatten(config.as_dict()))
+            mlflow.set_tags(provenance_tags(config.data, digest))
+            log_dataset(config.data, shard_dir, digest)
             yield TrainingRun(run.info.run_id, run.info.experiment_id, uri)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -252,7 +252,6 @@ def open_named_model(model_uri: str | None, model_dir: Path, params_path: Path, 
         return load_model(model_dir)
     tracking_uri = None  # without params.yaml, MLflow reads MLFLOW_TRACKING_URI itself
     if params_path.is_file():
-        params = yaml.safe_load(params_path.read_text()) or {}
-        if "mlflow" in params:
-            tracking_uri = resolve_tracking_uri(params, params_path.resolve().parent)
+        tracking_uri = resolve_tracking_uri(load_config(params_path).mlflow.tracking_uri,
+                                            params_path.resolve().parent)
     return load_model(fetch_bundle(model_uri, workdir, tracking_uri=tracking_uri))

@@ -22,8 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import yaml
-
+from nriqa.core.config import load_config
 from nriqa.core.errors import ExitCode, NriqaError
 from nriqa.core.imaging import prediction_layout
 from nriqa.core.metrics import DEFAULT_THRESHOLDS, categorize
@@ -157,8 +156,8 @@ def _csv_row(row: dict) -> dict:
 def _thresholds(params_path: Path) -> dict:
     """The category thresholds of params.yaml's `evaluate.categories`, else the defaults."""
 
-    params = (yaml.safe_load(params_path.read_text()) or {}) if params_path.is_file() else {}
-    return dict(params.get("evaluate", {}).get("categories") or DEFAULT_THRESHOLDS)
+    return dict(load_config(params_path).evaluate.categories if params_path.is_file()
+                else DEFAULT_THRESHOLDS)
 
 
 def _open_output(path: Path | None):
