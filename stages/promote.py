@@ -2,9 +2,11 @@
 test SRCC beats the current champion's on the same test set, or if `mlflow.force_promote` is
 true (see `nriqa.ops.registry`).
 
-    python -m stages.promote POINTER_JSON METRICS_JSON REPORT_JSON
+    python -m stages.promote POINTER_JSON METRICS_JSON REPORT_JSON --model-info MODEL_JSON
 
 The candidate's SRCC is the one in its metrics file; the champion's comes from the registry.
+Its model card (`nriqa.ops.model_card`) becomes its version's description, and the registered
+model's while it is the champion.
 """
 
 import argparse
@@ -12,7 +14,9 @@ from pathlib import Path
 
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import load_params, read_json, stage_main, write_json
+from nriqa.model.bundle import check_info
 from nriqa.ops import registry, tracking
+from nriqa.ops.model_card import model_card, trainset_mixed
 
 
 @stage_main
@@ -21,12 +25,22 @@ def main():
     parser.add_argument("pointer", type=Path, help="the training's run (models/mlflow_run.json)")
     parser.add_argument("metrics", type=Path, help="its test metrics (reports/metrics.json)")
     parser.add_argument("report", type=Path, help="the decision (reports/promotion.json)")
+    parser.add_argument("--model-info", type=Path, required=True,
+                        help="the trained model's model.json (models/model.json), for its card")
     args = parser.parse_args()
-    settings = load_params()["mlflow"]
+    params = load_params()
+    settings = params["mlflow"]
     srcc = candidate_srcc(args.metrics)
     pointer = tracking.open_pointer(args.pointer)
+    card = model_card(
+        info=check_info(read_json(args.model_info, stage="train"), args.model_info),
+        metrics=read_json(args.metrics, stage="evaluate"),
+        categories=params["evaluate"]["categories"], source=params["data"]["source"],
+        mixed=trainset_mixed(params["trainset"]["mix"], params["data"]),
+        backbone=params["model"]["backbone"], weights=params["model"]["weights"],
+        run_id=pointer["run_id"])
     report = registry.promote(pointer, settings["registered_model"], srcc,
-                              force=bool(settings.get("force_promote", False)))
+                              force=bool(settings.get("force_promote", False)), card=card)
     write_json(args.report, report)
     verdict = "promoted to champion" if report["promoted"] else "not promoted"
     print(f"{report['registered_model']} v{report['candidate_version']} "
