@@ -69,7 +69,9 @@ def main():
     metrics = rounded(metrics)
 
     reports.mkdir(exist_ok=True)
-    write_json(reports / "metrics.json", metrics)
+    # In summarize's order, test figures first (test.srcc leads): `dvc exp show` takes its
+    # columns in file order.
+    write_json(reports / "metrics.json", metrics, sort_keys=False)
     write_json(reports / "confusion.json", {"labels": CATEGORY_NAMES, "matrix": confusion})
     columns = ["image", "reference", "distortion", "level", "mos", "pred", "baseline_pred",
                "category", "predicted_category", "pred_distortion", "pred_top3"]

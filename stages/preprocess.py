@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from nriqa.core.config import Config, load_config
+from nriqa.core.config import load_config
 from nriqa.core.stage import stage_main, staging, write_json
-from nriqa.data.formats import dataset_format
+from nriqa.data.formats import dataset_format, uses_trainset
 from nriqa.data.shards import split_by_reference, write_shards
 from nriqa.data.trainset import INDEX_NAME
 
@@ -31,7 +31,7 @@ def main():
     raw_dir, trainset_dir, out_dir = args.raw_dir, args.trainset_dir, args.out_dir
     config = load_config()
     settings = config.preprocess
-    with_trainset = uses_trainset(config)
+    with_trainset = uses_trainset(config.trainset.mix, config.data)
     ratios = dict(settings.split)
     if with_trainset and config.data.source == "synthetic":
         ratios["train"] = 0.0
@@ -54,14 +54,6 @@ def main():
         write_json(tmp / "summary.json", summary)
         tmp.rename(out_dir)
     print({split: info["images"] for split, info in summary.items()})
-
-
-def uses_trainset(config: Config) -> bool:
-    """`trainset.mix: auto` mixes the generated images in when the labels share TID2013's scale."""
-    mix = config.trainset.mix
-    if mix == "auto":
-        return dataset_format(config.data) == "tid2013"
-    return bool(mix)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 test SRCC beats the current champion's on the same test set, or if `mlflow.force_promote` is
 true (see `nriqa.ops.registry`).
 
-    python -m stages.promote POINTER_JSON METRICS_JSON REPORT_JSON
+    python -m stages.promote POINTER_JSON METRICS_JSON REPORT_JSON --model-info MODEL_JSON
 
 The candidate's SRCC is the one in its metrics file; the champion's comes from the registry.
+Its model card (`nriqa.ops.model_card`) becomes its version's description, and the registered
+model's while it is the champion.
 """
 
 import argparse
@@ -13,7 +15,10 @@ from pathlib import Path
 from nriqa.core.config import load_config
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import read_json, stage_main, write_json
+from nriqa.data.formats import uses_trainset
+from nriqa.model.bundle import check_info
 from nriqa.ops import registry, tracking
+from nriqa.ops.model_card import model_card
 
 
 @stage_main
@@ -22,12 +27,20 @@ def main():
     parser.add_argument("pointer", type=Path, help="the training's run (models/mlflow_run.json)")
     parser.add_argument("metrics", type=Path, help="its test metrics (reports/metrics.json)")
     parser.add_argument("report", type=Path, help="the decision (reports/promotion.json)")
+    parser.add_argument("--model-info", type=Path, required=True,
+                        help="the trained model's model.json (models/model.json), for its card")
     args = parser.parse_args()
-    settings = load_config().mlflow
+    config = load_config()
     srcc = candidate_srcc(args.metrics)
     pointer = tracking.open_pointer(args.pointer)
-    report = registry.promote(pointer, settings.registered_model, srcc,
-                              force=settings.force_promote)
+    card = model_card(
+        info=check_info(read_json(args.model_info, stage="train"), args.model_info),
+        metrics=read_json(args.metrics, stage="evaluate"),
+        categories=config.evaluate.categories, source=config.data.source,
+        mixed=uses_trainset(config.trainset.mix, config.data), backbone=config.model.backbone,
+        weights=config.model.weights, run_id=pointer["run_id"])
+    report = registry.promote(pointer, config.mlflow.registered_model, srcc,
+                              force=config.mlflow.force_promote, card=card)
     write_json(args.report, report)
     verdict = "promoted to champion" if report["promoted"] else "not promoted"
     print(f"{report['registered_model']} v{report['candidate_version']} "

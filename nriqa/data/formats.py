@@ -60,6 +60,12 @@ def dataset_format(data: DataConfig) -> str:
     return data.format if data.source == "local" else data.source
 
 
+def uses_trainset(mix: bool | str, data: DataConfig) -> bool:
+    """Whether the generated training set joins the training split: `trainset.mix`, where
+    `auto` means when the dataset's labels are on TID2013's scale."""
+    return dataset_format(data) == "tid2013" if mix == "auto" else mix
+
+
 def build_index(raw_dir: Path, fmt: str) -> tuple[pd.DataFrame, dict]:
     """Index the dataset rooted at ``raw_dir`` laid out as ``fmt``.
 

@@ -129,7 +129,9 @@ def add_baseline(test: pd.DataFrame, predictions_csv: Path) -> pd.DataFrame:
 
 
 def summarize(test: pd.DataFrame, thresholds: dict) -> dict:
-    """metrics.json: flat, self-describing keys for `dvc metrics show/diff`."""
+    """metrics.json: flat, self-describing keys for `dvc metrics show/diff`, in the order
+    `dvc exp show` shows them (the evaluate stage keeps it): the test split's figures first,
+    `test.srcc` leading, then the baseline's, then per type."""
     metrics = {"test": quality_metrics(test["mos"], test["pred"]),
                "baseline": quality_metrics(test["mos"], test["baseline_pred"])}
     categories = category_metrics(test["mos"], test["pred"], thresholds)

@@ -163,11 +163,14 @@ def version_uri(name: str, version) -> str:
     return f"models:/{name}/{version}"
 
 
-def promote(pointer: dict, name: str, candidate_srcc: float, force: bool = False) -> dict:
+def promote(pointer: dict, name: str, candidate_srcc: float, force: bool = False,
+            card: str | None = None) -> dict:
     """Register the pointer's run's model and apply the gate; returns the decision.
 
     `candidate_srcc` is the candidate's test SRCC as its evaluation reported it; the test set
     it was measured on is the run's `test_set.digest` tag, set by that same evaluation.
+    `card`, the candidate's model card (`nriqa.ops.model_card`), becomes its version's
+    description, and the registered model's when it is the champion (`describe`).
     """
     import mlflow
     from mlflow import MlflowClient
@@ -191,6 +194,9 @@ def promote(pointer: dict, name: str, candidate_srcc: float, force: bool = False
         if promoted:
             client.set_registered_model_alias(name, ALIAS, version.version)
         after = current_champion(client, name)
+        if card is not None:  # under the lock, so no other promotion's alias move comes between
+            describe(client, name, version.version, card,
+                     champion=after is not None and str(after.version) == str(version.version))
 
     report = {
         "registered_model": name,
@@ -212,6 +218,17 @@ def promote(pointer: dict, name: str, candidate_srcc: float, force: bool = False
     }
     _record(client, report)
     return report
+
+
+def describe(client, name: str, version, card: str, champion: bool) -> None:
+    """The card as the version's description, whether it won or not; as the registered model's
+    only when this version is the champion (just promoted, or already), so the registered
+    model always describes the version that `champion` names."""
+    client.update_model_version(name, str(version), description=card)
+    if champion:
+        client.update_registered_model(
+            name, description=f"Champion: version {version} (alias `{ALIAS}`); every version "
+                              f"carries its own card.\n\n{card}")
 
 
 def _record(client, report: dict) -> None:
