@@ -54,8 +54,7 @@ def main():
     run = tracking.open_pointer(args.model / "mlflow_run.json")
     # So are the external folders: a mistyped path must not wait for the test split.
     # Relative paths are the project's, also under `dvc exp run --temp` (which runs in a copy).
-    folders = external.open_folders([entry.model_dump() for entry in config.evaluate.external],
-                                    tracking.project_root())
+    folders = external.open_folders(config.evaluate.external, tracking.project_root())
     thresholds = config.evaluate.categories
     model, info = load_model(args.model)
     splits = pd.read_csv(args.splits)

@@ -19,10 +19,9 @@ from nriqa.evaluation.external import (
     evaluate_folder,
     open_folder,
     open_folders,
-    parse_entries,
     write_reports,
 )
-from tests.helpers import PROJECT, run, tool_env
+from tests.helpers import PROJECT, config, run, tool_env
 from tests.service_helpers import textured
 
 TYPES = [1, 8, 10]
@@ -143,24 +142,28 @@ GOOD = {"name": "humanlabels", "path": "data/external/humanlabels", "format": "t
 
 
 @pytest.mark.parametrize("entries, message", [
-    ({"name": "a"}, "evaluate.external must be a list"),
-    (["humanlabels"], "evaluate.external[0] must be a mapping"),
-    ([{**GOOD, "name": "human labels"}], "evaluate.external[0].name is 'human labels'"),
+    ({"name": "a"}, "evaluate.external: Input should be a valid list"),
+    (["humanlabels"], "evaluate.external[0]: Input should be a valid dictionary"),
+    ([{**GOOD, "name": "human labels"}], "evaluate.external[0].name: String should match"),
     ([{**GOOD, "name": "a.b"}], "evaluate.external[0].name"),
-    ([{**GOOD, "format": "live"}], "evaluate.external[0].format is 'live'"),
-    ([{"name": "x", "format": "tid2013"}], "evaluate.external[0] lacks the field(s) path"),
-    ([{**GOOD, "fromat": "tid2013"}], "unknown field(s) fromat"),
+    ([{**GOOD, "format": "live"}], "evaluate.external[0].format: Input should be"),
+    ([{"name": "x", "format": "tid2013"}], "evaluate.external[0].path: Field required"),
+    ([{**GOOD, "fromat": "tid2013"}], "evaluate.external[0].fromat: Extra inputs are not permitted"),
     ([GOOD, {**GOOD, "name": "HumanLabels"}], "evaluate.external[1].name 'HumanLabels' is used"),
 ])
 def test_invalid_entries_are_rejected_naming_the_field(entries, message):
     with pytest.raises(NriqaError) as error:
-        parse_entries(entries)
+        external_folders(entries)
     assert message in str(error.value)
 
 
+def external_folders(entries):
+    return config({"evaluate": {"external": entries}}).evaluate.external
+
+
 def test_valid_entries_and_relative_paths(tid_folder):
-    assert parse_entries(None) == parse_entries([]) == []
-    entries = [{"name": "tidlike", "path": tid_folder.name, "format": "tid2013"}]
+    assert external_folders([]) == []
+    entries = external_folders([{"name": "tidlike", "path": tid_folder.name, "format": "tid2013"}])
     [folder] = open_folders(entries, root=tid_folder.parent)
     assert (folder.name, folder.path, len(folder.index)) == ("tidlike", tid_folder, 18)
 
@@ -168,11 +171,12 @@ def test_valid_entries_and_relative_paths(tid_folder):
 def test_missing_or_unreadable_folder_names_entry_and_path(tmp_path, koniq_folder):
     missing = tmp_path / "nowhere"
     with pytest.raises(NriqaError, match=r"evaluate.external\[0\] 'humanlabels'") as error:
-        open_folders([{**GOOD, "path": str(missing)}], root=tmp_path)
+        open_folders(external_folders([{**GOOD, "path": str(missing)}]), root=tmp_path)
     assert f"{missing} does not exist" in str(error.value)
     # A folder in another layout: the reader's own message, prefixed with the entry.
     with pytest.raises(NriqaError, match=r"'wrong' .*mos_with_names.txt is missing"):
-        open_folders([{"name": "wrong", "path": str(koniq_folder), "format": "tid2013"}], tmp_path)
+        open_folders(external_folders([{"name": "wrong", "path": str(koniq_folder),
+                                        "format": "tid2013"}]), tmp_path)
 
 
 @pytest.mark.integration  # starts a Python process

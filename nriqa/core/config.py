@@ -105,14 +105,27 @@ class PredictConfig(Section):
 
 
 class ExternalFolder(Section):
-    name: str
-    path: str
+    # The name becomes a file name (reports/external/<name>.csv) and part of metric keys
+    # (external.<name>.srcc), so it must be safe in both: no dots, slashes or spaces.
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
+    path: str  # relative to the project root
     format: Literal["tid2013", "kadid10k", "koniq10k"]
 
 
 class EvaluateConfig(Section):
     categories: dict[str, float]
     external: list[ExternalFolder]
+
+    @model_validator(mode="after")
+    def unique_names(self) -> EvaluateConfig:
+        seen = set()
+        for number, entry in enumerate(self.external):
+            # Case-insensitively: on a case-insensitive disk A.csv and a.csv are one file.
+            if entry.name.lower() in seen:
+                raise ValueError(f"evaluate.external[{number}].name {entry.name!r} is used by an "
+                                 "earlier entry; names must be unique")
+            seen.add(entry.name.lower())
+        return self
 
 
 class MlflowConfig(Section):
@@ -152,10 +165,15 @@ def parse_config(values: dict, source: str = PARAMS_FILE) -> Config:
     try:
         return Config.model_validate(values)
     except ValidationError as error:
-        problems = [f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+        problems = [f"{_key(problem['loc'])}: {problem['msg']}"
                     + ("" if problem["type"] in ("missing", "value_error") else f", got {problem['input']!r}")
                     for problem in error.errors()]
         raise NriqaError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _key(location: tuple) -> str:
+    """("evaluate", "external", 0, "name") -> evaluate.external[0].name"""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
 
 
 def load_config(path: str | Path = PARAMS_FILE) -> Config:

@@ -17,7 +17,6 @@ Scoring, metrics and plotting modules are imported inside the functions that use
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from nriqa.core.config import ExternalFolder
 from nriqa.core.errors import NriqaError
 from nriqa.core.metrics import per_group_srcc, quality_metrics
-from nriqa.data.formats import FORMATS, build_index
+from nriqa.data.formats import build_index
 from nriqa.evaluation.report import (
     distortion_accuracy_table,
     distortion_metrics,
@@ -35,10 +35,6 @@ from nriqa.evaluation.report import (
 )
 from nriqa.ops.tracking import open_named_model
 
-ENTRY_FIELDS = ("name", "path", "format")
-# The name becomes a file name (reports/external/<name>.csv) and part of metric keys
-# (external.<name>.srcc), so it must be safe in both: no dots, slashes or spaces.
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 PREDICTION_COLUMNS = ["image", "distortion", "level", "mos", "pred"]
 
 
@@ -64,54 +60,16 @@ class ExternalResult:
     type_accuracy: pd.DataFrame | None = None  # `report.distortion_accuracy_table`
 
 
-# --- params.yaml `evaluate.external` -----------------------------------------------------------
-
-def parse_entries(entries, where: str = "evaluate.external") -> list[dict]:
-    """Validated `{name, path, format}` entries; any problem is a NriqaError naming the field."""
-    if entries is None:
-        return []
-    if not isinstance(entries, list):
-        raise NriqaError(f"{where} must be a list of {{name, path, format}} entries, "
-                         f"got {type(entries).__name__}")
-    parsed, seen = [], set()
-    for number, entry in enumerate(entries):
-        at = f"{where}[{number}]"
-        if not isinstance(entry, dict):
-            raise NriqaError(f"{at} must be a mapping with the fields name, path and format, "
-                             f"got {entry!r}")
-        unknown = sorted(str(key) for key in entry if key not in ENTRY_FIELDS)
-        if unknown:  # most likely a typo, which would otherwise be silently ignored
-            raise NriqaError(f"{at} has unknown field(s) {', '.join(unknown)}; "
-                             f"an entry has exactly {', '.join(ENTRY_FIELDS)}")
-        missing = [key for key in ENTRY_FIELDS if entry.get(key) in (None, "")]
-        if missing:
-            raise NriqaError(f"{at} lacks the field(s) {', '.join(missing)}")
-        name, path, fmt = entry["name"], entry["path"], entry["format"]
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise NriqaError(f"{at}.name is {name!r}; it must be a simple identifier (a letter, "
-                             "then letters, digits or _): it names report files and metric keys")
-        # Case-insensitively: on a case-insensitive disk A.csv and a.csv are one file.
-        if name.lower() in seen:
-            raise NriqaError(f"{at}.name {name!r} is used by an earlier entry; names must be unique")
-        seen.add(name.lower())
-        if fmt not in FORMATS:
-            raise NriqaError(f"{at}.format is {fmt!r}; expected one of {', '.join(FORMATS)}")
-        if not isinstance(path, str):
-            raise NriqaError(f"{at}.path is {path!r}; expected a folder path")
-        parsed.append({"name": name, "path": Path(path), "format": fmt})
-    return parsed
-
-
-def open_folders(entries, root: Path) -> list[LabelledFolder]:
-    """Validate `evaluate.external` and index every folder, relative paths taken from `root`.
+def open_folders(entries: list[ExternalFolder], root: Path) -> list[LabelledFolder]:
+    """Index every folder of `evaluate.external`, relative paths taken from `root`.
 
     Meant to run before anything slow, so a mistyped path costs seconds, not an evaluation.
     """
     folders = []
-    for number, entry in enumerate(parse_entries(entries)):
-        path = entry["path"] if entry["path"].is_absolute() else root / entry["path"]
-        label = f"evaluate.external[{number}] {entry['name']!r} ({path}, {entry['format']})"
-        folders.append(open_folder(path, entry["format"], name=entry["name"], label=label))
+    for number, entry in enumerate(entries):
+        path = root / entry.path  # an absolute entry.path stays itself
+        label = f"evaluate.external[{number}] {entry.name!r} ({path}, {entry.format})"
+        folders.append(open_folder(path, entry.format, name=entry.name, label=label))
     return folders
 
 
