@@ -257,8 +257,8 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
         model = model_from_params(model_params, initial_mos=float(train_mos.mean()))
         trainer = CropSetModel(model)
         # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
-        steps = int(train_params["epochs"]) * epoch_batches(
-            len(train_mos), int(train_params["batch_size"]), strategy)
+        epoch_steps = epoch_batches(len(train_mos), int(train_params["batch_size"]), strategy)
+        steps = int(train_params["epochs"]) * epoch_steps
         learning_rate = keras.optimizers.schedules.CosineDecay(float(train_params["lr"]), steps)
         optimizer = BackboneScaledAdam(
             learning_rate, backbone_scale=float(train_params["backbone_lr_scale"]))
@@ -266,10 +266,14 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
                         loss=joint_loss(train_params["loss"], float(train_params["type_loss_weight"]),
                                         bool(model_params["undistorted_class"])))
     def make_dataset():
+        # One stream through all epochs, `epoch_steps` batches each (fit's steps_per_epoch):
+        # epoch k is the stream's k-th pass, as a new iterator per epoch would give it, and
+        # Keras never finds an epoch's end by running out of data.
         return training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
                                 crops_per_image=int(train_params["crops_per_image"]),
                                 batch_size=int(train_params["batch_size"]),
-                                seed=int(train_params["seed"]), dataset_share=dataset_share)
+                                seed=int(train_params["seed"]), dataset_share=dataset_share
+                                ).repeat()
 
     dataset = make_dataset()
     if strategy is not None:
@@ -282,8 +286,9 @@ def train(shard_dir: Path, params: dict, preprocessing: dict, extra_callbacks=()
     # Order matters: the validation callback writes val_srcc before early stopping reads it.
     callbacks = [EpochTimer(), ValidationSRCC(model, val_images, val_mos, preprocessing, strategy),
                  *extra_callbacks, early_stopping]
+    # shuffle=False: the stream is shuffled already; Keras cannot shuffle one (and warns).
     history = trainer.fit(dataset, epochs=int(train_params["epochs"]), callbacks=callbacks,
-                          verbose=2)
+                          steps_per_epoch=epoch_steps, shuffle=False, verbose=2)
     restore_layers()  # the saved model is the same as a single device's
     best_epoch = int(np.argmax(history.history["val_srcc"]))
     return model, {"history": history.history, "best_epoch": best_epoch + 1,
