@@ -85,6 +85,7 @@ def main():
     external.reset_dir(reports / "external")  # a declared output, so it exists even when empty
     external_files = [path for name, result in results.items()
                       for path in external.write_reports(name, result, reports / "external")]
+    external.write_summary(results, reports / "external")
 
     figures = reports / "figures"
     figures.mkdir(exist_ok=True)

@@ -12,9 +12,14 @@ from tests.helpers import TINY_PARAMS, VENV_BIN, make_clone, project_env, run
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
-    """A clone with tiny params on which `dvc repro` has run once."""
+    """A clone with tiny params on which `dvc repro` has run once; what it printed (stdout, then
+    stderr) is in repro.log, which git ignores."""
     clone = make_clone(tmp_path_factory.mktemp("project"), TINY_PARAMS)
-    run([str(VENV_BIN / "dvc"), "repro"], cwd=clone, env=project_env(clone))
+    result = run([str(VENV_BIN / "dvc"), "repro"], cwd=clone, env=project_env(clone))
+    (clone / "repro.log").write_text(result.stdout + result.stderr)
+    (clone / ".git" / "info").mkdir(exist_ok=True)
+    with (clone / ".git" / "info" / "exclude").open("a") as exclude:
+        exclude.write("/repro.log\n")
     return clone
 
 

@@ -130,7 +130,8 @@ def test_fetching_what_is_not_a_bundle_says_so(tmp_path):
     mlflow.set_experiment("other")
 
     class Identity(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        # A type hint, or MLflow warns that it wants one; an ndarray's infers no signature.
+        def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
             return model_input
 
     with mlflow.start_run():

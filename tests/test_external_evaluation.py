@@ -16,10 +16,12 @@ from scipy import stats
 
 from nriqa.core.errors import NriqaError
 from nriqa.evaluation.external import (
+    SUMMARY_COLUMNS,
     evaluate_folder,
     open_folder,
     open_folders,
     write_reports,
+    write_summary,
 )
 from tests.helpers import PROJECT, config, run, tool_env
 from tests.service_helpers import textured
@@ -122,6 +124,16 @@ def test_reports_and_flat_mlflow_names(tid_result, tmp_path):
     assert flat["external.tidlike.srcc"] == tid_result.metrics["srcc"]
     assert flat["external.tidlike.images"] == len(tid_result.predictions)
     assert "external.tidlike.per_distortion_srcc.type_08" in flat
+
+
+def test_summary_has_a_row_per_folder_and_a_header_without_any(tid_result, tmp_path):
+    # Never an empty reports/external: DVC warns on an empty output folder.
+    empty = pd.read_csv(write_summary({}, tmp_path))
+    assert list(empty.columns) == SUMMARY_COLUMNS and empty.empty
+    table = pd.read_csv(write_summary({"a": tid_result, "b": tid_result}, tmp_path))
+    assert table["name"].tolist() == ["a", "b"]
+    assert table["srcc"].tolist() == [round(tid_result.metrics["srcc"], 4)] * 2
+    assert table["images"].tolist() == [len(tid_result.predictions)] * 2
 
 
 def test_dataset_without_types_gets_no_per_type_figures(loaded, koniq_folder, tmp_path):

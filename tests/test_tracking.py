@@ -418,7 +418,8 @@ def hand_made_candidate(uri: str, srcc: float, test_set: str = "set-a",
     import mlflow
 
     class IdentityModel(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        # A type hint, or MLflow warns that it wants one; an ndarray's infers no signature.
+        def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
             return model_input
 
     mlflow.set_tracking_uri(uri)

@@ -111,7 +111,8 @@ def read_split(shard_dir: Path, split: str):
         return image, example["mos"], example["image"], example["distortion"]
 
     return (tf.data.Dataset.from_tensor_slices(files)
-            .interleave(tf.data.TFRecordDataset, cycle_length=len(files), deterministic=True)
+            # Sequential (no num_parallel_calls), hence in a fixed order.
+            .interleave(tf.data.TFRecordDataset, cycle_length=len(files))
             .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 

@@ -251,17 +251,20 @@ def train(shard_dir: Path, model_config: ModelConfig, settings: TrainConfig, pre
         model = make_model(model_config, initial_mos=float(train_mos.mean()))
         trainer = CropSetModel(model)
         # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
-        steps = settings.epochs * epoch_batches(len(train_mos), settings.batch_size, strategy)
-        learning_rate = keras.optimizers.schedules.CosineDecay(settings.lr, steps)
+        epoch_steps = epoch_batches(len(train_mos), settings.batch_size, strategy)
+        learning_rate = keras.optimizers.schedules.CosineDecay(settings.lr, settings.epochs * epoch_steps)
         optimizer = BackboneScaledAdam(learning_rate, backbone_scale=settings.backbone_lr_scale)
         trainer.compile(optimizer=optimizer,
                         loss=joint_loss(settings.loss, settings.type_loss_weight,
                                         model_config.undistorted_class))
     def make_dataset():
+        # One stream through all epochs, `epoch_steps` batches each (fit's steps_per_epoch):
+        # epoch k is the stream's k-th pass, as a new iterator per epoch would give it, and
+        # Keras never finds an epoch's end by running out of data.
         return training_dataset(shard_dir, crop_size=preprocessing["crop_size"],
                                 crops_per_image=settings.crops_per_image,
-                                batch_size=settings.batch_size,
-                                seed=settings.seed, dataset_share=settings.dataset_share)
+                                batch_size=settings.batch_size, seed=settings.seed,
+                                dataset_share=settings.dataset_share).repeat()
 
     dataset = make_dataset()
     if strategy is not None:
@@ -274,8 +277,9 @@ def train(shard_dir: Path, model_config: ModelConfig, settings: TrainConfig, pre
     # Order matters: the validation callback writes val_srcc before early stopping reads it.
     callbacks = [EpochTimer(), ValidationSRCC(model, val_images, val_mos, preprocessing, strategy),
                  *extra_callbacks, early_stopping]
+    # shuffle=False: the stream is shuffled already; Keras cannot shuffle one (and warns).
     history = trainer.fit(dataset, epochs=settings.epochs, callbacks=callbacks,
-                          verbose=2)
+                          steps_per_epoch=epoch_steps, shuffle=False, verbose=2)
     restore_layers()  # the saved model is the same as a single device's
     best_epoch = int(np.argmax(history.history["val_srcc"]))
     return model, {"history": history.history, "best_epoch": best_epoch + 1,

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 from nriqa.core.config import DataConfig
 
@@ -67,10 +68,19 @@ def log_dataset(data: DataConfig, shard_dir: Path, digest: str) -> None:
     """Record the dataset as an MLflow input: its split table, source and digest."""
     import mlflow
     import pandas as pd
+    from mlflow.data.sources import LocalArtifactDatasetSource
 
     splits = pd.read_csv(shard_dir / "splits.csv")
+    # The table's schema is what MLflow records of it: integer columns (distortion, type_label)
+    # as doubles, as MLflow asks of integer columns, rather than its hint on every run.
+    splits = splits.astype({column: "float64"
+                            for column in splits.select_dtypes("integer").columns})
     source = data.source
-    where = data.path or data.url or source
-    dataset = mlflow.data.from_pandas(splits, source=str(where), targets="mos",
+    where = str(data.path or data.url or source)
+    # A URL (http, s3, ...) resolves to one kind of source; a local path or name would resolve
+    # to two equal ones (MLflow's `file` and plain-path sources) and warn, so it is given as one.
+    if urlparse(where).scheme in ("", "file"):
+        where = LocalArtifactDatasetSource(where)
+    dataset = mlflow.data.from_pandas(splits, source=where, targets="mos",
                                       name=f"{source}-{shard_dir.as_posix()}", digest=digest)
     mlflow.log_input(dataset, context="training")
