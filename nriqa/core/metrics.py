@@ -171,7 +171,7 @@ def srcc(mos, pred) -> float:
 
 def rgb_psnr(reference: np.ndarray, distorted: np.ndarray) -> float:
     """PSNR in dB over all RGB values (inf when identical), the full-reference measure that
-    calibrates the synthetic distortions' strengths (scripts/calibrate_synthetic.py)."""
+    calibrates the synthetic distortions' strengths (experiments/calibrate_synthetic.py)."""
     mse = float(np.mean((reference.astype(np.float64) - distorted.astype(np.float64)) ** 2))
     return float("inf") if mse == 0.0 else 10.0 * np.log10(255.0**2 / mse)
 

@@ -24,7 +24,7 @@ above a lightly compressed textured one, and models trained on them ranked JPEG2
 
 Fidelity, measured on the human-label dev set (``shared/humanlabels``, 660 images, 11 types,
 real TID2013 MOS): SRCC 0.951 between these labels and people's scores, against 0.941 for the
-PSNR-curve labels and 0.853 for MS-SSIM (`benchmarks/human_labels.py`).
+PSNR-curve labels and 0.853 for MS-SSIM (`experiments/human_labels.py`).
 """
 
 from __future__ import annotations
