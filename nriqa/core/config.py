@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from nriqa.core.errors import NriqaError
 
@@ -32,14 +32,14 @@ class DataConfig(Section):
     md5: str | dict[str, str] | None
     cache_dir: str | None
     seed: int
-    num_references: int
+    num_references: PositiveInt
     image_size: tuple[int, int]
     distortion_types: Literal["all"] | list[int]
     levels: list[int]
 
 
 class TrainsetConfig(Section):
-    images: int
+    images: PositiveInt
     image_size: tuple[int, int]
     seed: int
     distortion_types: Literal["all"] | list[int]
@@ -52,7 +52,7 @@ class PreprocessConfig(Section):
     split: dict[Literal["train", "val", "test"], float]
     mode: Literal["native", "resize"]
     resize: tuple[int, int]
-    shards: int
+    shards: PositiveInt
 
 
 class ModelConfig(Section):
@@ -61,11 +61,11 @@ class ModelConfig(Section):
     pooling: Literal["last", "stages"]
     freeze: bool
     fusion: bool
-    input_size: int
+    input_size: PositiveInt
     input_norm: Literal["lcn", "none"]
     lcn_epsilon: float
     width: float
-    depth: int
+    depth: PositiveInt
     dropout: float
     head_units: tuple[int, ...]
     distortion_types: int
@@ -85,23 +85,23 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     seed: int
-    epochs: int
-    patience: int
-    batch_size: int
-    crops_per_image: int
+    epochs: PositiveInt
+    patience: PositiveInt
+    batch_size: PositiveInt
+    crops_per_image: PositiveInt
     lr: float
     backbone_lr_scale: float
     loss: Literal["mse", "mae", "huber"]
     type_loss_weight: float
     dataset_share: Annotated[float, Field(gt=0, lt=1)] | None  # null: in proportion to the numbers
-    val_images: int
+    val_images: PositiveInt
     threads: int | None
     strategy: Literal["none", "mirrored", "multi_worker"]
 
 
 class PredictConfig(Section):
-    stride: int
-    max_crops: int
+    stride: PositiveInt
+    max_crops: PositiveInt
 
 
 class ExternalFolder(Section):
@@ -137,11 +137,11 @@ class MlflowConfig(Section):
 
 class ServeConfig(Section):
     bento_name: str
-    max_upload_bytes: int
-    max_pixels: int
-    max_batch_images: int
-    max_batch_pixels: int
-    max_batch_size: int
+    max_upload_bytes: PositiveInt
+    max_pixels: PositiveInt
+    max_batch_images: PositiveInt
+    max_batch_pixels: PositiveInt
+    max_batch_size: PositiveInt
 
 
 class Config(Section):
