@@ -4,8 +4,10 @@
     python -m stages.package --model-dir DIR [--run-id ID] [--version N] --report BENTO_JSON
 
 The champion is the exact registry version the promote stage recorded in its report
-(`models:/<registered_model>/<version>`), not whatever the alias points at now, so the labels
-name the weights that are served. `--model-dir DIR` packages a model bundle folder instead
+(`models:/<registered_model>/<version>`), not whatever the alias points at now, downloaded from
+the tracking store promote used (not the one this shell or params.yaml names), and checked: the
+version belongs to the champion's run, and its model.keras is the file that run's training
+wrote (`nriqa.ops.packaging.fetch_champion`). So the labels name the weights that are served. `--model-dir DIR` packages a model bundle folder instead
 (model.keras + model.json), for trying the service without a registry. Either way the model
 store gets the bundle's files as they are (`nriqa.model.bundle`).
 
@@ -24,9 +26,7 @@ os.environ.setdefault("BENTOML_HOME", str(PROJECT / "bentoml_home"))  # before b
 
 from nriqa.core.config import load_config  # noqa: E402
 from nriqa.core.stage import stage_main, write_json  # noqa: E402
-from nriqa.model.bundle import fetch_bundle  # noqa: E402
-from nriqa.ops.packaging import package, promoted_version  # noqa: E402
-from nriqa.ops.tracking import resolve_tracking_uri  # noqa: E402
+from nriqa.ops.packaging import fetch_champion, package, promoted_version  # noqa: E402
 
 
 @stage_main
@@ -49,12 +49,11 @@ def main():
         report = package(args.model_dir, run_id=args.run_id, version=args.version,
                          config=config, project_dir=PROJECT)
     else:
-        model_uri, run_id, version = promoted_version(args.promotion)
+        champion = promoted_version(args.promotion)
         with tempfile.TemporaryDirectory(prefix="nriqa-champion-") as folder:
-            tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-            model_dir = fetch_bundle(model_uri, folder, tracking_uri=tracking_uri)
-            report = package(model_dir, run_id=run_id, version=version, config=config,
-                             project_dir=PROJECT, model_uri=model_uri)
+            model_dir = fetch_champion(champion, Path(folder))
+            report = package(model_dir, run_id=champion.run_id, version=champion.version,
+                             config=config, project_dir=PROJECT, model_uri=champion.model_uri)
     write_json(args.report, report)
     print(f"Built Bento {report['bento_tag']} with model {report['model_tag']} "
           f"(MLflow run {report['mlflow_run_id'] or '-'}, version {report['registry_version'] or '-'})",

@@ -140,3 +140,53 @@ def test_fetching_what_is_not_a_bundle_says_so(tmp_path):
     with pytest.raises(NriqaError, match="has no data/model.keras: not a model logged by nriqa"):
         bundle.fetch_bundle(info.model_uri, tmp_path / "fetched", tracking_uri=uri)
 
+
+
+# --- The champion packaging downloads is the one promote recorded ------------------------------
+
+@pytest.fixture
+def two_logged_runs(tiny_model, saved, tmp_path):
+    """Two runs, each with the bundle logged, both versions of one registered model."""
+    import mlflow
+
+    from nriqa.ops.packaging import Champion
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("lineage", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("lineage")
+    runs = []
+    for _ in range(2):
+        with mlflow.start_run() as run:
+            model_uri = bundle.log_bundle(saved, np.zeros((1, 32, 32, 3), np.float32), tiny_model)
+        mlflow.register_model(model_uri, "lineage")
+        runs.append(run.info.run_id)
+    return uri, runs, lambda version, run_id: Champion("lineage", version, run_id, uri)
+
+
+def test_the_champion_is_fetched_when_version_run_and_weights_agree(two_logged_runs, saved, tmp_path):
+    from nriqa.ops.packaging import fetch_champion
+
+    uri, runs, champion = two_logged_runs
+    folder = fetch_champion(champion("2", runs[1]), tmp_path / "fetched")
+    assert sha(folder / bundle.WEIGHTS) == sha(saved / bundle.WEIGHTS)
+
+
+def test_a_version_of_another_run_is_not_packaged(two_logged_runs, tmp_path):
+    from nriqa.ops.packaging import fetch_champion
+
+    uri, runs, champion = two_logged_runs
+    with pytest.raises(NriqaError, match=f"belongs to run {runs[0]}, not to the champion's run {runs[1]}"):
+        fetch_champion(champion("1", runs[1]), tmp_path / "fetched")
+    assert not (tmp_path / "fetched").exists()
+
+
+def test_weights_other_than_the_run_trained_are_not_packaged(two_logged_runs, tmp_path):
+    from mlflow import MlflowClient
+
+    from nriqa.ops.packaging import fetch_champion
+
+    uri, runs, champion = two_logged_runs
+    MlflowClient(uri).set_tag(runs[1], bundle.WEIGHTS_SHA256_TAG, "0" * 64)
+    with pytest.raises(NriqaError, match=r"model.keras is not the one run \w+ trained"):
+        fetch_champion(champion("2", runs[1]), tmp_path / "fetched")

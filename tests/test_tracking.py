@@ -120,6 +120,42 @@ def load_champion(uri: str, model_uri: str = "models:/nriqa@champion"):
 
 # --- Two tracked reproductions on a server -----------------------------------------------------
 
+SECRET = "Pa55-w0rd-never-stored"
+
+
+@pytest.fixture(scope="module")
+def with_password(tmp_path_factory, server):
+    """The whole pipeline against the server, its URI holding a user and password."""
+    clone = make_clone(tmp_path_factory.mktemp("password"), TINY_PARAMS)
+    uri = server.replace("http://", f"http://ann:{SECRET}@")
+    result = run([DVC, "repro"], cwd=clone, env=stage_env(clone, MLFLOW_TRACKING_URI=uri))
+    return clone, result.stdout + result.stderr
+
+
+def test_the_password_is_never_stored_or_printed(with_password, server):
+    clone, output = with_password
+    assert SECRET not in output
+    holding = [path for path in clone.rglob("*") if path.is_file() and SECRET.encode() in path.read_bytes()]
+    assert not holding  # the project's files, .dvc/cache and the BentoML store included
+    assert json.loads((clone / "models/mlflow_run.json").read_text())["tracking_uri"] == server
+    assert json.loads((clone / "reports/promotion.json").read_text())["tracking_uri"] == server
+
+
+def test_package_builds_the_promoted_champion_from_any_shell(with_password):
+    """Rerun from a shell without MLFLOW_TRACKING_URI, where params.yaml names the clone's own
+    (empty) store: package still fetches the champion from the store promote used, and the
+    Bento's model is the very file the champion's training wrote."""
+    clone, _ = with_password
+    run([DVC, "repro", "-f", "-s", "package"], cwd=clone, env=stage_env(clone))
+    promotion = json.loads((clone / "reports/promotion.json").read_text())
+    bento = json.loads((clone / "reports/bento.json").read_text())
+    assert (bento["mlflow_run_id"], bento["registry_version"]) == (
+        promotion["champion_run_id"], str(promotion["champion_version"]))
+    name, version = bento["model_tag"].split(":")
+    served = clone / "bentoml_home" / "models" / name / version / "model.keras"
+    assert served.read_bytes() == (clone / "models/model.keras").read_bytes()
+
+
 def test_each_training_is_one_finished_run_with_every_param(pipeline):
     from nriqa.ops.tracking import flatten
 
@@ -535,8 +571,9 @@ def test_package_fetches_the_promoted_version_even_after_the_alias_moved(tmp_pat
     promotion.write_text(json.dumps(first))
     assert registry.promote(hand_made_candidate(uri, 0.8), "pinned", 0.8)["promoted"]  # alias moves
 
-    model_uri, run_id, version = promoted_version(promotion)
-    assert (model_uri, run_id, version) == ("models:/pinned/1", first["run_id"], "1")
+    champion = promoted_version(promotion)
+    model_uri = champion.model_uri
+    assert (model_uri, champion.run_id, champion.version) == ("models:/pinned/1", first["run_id"], "1")
     mlflow.set_tracking_uri(uri)
     local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m")))
     assert Model.load(local / "MLmodel").run_id == first["run_id"]
@@ -710,11 +747,11 @@ def test_concurrent_promotions_keep_the_better_model(server, proxies, tmp_path):
 def test_tracking_uri_resolution(monkeypatch, tmp_path):
     from nriqa.ops.tracking import evaluation_metrics, resolve_tracking_uri
 
-    params = {"mlflow": {"tracking_uri": "sqlite:///mlflow.db"}}
+    configured = "sqlite:///mlflow.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert resolve_tracking_uri(params, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri(configured, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
-    assert resolve_tracking_uri(params, tmp_path) == "http://example.invalid:5000"
+    assert resolve_tracking_uri(configured, tmp_path) == "http://example.invalid:5000"
     assert evaluation_metrics({"test": {"srcc": 0.9, "images": 12}, "baseline": {"srcc": 0.5},
                                "test_per_distortion_srcc": {"type_01": 0.7, "type_08": float("nan")}}) \
         == {"test_srcc": 0.9, "test_images": 12.0, "baseline_srcc": 0.5, "test_srcc_type_01": 0.7}

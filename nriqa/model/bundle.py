@@ -17,6 +17,7 @@ train wrote, byte for byte: the model is never loaded and saved again on its way
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,13 @@ MLFLOW_WEIGHTS = "data/model.keras"
 MODEL_CODE = ("__init__.py", "core/__init__.py", "core/errors.py", "model/__init__.py", "model/network.py",
               "model/efficientnet_lite.py", "model/pretrained.py")
 _PINNED_TIME = (1980, 1, 1, 0, 0, 0)
+# The run tag holding the sha256 of the model.keras that train wrote and logged.
+WEIGHTS_SHA256_TAG = "nriqa.model_sha256"
+
+
+def file_sha256(path: Path) -> str:
+    with Path(path).open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 # --- Save -------------------------------------------------------------------------------------
@@ -248,6 +256,8 @@ def log_bundle(folder: str | Path, example, model) -> str:
             (extra / "code" / "nriqa" / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(package / name, extra / "code" / "nriqa" / name)
         mlflow.MlflowClient().log_model_artifacts(logged.model_id, str(extra))
+    # What packaging checks the champion it downloads against (`nriqa.ops.packaging`).
+    mlflow.set_tag(WEIGHTS_SHA256_TAG, file_sha256(folder / WEIGHTS))
     return logged.model_uri
 
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from nriqa.core.config import Config
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import read_json
 from nriqa.data.examples import write_examples
-from nriqa.model.bundle import bentoml_model
+from nriqa.model.bundle import WEIGHTS, WEIGHTS_SHA256_TAG, bentoml_model, fetch_bundle, file_sha256
 from nriqa.ops.registry import version_uri
+from nriqa.ops.tracking import use_store
 
 EXAMPLES_DIR = "examples"
 # The keys of params.yaml `serve` that the service reads; each has an environment override
@@ -44,21 +46,60 @@ def serve_settings(serve_params: dict) -> dict:
     return settings
 
 
-def promoted_version(promotion_path: Path) -> tuple[str, str, str]:
-    """(model URI, MLflow run id, registry version) of the champion that promote recorded.
+@dataclass(frozen=True)
+class Champion:
+    """The champion that promote recorded, in the store it was promoted in."""
 
-    The URI names the exact version (`models:/<name>/<version>`), never the alias: the alias may
-    have moved since, and the Bento is labelled with this version and run.
-    """
+    registered_model: str
+    version: str
+    run_id: str
+    tracking_uri: str  # without credentials; those come from the environment
 
+    @property
+    def model_uri(self) -> str:
+        # The exact version, never the alias: the alias may have moved since, and the Bento
+        # is labelled with this version and run.
+        return version_uri(self.registered_model, self.version)
+
+
+def promoted_version(promotion_path: Path) -> Champion:
     promotion = read_json(promotion_path, stage="promote")
-    missing = [key for key in ("registered_model", "champion_version", "champion_run_id")
-               if key not in promotion]
+    missing = [key for key in ("registered_model", "champion_version", "champion_run_id",
+                               "tracking_uri") if key not in promotion]
     if missing:
-        raise NriqaError(f"{promotion_path}: missing {', '.join(missing)}")
-    version = str(promotion["champion_version"])
-    return (version_uri(promotion["registered_model"], version), promotion["champion_run_id"],
-            version)
+        raise NriqaError(f"{promotion_path}: missing {', '.join(missing)}; run the promote stage "
+                         "again (`dvc repro -f promote`)")
+    return Champion(promotion["registered_model"], str(promotion["champion_version"]),
+                    promotion["champion_run_id"], promotion["tracking_uri"])
+
+
+def fetch_champion(champion: Champion, destination: Path) -> Path:
+    """The champion's bundle, downloaded from the store promote used (not the one this
+    shell or params.yaml names), after checking that the version is the champion's run and
+    that its model.keras is the very file that run's training wrote."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    use_store(champion.tracking_uri)
+    where = f"{champion.model_uri} in {champion.tracking_uri}"
+    try:
+        client = MlflowClient()
+        version_run = client.get_model_version(champion.registered_model, champion.version).run_id
+        expected = client.get_run(champion.run_id).data.tags.get(WEIGHTS_SHA256_TAG)
+    except MlflowException as error:
+        raise NriqaError(f"{where}: cannot read the champion ({error.message})") from error
+    if version_run != champion.run_id:
+        raise NriqaError(f"{where} belongs to run {version_run}, not to the champion's run "
+                         f"{champion.run_id} that promote recorded: run promote again")
+    if expected is None:
+        raise NriqaError(f"run {champion.run_id} has no {WEIGHTS_SHA256_TAG} tag (trained by an "
+                         "older nriqa): retrain it (`dvc repro -f train`) before packaging")
+    folder = fetch_bundle(champion.model_uri, destination, tracking_uri=champion.tracking_uri)
+    if file_sha256(folder / WEIGHTS) != expected:
+        raise NriqaError(f"{where}: its model.keras is not the one run {champion.run_id} trained "
+                         f"(sha256 {file_sha256(folder / WEIGHTS)[:12]}…, the run says "
+                         f"{expected[:12]}…); nothing was packaged")
+    return folder
 
 
 def save_to_store(model_dir: str | Path, *, name: str, run_id: str, version: str,

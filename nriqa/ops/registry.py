@@ -200,6 +200,7 @@ def promote(pointer: dict, name: str, candidate_srcc: float, force: bool = False
 
     report = {
         "registered_model": name,
+        "tracking_uri": pointer["tracking_uri"],  # without credentials (`tracking.take_credentials`)
         "run_id": run_id,
         "candidate_version": int(version.version),
         "candidate_srcc": candidate["srcc"],

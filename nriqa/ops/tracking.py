@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from nriqa.core.config import Config, MlflowConfig, load_config
 from nriqa.core.errors import NriqaError
@@ -42,10 +42,47 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
+def take_credentials(uri: str) -> str:
+    """`uri` without its `user:password@`, which moves to MLflow's own variables for a
+    server's basic auth (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD) in this process.
+
+    So the URI that the project stores (the run pointer, promotion.json, DVC's cache) and
+    prints (errors, MLflow's "View run at" lines) never holds a password: each stage reads it
+    from the environment when it connects.
+    """
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+    if parts.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
+
+
+def load_credentials() -> None:
+    """Credentials in MLFLOW_TRACKING_URI, for a store named elsewhere (a run pointer)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = take_credentials(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def use_store(uri: str) -> str:
+    """Point MLflow at the store `uri` (a pointer's or promotion's), checked reachable, with
+    the environment's credentials; returns the URI without credentials."""
+    import mlflow
+
+    load_credentials()
+    uri = take_credentials(uri)  # a pointer written before URIs were stored without them
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def resolve_tracking_uri(configured: str, root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI if set, else `configured` (params.yaml's mlflow.tracking_uri);
-    relative local stores made absolute."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    relative local stores made absolute; credentials moved out (`take_credentials`)."""
+    load_credentials()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or take_credentials(configured)
     root = root or project_root()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{root / uri[len('sqlite:///'):]}"
@@ -68,8 +105,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     import requests
 
     health = uri.rstrip("/") + "/health"
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    auth = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) if user else None
     try:
-        response = requests.get(health, timeout=timeout)
+        response = requests.get(health, timeout=timeout, auth=auth)
     except requests.RequestException as error:
         raise NriqaError(f"MLflow tracking server {uri} is unreachable ({type(error).__name__}). "
                          "Start it, or point MLFLOW_TRACKING_URI (or mlflow.tracking_uri in "
@@ -200,11 +239,8 @@ def read_pointer(path: Path) -> dict:
 def open_pointer(path: Path) -> dict:
     """The training run's pointer, its store checked reachable; the store is the one training
     used (recorded in the pointer), so a later change of MLFLOW_TRACKING_URI cannot split a run."""
-    import mlflow
-
     pointer = read_pointer(path)
-    check_reachable(pointer["tracking_uri"])
-    mlflow.set_tracking_uri(pointer["tracking_uri"])
+    pointer["tracking_uri"] = use_store(pointer["tracking_uri"])
     return pointer
 
 
