@@ -701,6 +701,59 @@ def test_an_unreadable_champion_stops_the_gate(server, proxies, monkeypatch):
     assert [m.name for m in client.search_registered_models("name LIKE 'faults%'")] == ["faults"]
 
 
+def test_a_deleted_champion_run_stops_the_gate(tmp_path):
+    """get_run still returns a soft-deleted run: the gate must not compare against it."""
+    from mlflow import MlflowClient
+
+    from nriqa.core.errors import NriqaError
+    from nriqa.ops import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    incumbent = registry.promote(hand_made_candidate(uri, 0.5), "gone", 0.5)
+    client = MlflowClient(uri)
+    client.delete_run(incumbent["run_id"])
+    with pytest.raises(NriqaError, match=f"the champion's run {incumbent['run_id']} is deleted.*"
+                                         "alias 'champion' is unchanged"):
+        registry.promote(hand_made_candidate(uri, 0.9), "gone", 0.9)
+    assert str(client.get_model_version_by_alias("gone", "champion").version) == "1"
+    assert len(client.search_model_versions("name = 'gone'")) == 1
+
+
+def test_a_locked_database_stops_the_gate_with_an_error(tmp_path):
+    """A store another process holds (BEGIN EXCLUSIVE) is an `error:`, not a traceback."""
+    import sqlite3
+
+    from nriqa.core.errors import NriqaError
+    from nriqa.ops import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    candidate = hand_made_candidate(uri, 0.7)
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(NriqaError, match="alias 'champion' is unchanged"):
+            registry.promote(candidate, "locked", 0.7)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_failed_alias_move_leaves_the_old_champion(server, proxies, monkeypatch):
+    from mlflow import MlflowClient
+
+    from nriqa.core.errors import NriqaError
+    from nriqa.ops import registry
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    registry.promote(hand_made_candidate(server, 0.5, experiment="aliasfail"), "aliasfail", 0.5)
+    proxy = proxies()
+    candidate = {**hand_made_candidate(server, 0.9, experiment="aliasfail"), "tracking_uri": proxy.url}
+    proxy.fail = [("POST", "/registered-models/alias", ".*")]
+    with pytest.raises(NriqaError, match="cannot move the alias 'champion' to aliasfail v2.*unchanged"):
+        registry.promote(candidate, "aliasfail", 0.9)
+    assert str(MlflowClient(server).get_model_version_by_alias("aliasfail", "champion").version) == "1"
+
+
 RACER = """
 import json, pathlib, sys, time
 from nriqa.ops import registry

@@ -81,10 +81,14 @@ def _error_code(error: Exception) -> str | None:
 def evaluation(client, run_id: str, what: str) -> dict:
     """`{"srcc", "test_set"}` of a run; any error reading it stops the stage."""
     try:
-        data = client.get_run(run_id).data
+        run = client.get_run(run_id)
     except Exception as error:  # noqa: BLE001  every failure here must stop the gate
         raise _unreadable(f"{what} run {run_id}", error) from error
-    return {"srcc": data.metrics.get(METRIC), "test_set": data.tags.get(TEST_SET_TAG)}
+    if run.info.lifecycle_stage == "deleted":  # get_run still returns a soft-deleted run
+        raise NriqaError(f"{what} run {run_id} is deleted; stopping without registering anything, "
+                         f"the alias {ALIAS!r} is unchanged. If that was on purpose, remove the "
+                         "alias (README: tracking) and run again")
+    return {"srcc": run.data.metrics.get(METRIC), "test_set": run.data.tags.get(TEST_SET_TAG)}
 
 
 def current_champion(client, name: str):
@@ -176,7 +180,10 @@ def promote(pointer: dict, name: str, candidate_srcc: float, force: bool = False
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(pointer["tracking_uri"])
-    client = MlflowClient()
+    try:
+        client = MlflowClient()
+    except Exception as error:  # noqa: BLE001  a store that cannot be opened stops the gate
+        raise _unreadable(f"the tracking store {pointer['tracking_uri']}", error) from error
     run_id = pointer["run_id"]
     candidate = {**evaluation(client, run_id, "the candidate's"), "srcc": candidate_srcc}
     if candidate["test_set"] is None:
@@ -186,17 +193,31 @@ def promote(pointer: dict, name: str, candidate_srcc: float, force: bool = False
     with promotion_lock(client, name):
         before = current_champion(client, name)
         champion = evaluation(client, before.run_id, "the champion's") if before else None
-        version = register_candidate(client, name, run_id, pointer["model_uri"])
+        try:
+            version = register_candidate(client, name, run_id, pointer["model_uri"])
+        except Exception as error:  # noqa: BLE001  e.g. a locked database: stop, alias untouched
+            raise NriqaError(f"cannot register run {run_id}'s model as {name!r} "
+                             f"({type(error).__name__}: {error}); the alias {ALIAS!r} is "
+                             "unchanged") from error
         if before is not None and str(before.version) == str(version.version):
             promoted, reason = False, "it is the champion already"
         else:
             promoted, reason = decide(candidate, champion, force)
         if promoted:
-            client.set_registered_model_alias(name, ALIAS, version.version)
+            try:
+                client.set_registered_model_alias(name, ALIAS, version.version)
+            except Exception as error:  # noqa: BLE001  a failed move leaves the old champion
+                raise NriqaError(f"cannot move the alias {ALIAS!r} to {name} v{version.version} "
+                                 f"({type(error).__name__}: {error}); the alias is unchanged") from error
         after = current_champion(client, name)
         if card is not None:  # under the lock, so no other promotion's alias move comes between
-            describe(client, name, version.version, card,
-                     champion=after is not None and str(after.version) == str(version.version))
+            try:
+                describe(client, name, version.version, card,
+                         champion=after is not None and str(after.version) == str(version.version))
+            except Exception as error:  # noqa: BLE001
+                raise NriqaError(f"cannot write the model card of {name} v{version.version} "
+                                 f"({type(error).__name__}: {error}); the alias {ALIAS!r} names "
+                                 f"v{after.version}: run promote again to record it") from error
 
     report = {
         "registered_model": name,
