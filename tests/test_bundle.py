@@ -93,7 +93,9 @@ def test_two_processes_save_identical_bytes(tmp_path):
     (lambda folder: (folder / "model.json").write_text(json.dumps(
         {"preprocessing": PREPROCESSING})), "written by an older nriqa"),
     (lambda folder: (folder / "model.keras").write_bytes(b"not a zip"),
-     "model.keras: cannot load the model"),
+     "model.keras: corrupt or truncated"),
+    (lambda folder: (folder / "model.keras").write_bytes(
+        (folder / "model.keras").read_bytes()[:5000]), "model.keras: corrupt or truncated"),
 ])
 def test_a_broken_bundle_names_the_file_and_field(saved, breakage, words):
     breakage(saved)

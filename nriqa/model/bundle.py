@@ -188,6 +188,10 @@ def load_bundle(folder: str | Path) -> Bundle:
 
     folder = Path(folder)
     info = check_bundle(folder)
+    # Keras calls a truncated archive "File not found"; say what it is.
+    if not zipfile.is_zipfile(folder / WEIGHTS):
+        raise NriqaError(f"{folder / WEIGHTS}: corrupt or truncated (not a complete .keras zip "
+                         "archive); train again or restore the file (`dvc checkout`)")
     try:
         model = keras.saving.load_model(folder / WEIGHTS)
     except Exception as error:  # zipfile, h5py, Keras: all mean "not a model this code reads"

@@ -87,7 +87,7 @@ def evaluation(client, run_id: str, what: str) -> dict:
     if run.info.lifecycle_stage == "deleted":  # get_run still returns a soft-deleted run
         raise NriqaError(f"{what} run {run_id} is deleted; stopping without registering anything, "
                          f"the alias {ALIAS!r} is unchanged. If that was on purpose, remove the "
-                         "alias (README: tracking) and run again")
+                         "alias (docs/tracking.md) and run again")
     return {"srcc": run.data.metrics.get(METRIC), "test_set": run.data.tags.get(TEST_SET_TAG)}
 
 

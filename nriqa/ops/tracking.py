@@ -19,6 +19,7 @@ import contextlib
 import math
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
@@ -174,16 +175,50 @@ def training_run(config: Config, shard_dir: Path):
     import mlflow
 
     uri = connect(config.mlflow)
+    for run_id, pid in end_orphaned_runs():
+        print(f"MLflow run {run_id} was still RUNNING, but its training (pid {pid} on this "
+              "machine) is gone, killed or out of memory: marked KILLED", file=sys.stderr)
     digest = folder_digest(shard_dir)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         with mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None) as run:
+            mlflow.set_tag(PROCESS_TAG, f"{socket.gethostname()} {os.getpid()}")
             mlflow.log_params(flatten(config.as_dict()))
             mlflow.set_tags(provenance_tags(config.data, digest))
             log_dataset(config.data, shard_dir, digest)
             yield TrainingRun(run.info.run_id, run.info.experiment_id, uri)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# "<host> <pid>" of the training process, so that a later training on the same machine can
+# tell a run whose process died without a word (kill -9, the OOM killer) from a live one.
+PROCESS_TAG = "nriqa.process"
+
+
+def end_orphaned_runs() -> list[tuple[str, int]]:
+    """Mark KILLED (MLflow's status for it) the active experiment's RUNNING runs whose training
+    process, on this machine, no longer exists; returns (run id, pid) of each. Runs of other
+    machines, or without the tag, are left alone: nothing here can tell whether they live."""
+    import mlflow
+
+    host, ended = socket.gethostname(), []
+    for run in mlflow.search_runs(filter_string="attributes.status = 'RUNNING'", output_format="list"):
+        run_host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(" ")
+        if run_host == host and pid.isdigit() and not _process_exists(int(pid)):
+            mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+            ended.append((run.info.run_id, int(pid)))
+    return ended
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 class TrainingRun:
