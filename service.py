@@ -14,9 +14,10 @@ from nriqa.core.runtime import configure
 configure()  # before BentoML, TensorFlow and MLflow load: the service is an entry point
 
 import bentoml  # noqa: E402
+from starlette.responses import Response
 
 from nriqa.serving.api import UploadScorer
-from nriqa.serving.middleware import UploadGuard
+from nriqa.serving.middleware import UploadGuard, upload_names
 from nriqa.serving.responses import ImageError, Score
 from nriqa.serving.settings import ServingSettings, model_tag
 from nriqa.serving.webpage import webpage_app
@@ -30,6 +31,14 @@ def running_settings() -> ServingSettings:
     return running_scorer().settings
 
 
+def answer(ctx: bentoml.Context, result):
+    """An API's answer: an API with a `ctx` parameter gets the status of ctx.response, whatever
+    the response it returns says, so a client error's own status (a 4xx) is set there too."""
+    if isinstance(result, Response):
+        ctx.response.status_code = result.status_code
+    return result
+
+
 @bentoml.service(name="nriqa", traffic={"timeout": 120})
 @bentoml.asgi_app(webpage_app(running_scorer), path="/ui")
 class NRIQA:
@@ -41,19 +50,22 @@ class NRIQA:
         self.scorer = UploadScorer.for_model(type(self).bento_model)
 
     @bentoml.api
-    async def score(self, image: Path, map: bool = False) -> Score:
+    async def score(self, image: Path, ctx: bentoml.Context, map: bool = False) -> Score:
         """Score one uploaded image (multipart field `image`); with `map` true (a form field,
         curl -F map=true) also its quality map: the crop scores its MOS is the mean of."""
-        return await self.scorer.score(image, with_map=map)
+        (name,) = upload_names([image], ctx.request.scope)  # the client's, for errors
+        return answer(ctx, await self.scorer.score(image, with_map=map, name=name))
 
     @bentoml.api
-    async def score_batch(self, images: list[Path]) -> list[Score | ImageError]:
+    async def score_batch(self, images: list[Path], ctx: bentoml.Context
+                          ) -> list[Score | ImageError]:
         """Score many uploaded images (repeated multipart field `images`), in order.
 
         An image that cannot be scored gets `{"error": ...}` in its place; the others are
         still scored.
         """
-        return await self.scorer.score_batch(images)
+        return answer(ctx, await self.scorer.score_batch(
+            images, upload_names(images, ctx.request.scope)))
 
 
 NRIQA.add_asgi_middleware(UploadGuard, settings=running_settings)

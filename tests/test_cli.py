@@ -187,6 +187,29 @@ def test_rows_already_scored_survive_a_crash(tiny_model, image_tree, tmp_path, m
     assert [row["path"] for row in rows] == [str(f) for f in files[:prediction.CHUNK]]
 
 
+def test_an_output_that_is_one_of_the_inputs_is_refused_untouched(tiny_model, tmp_path, capsys):
+    """`-o` naming an input (as given, by another spelling, through a link, or found in a
+    folder) would truncate that image before it is read: refused, exit 2, the image intact."""
+    from nriqa.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    image = photos / "a.png"
+    textured(1).save(image)
+    original = image.read_bytes()
+    (tmp_path / "link.png").symlink_to(image)
+    for inputs, output in [([image], image), ([image], photos / "." / ".." / "photos" / "a.png"),
+                           ([image], tmp_path / "link.png"), ([photos], image)]:
+        status = main(["score", *map(str, inputs), "--model-dir", str(tiny_model),
+                       "-o", str(output)])
+        assert status == 2
+        assert capsys.readouterr().err == (f"error: --output {output} is the input image {image}; "
+                                           "write the scores to another file\n")
+        assert image.read_bytes() == original
+    assert main(["score", str(image), "--model-dir", str(tiny_model),
+                 "-o", str(photos / "scores.csv")]) == 0
+
+
 def test_any_error_on_one_file_is_named_and_the_rest_scored(tiny_model, image_tree, tmp_path,
                                                             monkeypatch, capsys):
     """Not only NriqaError: whatever a decoder raises for one file (here a KeyError, as PIL

@@ -33,6 +33,48 @@ def test_lossless_formats_round_trip(fmt):
     np.testing.assert_array_equal(decoded, RGB)
 
 
+# A PostScript file: Pillow would hand it to Ghostscript, a program, to draw it.
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 60 40\n"
+       b"0 0 moveto 60 40 lineto stroke showpage\n%%EOF\n")
+OTHER_FORMATS = ["GIF", "TGA", "PCX", "ICO", "SGI", "QOI", "JPEG2000", "DDS", "PPM", "EPS"]
+
+
+@pytest.mark.parametrize("fmt", OTHER_FORMATS)
+def test_a_format_outside_the_five_is_refused_naming_them(fmt, tmp_path, monkeypatch):
+    """Pillow knows some forty formats; only JPEG, PNG, BMP, WebP and TIFF are opened, and a
+    file in another is refused before its decoder (for EPS, Ghostscript) runs."""
+    from PIL import EpsImagePlugin
+
+    launched = []
+
+    def ghostscript(*args, **kwargs):
+        launched.append(args)
+        raise OSError("Ghostscript is not to run")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    data = EPS if fmt == "EPS" else encode(Image.fromarray(RGB), fmt)
+    path = tmp_path / "picture.jpg"  # the name does not matter, the content does
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(NriqaError) as refused:
+            decode_image(source, name="picture.jpg")
+        assert str(refused.value) == ("picture.jpg: not an image in a format we read "
+                                      "(JPEG, PNG, BMP, WebP, TIFF)")
+    assert not launched
+
+
+def test_the_five_formats_are_read_and_a_cameras_multi_picture_jpeg_is_a_jpeg():
+    from nriqa.core.imaging import IMAGE_FORMATS
+
+    assert IMAGE_FORMATS == ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
+    image = Image.fromarray(RGB)
+    for fmt in IMAGE_FORMATS:
+        assert decode_image(encode(image, fmt)).shape == (40, 60, 3), fmt
+    # MPO: a JPEG with more pictures after the first (phones write them); the first is read.
+    mpo = encode(image, "MPO", save_all=True, append_images=[Image.new("RGB", (60, 40))])
+    np.testing.assert_array_equal(decode_image(mpo), decode_image(encode(image, "JPEG")))
+
+
 def decoded_as(image: Image.Image, fmt: str = "PNG") -> np.ndarray:
     decoded = decode_image(encode(image, fmt))
     assert decoded.dtype == np.uint8 and decoded.shape == (*image.size[::-1], 3)

@@ -199,6 +199,34 @@ def test_bad_input_is_a_4xx_with_a_message(served, case, request_kwargs, status,
     assert words in response.json()["error"]
 
 
+# 85 x "日" and 150 x "é": under 200 characters, but each over 255 bytes in UTF-8, the most a
+# file name may have on Linux.
+LONG_NAMES = ["日" * 85 + ".jpg", "é" * 150 + ".jpg"]
+
+
+@pytest.mark.parametrize("name", LONG_NAMES, ids=["85 x 日", "150 x é"])
+def test_a_long_utf8_file_name_is_scored_and_named_in_errors(served, name):
+    """BentoML kept each upload in a temporary file named after the client's file name, and a
+    name over 255 bytes made that a 500. Client names never reach the disk now: the image is
+    scored, and an error names it (shortened to 100 characters)."""
+    image = encode(textured(7), "JPEG", quality=90)
+    shown = name if len(name) <= 100 else name[:79] + "…" + name[-20:]
+    response = served.score(name, image)
+    assert response.status_code == 200, response.text
+    assert response.json()["mos"] == served.score("short.jpg", image).json()["mos"]
+    response = served.score(name, b"not an image")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == (f"{shown}: not an image in a format we read "
+                                        "(JPEG, PNG, BMP, WebP, TIFF)")
+    response = requests.post(f"{served.url}/score_batch", timeout=60,
+                             files=[("images", ("short.jpg", image)), ("images", (name, b"")),
+                                    ("images", (name, image))])
+    assert response.status_code == 200, response.text
+    good, bad, also_good = response.json()
+    assert bad == {"error": f"{shown}: the file is empty (0 bytes)"}
+    assert good["mos"] == also_good["mos"]
+
+
 def test_bad_batches(served):
     response = requests.post(f"{served.url}/score_batch", timeout=60,
                              files={"comment": (None, "no images here")})

@@ -22,7 +22,7 @@ from nriqa.core.metrics import DEFAULT_THRESHOLDS, categorize
 from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher
-from nriqa.serving.middleware import UploadGuard
+from nriqa.serving.middleware import UploadGuard, shown_name, upload_names
 from nriqa.serving.quality_map import ramp
 from nriqa.serving.responses import ImageError, Score
 from nriqa.serving.settings import (
@@ -178,6 +178,40 @@ def test_upload_guard_passes_good_uploads_whole(guarded):
     assert request(guarded, "POST", "/ui/preview", content=PNG).text == str(len(PNG))
 
 
+async def form_echo(scope, receive, send) -> None:
+    """An app that answers with the form it got (each part's name; file name, content type and
+    size, or text), and the client's names that UploadGuard passed on (`upload_names` of
+    files named upload-0, -1...)."""
+    from starlette.requests import Request
+
+    form = await Request(scope, receive).form()
+    parts = [[name, value.filename, value.content_type, len(await value.read())]
+             if hasattr(value, "read") else [name, value] for name, value in form.multi_items()]
+    names = upload_names([Path(f"tmpa1b2c3d4upload-{n}") for n in range(3)], scope)
+    await JSONResponse({"parts": parts, "names": names})(scope, receive, send)
+
+
+def test_upload_guard_keeps_client_file_names_off_the_disk(tmp_path):
+    """BentoML stores each upload in a temporary file named after the client's file name (a
+    500 past 255 bytes: 85 x "日"); the guard renames each file part upload-<n> and passes the
+    client's names on for the error messages, shortened to 100 characters, without folders or
+    unprintable characters."""
+    guarded = UploadGuard(form_echo, settings=lambda: settings(tmp_path))
+    names = ["日" * 85 + ".jpg", "é" * 150 + ".jpg", "../dir\\b.png"]
+    response = request(guarded, "POST", "/score_batch",
+                       files=[("images", (name, PNG, "image/png")) for name in names])
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "parts": [["images", f"upload-{n}", "image/png", len(PNG)] for n in range(3)],
+        "names": [names[0], "é" * 79 + "…" + "é" * 16 + ".jpg", "b.png"]}
+    assert [shown_name("bell\x07.png"), shown_name(""), shown_name(None)] == [
+        "bell?.png", "upload", "upload"]
+    response = request(guarded, "POST", "/score", files={"image": ("C:\\photos\\a.png", PNG)},
+                       data={"map": "true"})
+    assert response.json() == {"parts": [["map", "true"], ["image", "upload-0", "image/png", len(PNG)]],
+                               "names": ["a.png", "upload", "upload"]}
+
+
 # --- Batching -------------------------------------------------------------------------------------
 
 def fake_model(calls: list[int], fail: bool = False):
@@ -221,7 +255,8 @@ def test_batcher_gives_a_model_error_to_every_waiting_request():
 # --- Uploads to scores ----------------------------------------------------------------------------
 
 def upload(folder: Path, name: str, data: bytes) -> Path:
-    """An upload as BentoML keeps it: "tmp" + 8 random characters + the client's file name."""
+    """An uploaded file. (BentoML names it "tmp" + 8 random characters + "upload-<n>", the name
+    UploadGuard gave; the client's name comes apart, `middleware.upload_names`.)"""
     path = folder / f"tmpa1b2c3d4{name}"
     path.write_bytes(data)
     return path
@@ -241,7 +276,7 @@ def test_scorer_answers_scores_and_names_bad_files(tmp_path):
 
     for name, data, words in [("notes.txt", b"hello", "notes.txt: not an image"),
                               ("big.png", png_claiming(400, 300), "big.png: ")]:
-        refused = asyncio.run(scorer.score(upload(tmp_path, name, data)))
+        refused = asyncio.run(scorer.score(upload(tmp_path, name, data), name=name))
         assert isinstance(refused, JSONResponse) and refused.status_code == HTTPStatus.BAD_REQUEST
         assert json.loads(refused.body)["error"].startswith(words)
     assert calls == [1, 1]  # bad files never reach the model
@@ -254,10 +289,10 @@ def test_an_image_too_large_for_free_memory_is_a_413(tmp_path, monkeypatch):
     monkeypatch.setattr(api, "decode_image", out_of_memory)
     scorer = UploadScorer(fake_model([]), settings(tmp_path))
     image = upload(tmp_path, "huge.png", PNG)
-    refused = asyncio.run(scorer.score(image))
+    refused = asyncio.run(scorer.score(image, name="huge.png"))
     assert refused.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     assert json.loads(refused.body)["error"].startswith("huge.png: too large to score")
-    (answer,) = asyncio.run(scorer.score_batch([image]))
+    (answer,) = asyncio.run(scorer.score_batch([image], ["huge.png"]))
     assert isinstance(answer, ImageError) and answer.error.startswith("huge.png: too large")
 
 
@@ -265,9 +300,11 @@ def test_scorer_batches_keep_order_and_cap_pixels(tmp_path):
     scorer = UploadScorer(fake_model([]), settings(tmp_path))
     small = [upload(tmp_path, f"{i}.png", encode(textured(i), "PNG")) for i in range(3)]  # 96x64
     bad = upload(tmp_path, "cut.png", PNG[:300])
-    answers = asyncio.run(scorer.score_batch([small[0], bad, small[1]]))
+    answers = asyncio.run(scorer.score_batch([small[0], bad, small[1]],
+                                             ["0.png", "cut.png", "1.png"]))
     assert [type(answer) for answer in answers] == [Score, ImageError, Score]
     assert answers[1].error.startswith("cut.png: ")
+    assert asyncio.run(scorer.score(bad)).body.startswith(b'{"error":"upload: ')  # no name given
     too_many = asyncio.run(scorer.score_batch(small + small[:2]))  # 5 x 6144 > 30000 pixels
     assert too_many.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     assert "30720 pixels in all, more than the limit of 30000" in json.loads(too_many.body)["error"]

@@ -527,6 +527,51 @@ def test_oversized_and_bomb_archives_are_refused_before_extraction(tmp_path):
     assert not (tmp_path / "dest").exists()
 
 
+@pytest.mark.parametrize("archive_name, data, file, folder", [
+    ("clash.zip", make_zip({"a": b"a file", "a/b": b"inside it"}), "a", "a/b"),
+    ("clash.zip", make_zip({"x/a": b"a file", "x/a/": b""}), "x/a", "x/a/"),
+    ("clash.zip", make_zip({"x/a/b/c": b"deep", "x/a": b"a file after"}), "x/a", "x/a/b/c"),
+    ("clash.rar", rar4([("a", b"a file", REG), ("a/b", b"inside it", REG)]), "a", "a/b"),
+], ids=["zip file then inside it", "zip file then folder", "zip folder then file",
+        "rar file then inside it"])
+def test_a_member_both_file_and_folder_is_refused_before_anything_is_written(
+        tmp_path, archive_name, data, file, folder):
+    """Member `a` a file and `a/b` inside it: extraction would fail halfway with a raw
+    NotADirectoryError (an exit status 1 and a traceback); it is an NriqaError naming both."""
+    archive = tmp_path / archive_name
+    archive.write_bytes(data)
+    with pytest.raises(NriqaError) as err:
+        extract_archive(archive, tmp_path / "dest")
+    assert f"member {file!r} is a file, but member {folder!r} needs a folder there" in str(err.value)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_an_error_of_the_file_system_while_extracting_is_an_nriqa_error(tmp_path):
+    """Whatever the listing check cannot foresee (here a name longer than the file system
+    allows) still ends as an NriqaError naming the archive, with nothing left behind."""
+    archive = tmp_path / "long.zip"
+    archive.write_bytes(make_zip({"kadid10k/" + "x" * 300 + ".png": b"too long a name"}))
+    with pytest.raises(NriqaError, match=r"long.zip: cannot extract it .*File name too long"):
+        extract_archive(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_an_archive_with_too_many_members_is_refused(tmp_path):
+    from nriqa.data.archives import LIMITS, MAX_MEMBERS, ExtractLimits
+
+    assert LIMITS.max_members == MAX_MEMBERS == 1_000_000
+    archive = tmp_path / "many.zip"
+    archive.write_bytes(make_zip({f"kadid10k/{i}.png": b"x" for i in range(4)}))
+    with pytest.raises(NriqaError, match="many.zip: 4 members, over the limit of 3"):
+        extract_archive(archive, tmp_path / "dest", ExtractLimits(max_members=3))
+    assert not (tmp_path / "dest").exists()
+    archive = tmp_path / "many.rar"
+    archive.write_bytes(tid_rar())
+    with pytest.raises(NriqaError, match="many.rar: 7 members, over the limit of 3"):
+        extract_archive(archive, tmp_path / "dest", ExtractLimits(max_members=3))
+    extract_archive(archive, tmp_path / "dest", ExtractLimits(max_members=7))
+
+
 @pytest.mark.skipif(shutil.which("bsdtar") is None, reason="bsdtar (libarchive-tools) not installed")
 def test_a_hanging_bsdtar_is_stopped(tmp_path):
     from nriqa.data.archives import ExtractLimits, run_bsdtar

@@ -1,6 +1,6 @@
 """The one image path shared by preprocess, train, evaluate, the service and the CLI.
 
-`decode_image` turns any supported file into an 8-bit RGB array; `apply_policy` applies the
+`decode_image` turns a file in one of `IMAGE_FORMATS` into an 8-bit RGB array; `apply_policy` applies the
 preprocess policy (native resolution or a whole-image resize) and makes sure a crop fits;
 `grid_crops` cuts the fixed set of crops whose mean prediction is an image's score.
 Training draws random crops from the same `apply_policy` output, so the network sees the
@@ -26,6 +26,12 @@ from nriqa.core.errors import NriqaError
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 8
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The formats read, as Pillow names them (`Image.open(..., formats=IMAGE_FORMATS)`): the
+# datasets' (TID2013 BMP, KADID-10k PNG, KonIQ-10k JPEG) and the documented ones. A file in any
+# other format Pillow knows (GIF, TGA, ICO, JPEG 2000, EPS, which Ghostscript would draw...) is
+# refused before its decoder runs. A camera's multi-picture JPEG (MPO) opens as a JPEG.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
+FORMAT_NAMES = "JPEG, PNG, BMP, WebP, TIFF"
 
 
 def decode_image(source: str | Path | bytes, *, name: str | None = None,
@@ -34,7 +40,8 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None,
 
     Grayscale, palette, RGBA and colour-keyed transparency (composited on white), CMYK and
     16-bit images are converted. Every problem raises NriqaError naming the image: empty,
-    not an image, damaged (a PNG checksum), truncated, too many pixels, too small.
+    not an image in one of `IMAGE_FORMATS`, damaged (a PNG checksum), truncated, too many
+    pixels, too small.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "upload")
     if isinstance(source, bytes):
@@ -52,7 +59,7 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None,
         _check_png_checksums(stream, label)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as image:
+            with Image.open(stream, formats=IMAGE_FORMATS) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise NriqaError(f"{label}: {width}x{height} has {width * height} pixels, "
@@ -65,8 +72,8 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise NriqaError(f"{label}: refused as a possible decompression bomb ({error})") from error
     except Image.UnidentifiedImageError as error:
-        raise NriqaError(f"{label}: not an image in a format we read "
-                         "(JPEG, PNG, BMP, WebP, TIFF)") from error
+        raise NriqaError(f"{label}: not an image in a format we read ({FORMAT_NAMES})"
+                         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise NriqaError(f"{label}: the image data is damaged or truncated ({error})") from error
     finally:

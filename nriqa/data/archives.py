@@ -2,8 +2,9 @@
 
 Every member is checked before a single byte is written: absolute paths, ``..``
 components, drive letters, links and device files are refused, naming the
-member, and so is an archive whose declared contents exceed :data:`LIMITS`
-(total size, or unpacked/packed ratio).  Because an extractor may still disagree
+member, and so are a member that would have to be both a file and a folder (``a``
+a file and ``a/b`` inside it) and an archive whose listing exceeds :data:`LIMITS`
+(members, total size, or unpacked/packed ratio).  Because an extractor may still disagree
 with the listing (bsdtar applies Unix modes from MAC_OS and BEOS entries too),
 the extracted tree is walked afterwards and any link, hard link or special file
 is refused; bsdtar runs with a timeout and is stopped once what it wrote exceeds
@@ -26,6 +27,10 @@ from pathlib import Path
 
 from nriqa.core.errors import NriqaError
 
+# Members an archive may list: the real datasets hold about 3,000 (TID2013) to 10,000
+# (KADID-10k, KonIQ-10k) files, a hundred times fewer.
+MAX_MEMBERS = 1_000_000
+
 
 @dataclass(frozen=True)
 class ExtractLimits:
@@ -35,6 +40,7 @@ class ExtractLimits:
     max_bytes: int = 32 * 2**30
     max_ratio: float = 100.0
     timeout_s: float = 3600.0
+    max_members: int = MAX_MEMBERS
 
 
 LIMITS = ExtractLimits()
@@ -85,6 +91,33 @@ def check_declared_size(archive: Path, unpacked: int, limits: ExtractLimits) -> 
     if unpacked / packed > limits.max_ratio:
         raise NriqaError(f"{archive}: unpacks to {unpacked / packed:.0f}x its size (limit "
                          f"{limits.max_ratio:.0f}x), a decompression bomb?; refusing to extract")
+
+
+def check_member_count(archive: Path, members: int, limits: ExtractLimits) -> None:
+    """Refuse an archive listing more members than the limit, before they are checked."""
+    if members > limits.max_members:
+        raise NriqaError(f"{archive}: {members} members, over the limit of {limits.max_members}; "
+                         "refusing to extract")
+
+
+def check_member_tree(archive: Path, members: list[tuple[str, bool]]) -> None:
+    """Refuse a listing in which one path is both a file and a folder: member "a" a file and
+    "a/b" inside it, or "a/" a folder too. Extraction would stop halfway at it with an OS
+    error. `members` holds (name, is a folder); names are read as the extractors read them,
+    "/"-separated, empty and "." parts left out."""
+    files: dict[tuple[str, ...], str] = {}
+    folders: dict[tuple[str, ...], str] = {}
+    for name, is_dir in members:
+        parts = tuple(part for part in name.split("/") if part not in ("", "."))
+        for depth in range(1, len(parts)):
+            folders.setdefault(parts[:depth], name)
+        if parts:
+            (folders if is_dir else files).setdefault(parts, name)
+    clashes = sorted(files.keys() & folders.keys())
+    if clashes:
+        path = clashes[0]
+        raise NriqaError(f"{archive}: member {files[path]!r} is a file, but member "
+                         f"{folders[path]!r} needs a folder there; refusing to extract")
 
 
 def check_extracted_tree(dest: Path, archive: Path, limits: ExtractLimits) -> None:
@@ -163,6 +196,7 @@ def _extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> None:
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise NriqaError(f"{archive} is not a readable zip archive (truncated or corrupt?): {exc}") from exc
     with zf:
+        check_member_count(archive, len(zf.infolist()), limits)
         for info in zf.infolist():
             check_member_name(info.filename, archive)
             # Unix permission bits live in the high half of external_attr;
@@ -175,12 +209,15 @@ def _extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> None:
                                  f"refusing to extract")
             if info.flag_bits & 0x1:
                 raise NriqaError(f"{archive}: member {info.filename!r} is encrypted")
+        check_member_tree(archive, [(info.filename, info.is_dir()) for info in zf.infolist()])
         # zipfile writes no more than each member declares, so the listing bounds the output.
         check_declared_size(archive, sum(info.file_size for info in zf.infolist()), limits)
         try:
             zf.extractall(dest)
         except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise NriqaError(f"{archive} is truncated or corrupt: {exc}") from exc
+        except OSError as exc:  # what the listing does not show: a name too long, a full disk
+            raise NriqaError(f"{archive}: cannot extract it into {dest}: {exc}") from exc
 
 
 def _extract_rar(archive: Path, dest: Path, limits: ExtractLimits) -> None:
@@ -192,6 +229,7 @@ def _extract_rar(archive: Path, dest: Path, limits: ExtractLimits) -> None:
     except (rarfile.Error, OSError) as exc:
         raise NriqaError(f"{archive} is not a readable RAR archive (truncated or corrupt?): {exc}") from exc
     with rf:
+        check_member_count(archive, len(rf.infolist()), limits)
         for info in rf.infolist():
             check_member_name(info.filename, archive)
             # file_redir covers RAR5 hard links, file copies, junctions and symlinks.
@@ -205,6 +243,7 @@ def _extract_rar(archive: Path, dest: Path, limits: ExtractLimits) -> None:
                                  f"refusing to extract")
             if info.needs_password():
                 raise NriqaError(f"{archive}: member {info.filename!r} is encrypted")
+        check_member_tree(archive, [(info.filename, info.is_dir()) for info in rf.infolist()])
         check_declared_size(archive, sum(info.file_size or 0 for info in rf.infolist()), limits)
         dest.mkdir(parents=True, exist_ok=True)
         try:
@@ -222,3 +261,5 @@ def _extract_rar(archive: Path, dest: Path, limits: ExtractLimits) -> None:
             ) from exc
         except (rarfile.Error, EOFError) as exc:
             raise NriqaError(f"{archive} is truncated or corrupt: {exc}") from exc
+        except OSError as exc:  # what the listing does not show: a name too long, a full disk
+            raise NriqaError(f"{archive}: cannot extract it into {dest}: {exc}") from exc

@@ -141,11 +141,12 @@ def _encode_decode(image: np.ndarray, image_format: str, **save_options) -> np.n
     """Round-trip an image through one of Pillow's encoders."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=image_format, **save_options)
-    return _decode(buffer.getvalue())
+    return _decode(buffer.getvalue(), image_format)
 
 
-def _decode(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as decoded:
+def _decode(data: bytes, image_format: str) -> np.ndarray:
+    """Decode what we encoded in `image_format`: that format's decoder alone is allowed."""
+    with Image.open(io.BytesIO(data), formats=[image_format]) as decoded:
         return np.asarray(decoded.convert("RGB"))
 
 
@@ -264,7 +265,7 @@ def _jpeg_transmission_errors(image, errors_per_reference_image, rng):
             continue
         stream[position] ^= bit
         flips_left -= 1
-    return _decode(bytes(stream))
+    return _decode(bytes(stream), "JPEG")
 
 
 def _jpeg2000_transmission_errors(image, patches_per_reference_image, rng):

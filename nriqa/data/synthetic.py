@@ -105,7 +105,8 @@ def _read_source(package: str, path: str) -> np.ndarray:
     location = resources.files(package).joinpath(path)
     if not location.is_file():
         raise NriqaError(f"reference photo {path} is missing from the installed {package} package")
-    with Image.open(location) as photo:
+    # The reference photos are the PNG and JPEG files named above; nothing else is opened.
+    with Image.open(location, formats=("PNG", "JPEG")) as photo:
         return np.asarray(photo.convert("RGB"))
 
 

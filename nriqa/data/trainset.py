@@ -86,7 +86,8 @@ def check_photos(photos=TRAINING_PHOTOS) -> None:
 
 @lru_cache(maxsize=None)  # a few hundred MB: every image picks a photo at random
 def _photo(index: int) -> np.ndarray:
-    with Image.open(TRAINING_PHOTOS[index][1]) as photo:
+    # The training photos are the JPEG files named above; nothing else is opened.
+    with Image.open(TRAINING_PHOTOS[index][1], formats=("JPEG",)) as photo:
         return np.asarray(photo.convert("RGB"))
 
 

@@ -56,6 +56,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 
 from nriqa.core.errors import NriqaError
+from nriqa.core.imaging import IMAGE_FORMATS
 from nriqa.core.metrics import srcc
 from nriqa.data.distortions import luma
 
@@ -193,7 +194,7 @@ def _features_for_path(path: str | PathLike, in_worker: bool) -> np.ndarray:
         # done in the caller's process, where it would be a global side effect.)
         cv2.setNumThreads(1)
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
             rgb = np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError) as exc:
         raise NriqaError(f"Cannot read image {path}: {exc}") from exc

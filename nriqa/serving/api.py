@@ -21,7 +21,12 @@ from PIL import Image
 from starlette.responses import JSONResponse
 
 from nriqa.core.errors import NriqaError
-from nriqa.core.imaging import crops_for_prediction, decode_image, prediction_layout
+from nriqa.core.imaging import (
+    IMAGE_FORMATS,
+    crops_for_prediction,
+    decode_image,
+    prediction_layout,
+)
 from nriqa.core.metrics import categorize
 from nriqa.model.bundle import load_model
 from nriqa.model.prediction import score_crop_sets, top_distortions
@@ -58,14 +63,18 @@ class UploadScorer:
         model, info = load_model(stored.path)
         return cls(functools.partial(score_crop_sets, model), serving_settings(stored, info))
 
-    async def score(self, image: Path, with_map: bool = False) -> Score | JSONResponse:
-        """One uploaded file's score; a 400 (413) if it cannot be scored."""
-        (result,) = await self.score_uploads([(image, upload_name(image))], with_map)
+    async def score(self, image: Path, with_map: bool = False,
+                    name: str = "upload") -> Score | JSONResponse:
+        """One uploaded file's score; a 400 (413) if it cannot be scored, its message naming
+        the file `name` (the client's, `nriqa.serving.middleware.upload_names`)."""
+        (result,) = await self.score_uploads([(image, name)], with_map)
         # An image too large for the memory free now stays a 413, not a 400.
         return result.response() if isinstance(result, InputError) else result
 
-    async def score_batch(self, images: list[Path]) -> list[Score | ImageError] | JSONResponse:
-        """Each file's score or error, in order; a 400 (413) for the request as a whole."""
+    async def score_batch(self, images: list[Path], names: list[str] | None = None
+                          ) -> list[Score | ImageError] | JSONResponse:
+        """Each file's score or error, in order; a 400 (413) for the request as a whole. Errors
+        name each file by `names` (the client's), else "upload"."""
         if not images:
             return InputError("no images in the request (send them as `images` fields)").response()
         # UploadGuard has capped the number of files; this caps the decoding work. Images over
@@ -77,7 +86,8 @@ class UploadScorer:
                 f"the images of this request have {pixels} pixels in all, more than the limit "
                 f"of {limit} per request (serve.max_batch_pixels); send fewer or smaller images "
                 "per request", HTTPStatus.REQUEST_ENTITY_TOO_LARGE).response()
-        results = await self.score_uploads([(path, upload_name(path)) for path in images])
+        results = await self.score_uploads(list(zip(images, names or ["upload"] * len(images),
+                                                    strict=True)))
         return [ImageError(error=str(result)) if isinstance(result, InputError) else result
                 for result in results]
 
@@ -133,16 +143,10 @@ class UploadScorer:
 
 
 def header_pixels(path: Path) -> int:
-    """Width x height as the file's header states it; 0 for what is not an image (its own
-    error comes when it is decoded)."""
+    """Width x height as the file's header states it; 0 for what is not an image in one of
+    `IMAGE_FORMATS` (its own error comes when it is decoded)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
             return image.width * image.height
     except Exception:
         return 0
-
-
-def upload_name(path: Path) -> str:
-    # BentoML keeps each upload in a NamedTemporaryFile whose name is "tmp" + 8 random
-    # characters + the client's filename; error messages should name the client's file.
-    return path.name[11:] if path.name.startswith("tmp") and len(path.name) > 11 else "upload"

@@ -1,12 +1,22 @@
-"""The service's ASGI middleware: uploads checked for size and shape before BentoML parses them."""
+"""The service's ASGI middleware: uploads checked for size and shape before BentoML parses them,
+and their file names kept off the disk."""
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Callable
 from http import HTTPStatus
+from pathlib import Path
 
 from nriqa.serving.responses import InputError
 from nriqa.serving.settings import ServingSettings
+
+# Where UploadGuard leaves a scoring request's client file names (as `shown_name` shows them,
+# in the order of the form's file parts) in the ASGI scope's "state"; `upload_names` reads them.
+UPLOAD_NAMES = "nriqa_upload_names"
+# How long a client's file name may be in an error message; longer ones lose their middle.
+SHOWN_NAME_CHARS = 100
 
 
 class UploadGuard:
@@ -18,6 +28,11 @@ class UploadGuard:
       only file parts in the API's field. BentoML 1.4 answers a text part there (it tries
       to download it as a URL) or a file in an unknown field with a 500; this turns them
       into a 400 that says what to send. The API's options (`map`) are the text parts allowed.
+    * The form goes on to BentoML with each file named `upload-<n>` (its place among the
+      files), whatever name the client gave: BentoML keeps each upload in a temporary file
+      named after it, so a name over 255 bytes in UTF-8 (85 x "日") failed there with a 500,
+      and no client's name should reach the file system. The client's names travel in the
+      request's state instead, for the error messages (`upload_names`).
 
     `settings` gives the running service's limits; it is called per request, because the
     middleware is built before the service has started and read them.
@@ -40,8 +55,10 @@ class UploadGuard:
             field = self.FILE_FIELDS.get(path)
             if field is not None:
                 body = await _read_body(receive, settings.max_upload_bytes)
-                await _check_form(scope, body, field, self.OPTION_FIELDS.get(path, ()),
-                                  settings.max_batch_images)
+                body, content_type, names = await _check_form(
+                    scope, body, field, self.OPTION_FIELDS.get(path, ()),
+                    settings.max_batch_images)
+                scope = _with_form(scope, body, content_type, names)
                 receive = _replay(body, receive)
         except InputError as error:
             await error.response()(scope, receive, send)
@@ -77,7 +94,8 @@ async def _read_body(receive, max_bytes: int) -> bytes:
 
 
 async def _check_form(scope, body: bytes, field: str, options: tuple[str, ...],
-                      max_files: int) -> None:
+                      max_files: int) -> tuple[bytes, str, list[str]]:
+    """Check the form; give it back with neutral file names (`_neutral_form`)."""
     from starlette.datastructures import Headers, UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -110,14 +128,68 @@ async def _check_form(scope, body: bytes, field: str, options: tuple[str, ...],
             if not isinstance(value, UploadFile):
                 raise InputError(f"the field `{field}` must be a file upload, not text "
                                  f"(e.g. curl -F {field}=@photo.jpg)")
-            if len(value.filename or "") > 200 or "\0" in (value.filename or ""):
-                raise InputError("the upload's filename is too long or not printable")
         if not form.getlist(field):
             raise InputError(f"no image in the request; send it in the field `{field}`")
         if field == "image" and len(form.getlist(field)) > 1:
             raise InputError("`score` takes one image; use `score_batch` for several")
+        return await _neutral_form(form)
     finally:
         await form.close()
+
+
+async def _neutral_form(form) -> tuple[bytes, str, list[str]]:
+    """The checked form encoded again, each file part named `upload-<n>`: (body, its content
+    type, the client's file names as `shown_name` shows them). Field names and text values
+    are the API's own (checked), so they need no quoting."""
+    from starlette.datastructures import UploadFile
+
+    boundary = f"nriqa-{secrets.token_hex(16)}".encode()
+    parts, names = [], []
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            head = f'Content-Disposition: form-data; name="{name}"; filename="upload-{len(names)}"'
+            if value.content_type:
+                head += f"\r\nContent-Type: {value.content_type}"
+            names.append(shown_name(value.filename))
+            data = await value.read()
+        else:
+            head, data = f'Content-Disposition: form-data; name="{name}"', value.encode()
+        parts.append(b"--%s\r\n%s\r\n\r\n%s\r\n" % (boundary, head.encode("latin-1"), data))
+    parts.append(b"--%s--\r\n" % boundary)
+    return b"".join(parts), f"multipart/form-data; boundary={boundary.decode()}", names
+
+
+def _with_form(scope, body: bytes, content_type: str, names: list[str]):
+    """The request's scope with the headers of the new form and the client's names."""
+    replaced = (b"content-type", b"content-length", b"transfer-encoding")
+    headers = [(key, value) for key, value in scope["headers"] if key.lower() not in replaced]
+    headers += [(b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode())]
+    return {**scope, "headers": headers,
+            "state": {**scope.get("state", {}), UPLOAD_NAMES: names}}
+
+
+def shown_name(filename: str | None) -> str:
+    """A client's file name as error messages show it: without folders, unprintable characters
+    as "?", at most SHOWN_NAME_CHARS characters (the middle cut out); "upload" if none."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(char if char.isprintable() else "?" for char in name) or "upload"
+    if len(name) > SHOWN_NAME_CHARS:
+        name = name[:SHOWN_NAME_CHARS - 21] + "…" + name[-20:]
+    return name
+
+
+def upload_names(paths: list[Path], scope) -> list[str]:
+    """The client's names of the files a scoring API got, for its error messages: BentoML's
+    temporary file of the n-th file part ends in "upload-<n>" (`_neutral_form`), and the
+    names are in the request's state. "upload" for a file without one."""
+    names = scope.get("state", {}).get(UPLOAD_NAMES, [])
+    shown = []
+    for path in paths:
+        found = re.search(r"upload-(\d+)$", Path(path).name)
+        index = int(found.group(1)) if found else len(names)
+        shown.append(names[index] if index < len(names) else "upload")
+    return shown
 
 
 def _replay(body: bytes, receive):

@@ -7,7 +7,8 @@ types (empty for a model without the distortion-type head). `--map DIR` also wri
 image's quality map (`nriqa.serving.quality_map`: its crop scores, whose mean is its MOS) over the image
 as DIR/<name>.png, with a 0..9 colour legend along the bottom.
 Rows are written as they are scored (CSV, or JSON lines with `--format jsonl`), so a crash
-keeps what was done. A file that fails for any reason is named on stderr and skipped; the exit
+keeps what was done; an output file that is one of the input images is refused before anything
+is opened (`check_output`), since opening it would empty the image. A file that fails for any reason is named on stderr and skipped; the exit
 status (`nriqa.core.errors.ExitCode`) is 1 if any file failed, 2 if nothing could start (no files, no
 model). Its arguments are parsed in `nriqa.cli`.
 """
@@ -164,6 +165,21 @@ def _open_output(path: Path | None):
     return contextlib.nullcontext(sys.stdout) if path is None else path.open("w", newline="")
 
 
+def check_output(output: Path | None, files: list[Path]) -> None:
+    """Refuse an output file that is one of the input images, however it is spelled (another
+    path, a symbolic or hard link): opening it for writing would empty the image before it is
+    read. Checked before anything is opened."""
+    if output is None or not output.exists():
+        return
+    target = output.stat()
+    for path in files:
+        with contextlib.suppress(OSError):  # a missing input is reported when it is scored
+            found = path.stat()
+            if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+                raise NriqaError(f"--output {output} is the input image {path}; write the "
+                                 "scores to another file")
+
+
 def run_score(args) -> ExitCode:
     """`python -m nriqa score`, its arguments parsed by `nriqa.cli`."""
     from tqdm import tqdm
@@ -178,6 +194,7 @@ def run_score(args) -> ExitCode:
     files = find_images(args.paths)
     if not files:
         raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
+    check_output(args.output, files)
     with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
         model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir)
         with _open_output(args.output) as stream:
