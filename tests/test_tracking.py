@@ -120,7 +120,8 @@ def load_champion(uri: str, model_uri: str = "models:/nriqa@champion"):
 
 # --- Two tracked reproductions on a server -----------------------------------------------------
 
-SECRET = "Pa55-w0rd-never-stored"
+# Joined at run time: the clone holds this file, which must not hold the password itself.
+SECRET = "-".join(["Pa55", "w0rd", "never", "stored"])
 
 
 @pytest.fixture(scope="module")
