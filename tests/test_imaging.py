@@ -251,3 +251,41 @@ def test_colour_key_transparency_composites_on_white(mode, key):
     assert clear.any() and (decoded[clear] == 255).all()
     kept = np.asarray(image.convert("RGB"))[~clear]
     np.testing.assert_array_equal(decoded[~clear], kept)
+
+
+# Peak resident memory of one decode, in a fresh process, per pixel of the image.
+PEAK_SCRIPT = """
+import resource, sys
+from nriqa.core.imaging import decode_image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = decode_image(sys.argv[1], max_pixels=10**9)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024 / (image.shape[0] * image.shape[1]))
+"""
+
+
+@pytest.mark.integration  # starts Python processes
+@pytest.mark.parametrize("kind", ["RGBA PNG", "RGB JPEG", "grayscale PNG"])
+def test_decoding_stays_within_its_stated_memory_per_pixel(tmp_path, kind):
+    """The service budgets DECODE_BYTES_PER_PIXEL per pixel of each upload being decoded; a
+    transparent PNG used to take 26 (a white canvas and RGBA and RGB copies at full size)."""
+    import subprocess
+    import sys
+
+    from nriqa.serving.api import DECODE_BYTES_PER_PIXEL
+
+    side = 4000  # 16 megapixels: the per-pixel cost, not the interpreter's, dominates
+    if kind == "RGBA PNG":
+        pixels = np.zeros((side, side, 4), np.uint8)
+        pixels[..., 0], pixels[..., 3] = 200, np.arange(side, dtype=np.uint8)[:, None]
+        path = tmp_path / "worst.png"
+        Image.fromarray(pixels, "RGBA").save(path, compress_level=1)
+    elif kind == "RGB JPEG":
+        path = tmp_path / "photo.jpg"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), np.uint8)).save(path)
+    else:
+        path = tmp_path / "gray.png"
+        Image.fromarray(np.full((side, side), 90, np.uint8)).save(path, compress_level=1)
+    result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(path)], capture_output=True,
+                            text=True, check=True, timeout=300)
+    assert float(result.stdout.split()[-1]) <= DECODE_BYTES_PER_PIXEL

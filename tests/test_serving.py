@@ -332,3 +332,34 @@ def test_page_app_shows_the_running_models_settings_examples_and_previews(tmp_pa
     broken = request(app, "POST", "/preview?name=cut.png", content=PNG[:300])
     assert broken.status_code == 400 and broken.json()["error"].startswith("cut.png: ")
     running.decoder.shutdown()
+
+
+@pytest.mark.integration  # starts a Python process
+def test_decoding_threads_follow_the_cpus_this_process_may_use():
+    """One CPU allowed (as a container's affinity gives it): one decoding thread, whatever the host has."""
+    script = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+              "from nriqa.core.runtime import usable_cpus; print(usable_cpus())")
+    assert run([sys.executable, "-c", script], cwd=PROJECT).stdout.strip() == "1"
+
+
+def test_the_decoding_budget_makes_a_large_upload_wait_for_its_share():
+    import asyncio
+
+    from nriqa.serving.api import MemoryBudget
+
+    async def scenario():
+        budget, order = MemoryBudget(10), []
+
+        async def holder(name, amount, seconds):
+            async with budget.hold(amount):
+                order.append(f"{name} in")
+                await asyncio.sleep(seconds)
+                order.append(f"{name} out")
+
+        await asyncio.gather(holder("a", 6, 0.05), holder("b", 6, 0), holder("c", 4, 0))
+        return order, budget.used
+
+    order, used = asyncio.run(scenario())
+    assert order.index("b in") > order.index("a out")  # 6 + 6 > 10: b waits for a
+    assert order.index("c in") < order.index("a out")  # 6 + 4 fits beside a
+    assert used == 0

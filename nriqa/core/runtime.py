@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import tempfile
+from pathlib import Path
 
 BANNERS = [
     r"oneDNN custom operations are on",
@@ -110,6 +111,17 @@ CPU_ISA = "AVX2"
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup's CPU quota (a
+    container limited to 4 CPUs on a 64-core host has 4), not the host's count."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()  # cgroup v2
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    return count
 
 
 def configure() -> None:

@@ -9,8 +9,8 @@ with the other requests' (`nriqa.serving.batching`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -28,6 +28,7 @@ from nriqa.core.imaging import (
     prediction_layout,
 )
 from nriqa.core.metrics import categorize
+from nriqa.core.runtime import usable_cpus
 from nriqa.model.bundle import load_model
 from nriqa.model.prediction import score_crop_sets, top_distortions
 from nriqa.serving.batching import ModelBatcher
@@ -41,6 +42,33 @@ from nriqa.serving.responses import (
 )
 from nriqa.serving.settings import ServingSettings, serving_settings, stored_model
 
+# Peak memory of decoding one image (`decode_image`), in bytes per pixel: Pillow's 4-byte pixels,
+# a conversion, the 3-byte RGB array, the decoder's buffers (tests/test_imaging.py measures it).
+DECODE_BYTES_PER_PIXEL = 12
+# How many images of the largest size allowed (serve.max_pixels) may be decoded at once.
+DECODE_BUDGET = 2
+
+
+class MemoryBudget:
+    """At most `limit` bytes held at once across requests; a holder waits for its share."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self.changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, amount: int):
+        amount = min(amount, self.limit)
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.used + amount <= self.limit)
+            self.used += amount
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.used -= amount
+                self.changed.notify_all()
+
 
 class UploadScorer:
     """Scores uploaded files for the service's APIs; holds what they share once it has started:
@@ -50,10 +78,10 @@ class UploadScorer:
     def __init__(self, score_crop_sets: Callable, settings: ServingSettings) -> None:
         self.settings = settings
         self.batcher = ModelBatcher(score_crop_sets, settings.max_batch_size)
-        # Decoding runs outside the event loop, a few images at a time: a decoded image can take
-        # max_pixels * 3 bytes, so this bounds the memory a burst of large uploads can claim.
-        self.decoder = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
-                                          thread_name_prefix="decode")
+        # Decoding runs outside the event loop, one thread per CPU this process may use, and
+        # never more than DECODE_BUDGET images' worth of decoding memory at once.
+        self.decoder = ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="decode")
+        self.decoding = MemoryBudget(DECODE_BUDGET * settings.max_pixels * DECODE_BYTES_PER_PIXEL)
 
     @classmethod
     def for_model(cls, bento_model) -> UploadScorer:
@@ -95,10 +123,8 @@ class UploadScorer:
                             with_map: bool = False) -> list[Score | InputError]:
         """Decode and crop (path, client's name) pairs in threads, then score with the other
         requests' images; a file that cannot be scored gets its `InputError`."""
-        loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self.decoder, self.crops, path, name)
-                for path, name in uploads]
-        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        outcomes = await asyncio.gather(*(self.decoded(path, name) for path, name in uploads),
+                                        return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, InputError):
                 raise outcome
@@ -107,6 +133,13 @@ class UploadScorer:
         return [outcome if isinstance(outcome, InputError)
                 else self.answer(next(scores), outcome[1] if with_map else None)
                 for outcome in outcomes]
+
+    async def decoded(self, path: Path, name: str) -> tuple[np.ndarray, tuple]:
+        """`crops` in a decoding thread, once the memory its decoding takes is free."""
+        cost = min(header_pixels(path), self.settings.max_pixels) * DECODE_BYTES_PER_PIXEL
+        async with self.decoding.hold(cost):
+            return await asyncio.get_running_loop().run_in_executor(self.decoder, self.crops,
+                                                                    path, name)
 
     def crops(self, path: Path, name: str) -> tuple[np.ndarray, tuple]:
         """The crop grid of one uploaded file and where its crops lie (`prediction_layout`);
