@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nriqa.core.runtime import configure
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,4 +81,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     main()

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nriqa.core.runtime import configure
+
 ROOT = Path(__file__).resolve().parents[1]
 
 STEP_SCRIPT = """
@@ -77,4 +79,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     main()

@@ -34,6 +34,7 @@ import numpy as np
 import requests
 from PIL import Image
 
+from nriqa.core.runtime import configure
 from tests.helpers import free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -215,4 +216,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     main()

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from nriqa.core.runtime import configure
 from tests.helpers import VENV_BIN, make_clone, project_env
 
 STAGES = ["fetch", "trainset", "normalize", "preprocess", "baseline", "train", "evaluate", "promote",
@@ -58,4 +59,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     main()

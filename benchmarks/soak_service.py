@@ -30,6 +30,7 @@ import requests
 from PIL import Image
 
 from benchmarks.bench_service import make_images, model_folder, serving
+from nriqa.core.runtime import configure
 
 
 def expected_scores(folder: Path, images: list[bytes]) -> list[float]:
@@ -173,4 +174,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     main()

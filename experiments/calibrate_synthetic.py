@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from nriqa.core.metrics import rgb_psnr
+from nriqa.core.runtime import configure
 from nriqa.data.distortions import DISTORTIONS
 from nriqa.data.synthetic import MAX_REFERENCES, image_rng, load_reference
 
@@ -123,6 +124,7 @@ def main(csv_path: Path, only_types: set[int]) -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     # Optional second argument: a comma-separated list of types to (re)calibrate.
     types = {int(t) for t in sys.argv[2].split(",")} if len(sys.argv) > 2 else set(range(1, 25))
     main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CSV, types)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nriqa.core.runtime import configure
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT.parent / "shared" / "humanlabels" / "build.py"
 
@@ -104,4 +106,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     main()

@@ -52,6 +52,8 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from nriqa.core.runtime import configure
+
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS_CSV = ROOT.parent / "shared" / "reference" / "tid2013_levels.csv"
 SCORES_CSV = ROOT.parent / "shared" / "humanlabels" / "tid2013_scores.csv"
@@ -268,4 +270,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     main()

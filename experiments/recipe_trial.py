@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from nriqa.core.runtime import configure
+
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = ROOT / "data" / "experiments" / "trials"  # outside the source tree (data/ is ignored)
 
@@ -80,4 +82,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()  # as every entry point: CPU kernels pinned, start-up banners filtered
     main()

@@ -121,3 +121,15 @@ def test_importing_configures_nothing(module):
              "assert dict(os.environ) == before, 'environment changed on import'; "
              "assert not [f for f in sys.meta_path if type(f).__module__.startswith('nriqa')], 'import hook'")
     subprocess.run([sys.executable, "-c", check], cwd=PROJECT, check=True)
+
+
+def test_every_script_settles_its_process_first():
+    """The benchmarks and experiments are entry points too: their results must come from the
+    same pinned CPU kernels as the pipeline's (stages get it from stages/__init__.py)."""
+    scripts = [p for folder in ("benchmarks", "experiments") for p in (PROJECT / folder).glob("*.py")
+               if '\nif __name__ == "__main__":\n' in p.read_text()]
+    assert scripts
+    unsettled = [p.name for p in scripts
+                 if "    configure()" not in p.read_text().split('\nif __name__ == "__main__":\n')[1]]
+    assert not unsettled
+    assert "\nconfigure()\n" in (PROJECT / "stages" / "__init__.py").read_text()
