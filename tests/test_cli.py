@@ -295,3 +295,15 @@ def test_one_error_path_gives_the_documented_exit_codes(capsys):
         main(["score", "photo.jpg", "--format", "xml"])
     assert stopped.value.code == 2
     assert "invalid choice: 'xml'" in capsys.readouterr().err
+
+
+@pytest.mark.integration  # starts a process
+def test_the_installed_nriqa_command_runs():
+    """`make venv` installs the project (`pip install -e .`), and with it the `nriqa` command."""
+    import subprocess
+
+    from tests.helpers import VENV_BIN
+
+    result = subprocess.run([str(VENV_BIN / "nriqa"), "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: nriqa "), result.stderr
