@@ -49,7 +49,16 @@ def stage_env(clone: Path, **extra) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real tracking server: SQLite backend, artifacts served through it (mlflow-artifacts:)."""
-    root = tmp_path_factory.mktemp("mlflow_server")
+    yield from tracking_server(tmp_path_factory.mktemp("mlflow_server"))
+
+
+@pytest.fixture(scope="module")
+def second_server(tmp_path_factory):
+    """Another, so that its runs and registry stay apart from `server`'s."""
+    yield from tracking_server(tmp_path_factory.mktemp("mlflow_server"))
+
+
+def tracking_server(root: Path):
     port = free_port()
     log = (root / "server.log").open("w")
     process = subprocess.Popen(
@@ -125,16 +134,17 @@ SECRET = "-".join(["Pa55", "w0rd", "never", "stored"])
 
 
 @pytest.fixture(scope="module")
-def with_password(tmp_path_factory, server):
-    """The whole pipeline against the server, its URI holding a user and password."""
+def with_password(tmp_path_factory, second_server):
+    """The whole pipeline against a server, its URI holding a user and password."""
     clone = make_clone(tmp_path_factory.mktemp("password"), TINY_PARAMS)
-    uri = server.replace("http://", f"http://ann:{SECRET}@")
+    uri = second_server.replace("http://", f"http://ann:{SECRET}@")
     result = run([DVC, "repro"], cwd=clone, env=stage_env(clone, MLFLOW_TRACKING_URI=uri))
     return clone, result.stdout + result.stderr
 
 
-def test_the_password_is_never_stored_or_printed(with_password, server):
+def test_the_password_is_never_stored_or_printed(with_password, second_server):
     clone, output = with_password
+    server = second_server
     assert SECRET not in output
     holding = [path for path in clone.rglob("*") if path.is_file() and SECRET.encode() in path.read_bytes()]
     assert not holding  # the project's files, .dvc/cache and the BentoML store included
