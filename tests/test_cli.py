@@ -187,6 +187,26 @@ def test_rows_already_scored_survive_a_crash(tiny_model, image_tree, tmp_path, m
     assert [row["path"] for row in rows] == [str(f) for f in files[:prediction.CHUNK]]
 
 
+def test_maps_written_into_the_images_folder_never_replace_an_image(tiny_model, tmp_path):
+    """`--map` pointed at the images' own folder: a.png's map would be a.png itself."""
+    import json
+
+    from nriqa.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    textured(1).save(photos / "a.png")
+    textured(2).save(photos / "b.jpg")
+    originals = {path.name: path.read_bytes() for path in photos.iterdir()}
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", str(photos), "--model-dir", str(tiny_model), "--map", str(photos),
+                 "--format", "jsonl", "-o", str(out)]) == 0
+    assert {name: (photos / name).read_bytes() for name in originals} == originals
+    maps = {Path(row["path"]).name: Path(row["map"]).name
+            for row in map(json.loads, out.read_text().splitlines())}
+    assert maps == {"a.png": "a-2.png", "b.jpg": "b.png"}
+
+
 def test_an_output_that_is_one_of_the_inputs_is_refused_untouched(tiny_model, tmp_path, capsys):
     """`-o` naming an input (as given, by another spelling, through a link, or found in a
     folder) would truncate that image before it is read: refused, exit 2, the image intact."""

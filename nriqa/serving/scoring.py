@@ -65,7 +65,7 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
     model.json's), and the row's `map` names it.
     """
 
-    maps = MapWriter(map_dir, preprocessing, mos_range) if map_dir is not None else None
+    maps = MapWriter(map_dir, preprocessing, mos_range, files) if map_dir is not None else None
     for scored in score_paths(model, preprocessing, files, progress=progress,
                               keep=maps.keep if maps is not None else None):
         if scored.error is not None:
@@ -88,9 +88,11 @@ class MapWriter:
     the map from that and the image's crop scores.
     """
 
-    def __init__(self, folder: Path, preprocessing: dict, mos_range):
+    def __init__(self, folder: Path, preprocessing: dict, mos_range, inputs: list[Path] = ()):
         self.folder, self.preprocessing, self.mos_range = folder, preprocessing, mos_range
         self.used: set[str] = set()
+        # A map never takes the place of an input image (--map into the images' own folder).
+        self.inputs = {identity for identity in map(_identity, inputs) if identity}
         folder.mkdir(parents=True, exist_ok=True)
 
     def keep(self, image) -> tuple:
@@ -106,13 +108,21 @@ class MapWriter:
         small, (width, height, corners) = kept
         grid = quality_map(width, height, corners, self.preprocessing["crop_size"], crop_scores)
         name, number = f"{path.stem}.png", 1
-        while name in self.used:  # two images with one name, from different folders
+        while name in self.used or _identity(self.folder / name) in self.inputs:
             number += 1
             name = f"{path.stem}-{number}.png"
         self.used.add(name)
         target = self.folder / name
         map_overlay(np.asarray(small), grid, self.mos_range).save(target)
         return target
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode): the file however it is spelled; None where there is none."""
+    with contextlib.suppress(OSError):
+        found = path.stat()
+        return found.st_dev, found.st_ino
+    return None
 
 
 def _describe(path: Path, error: Exception) -> str:
@@ -169,15 +179,11 @@ def check_output(output: Path | None, files: list[Path]) -> None:
     """Refuse an output file that is one of the input images, however it is spelled (another
     path, a symbolic or hard link): opening it for writing would empty the image before it is
     read. Checked before anything is opened."""
-    if output is None or not output.exists():
-        return
-    target = output.stat()
-    for path in files:
-        with contextlib.suppress(OSError):  # a missing input is reported when it is scored
-            found = path.stat()
-            if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
-                raise NriqaError(f"--output {output} is the input image {path}; write the "
-                                 "scores to another file")
+    target = _identity(output) if output is not None else None
+    for path in files if target else ():
+        if _identity(path) == target:  # a missing input is reported when it is scored
+            raise NriqaError(f"--output {output} is the input image {path}; write the "
+                             "scores to another file")
 
 
 def run_score(args) -> ExitCode:
