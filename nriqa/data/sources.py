@@ -44,7 +44,6 @@ _MMSP = "https://datasets.vqa.mmsp-kn.de/archives/"
 @dataclass(frozen=True)
 class Archive:
     """One file to download: where from, and its checksum when one is known."""
-
     url: str
     md5: str | None = None
 
@@ -105,9 +104,6 @@ def fetch_dataset(data: DataConfig, out_dir: Path) -> None:
 
 
 def _build_synthetic(data: DataConfig, tmp: Path) -> Path:
-    # Imported here so that fetching a real dataset does not depend on the
-    # generator (and its imaging stack) being importable.
-
     options = dict(
         num_references=data.num_references,
         image_size=data.image_size,

@@ -9,9 +9,6 @@ three steps the test split does, so the numbers are comparable with `test.*`:
    `nriqa.model.prediction.score_paths`, the CLI's scoring loop;
 3. SRCC, PLCC, ... come from `nriqa.core.metrics.quality_metrics`, and SRCC per distortion type from
    `per_group_srcc` where the dataset has types (KonIQ-10k has none, so it gets no such table).
-
-Scoring, metrics and plotting modules are imported inside the functions that use them, so that
-`python -m nriqa runs` and `--help` do not pay for SciPy, scikit-learn and OpenCV.
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ SUMMARY_COLUMNS = ["name", "images", "srcc", "krcc", "plcc", "rmse", "plcc_logis
 @dataclass
 class LabelledFolder:
     """One dataset folder to measure the model on, already indexed."""
-
     name: str
     path: Path
     format: str
@@ -94,7 +90,6 @@ def open_folder(path: Path, fmt: str, name: str = "", label: str = "") -> Labell
 def evaluate_folder(model, preprocessing: dict, folder: LabelledFolder,
                     progress: bool = True) -> ExternalResult:
     """Score every image of the folder and measure the scores against its MOS."""
-
     try:
         scored = score_index(model, preprocessing, folder.index, folder.path,
                              desc=f"predict {folder.name}", progress=progress)
@@ -157,7 +152,6 @@ def reset_dir(out_dir: Path) -> None:
 def run_evaluate(args) -> None:
     """`python -m nriqa evaluate`, its arguments parsed by `nriqa.cli`; the model is loaded
     exactly as `python -m nriqa score` loads it."""
-
     # Indexed first: a wrong path or format fails before the model is loaded.
     folder = open_folder(args.path, args.format)
     with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:

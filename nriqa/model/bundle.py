@@ -59,7 +59,6 @@ def save_bundle(model, folder: str | Path, info: dict) -> Path:
     `info` is model.json's content: it needs `preprocessing` and `mos_range`; the names of the
     type head's classes (`distortion_types`) are added from the model.
     """
-
     folder = Path(folder)
     info = {**info, "distortion_types": type_names(model)}
     check_info(info, folder / INFO)
@@ -113,7 +112,6 @@ def _number_shared_objects(config, numbers: dict | None = None):
 def type_names(model) -> list[str]:
     """The type head's classes in column order (`nriqa.core.taxonomy.head_types`); none
     without the head."""
-
     return [type_name(t) for t in head_types(int(model.output_shape[-1]) - 1)]
 
 
@@ -162,7 +160,6 @@ def check_bundle(folder: str | Path) -> dict:
 @dataclass(frozen=True)
 class Bundle:
     """A loaded bundle: what scoring needs, all from one folder."""
-
     model: object            # keras.Model
     info: dict               # model.json
 

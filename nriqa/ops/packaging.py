@@ -49,7 +49,6 @@ def serve_settings(serve_params: dict) -> dict:
 @dataclass(frozen=True)
 class Champion:
     """The champion that promote recorded, in the store it was promoted in."""
-
     registered_model: str
     version: str
     run_id: str
@@ -95,10 +94,10 @@ def fetch_champion(champion: Champion, destination: Path) -> Path:
         raise NriqaError(f"run {champion.run_id} has no {WEIGHTS_SHA256_TAG} tag (trained by an "
                          "older nriqa): retrain it (`dvc repro -f train`) before packaging")
     folder = fetch_bundle(champion.model_uri, destination, tracking_uri=champion.tracking_uri)
-    if file_sha256(folder / WEIGHTS) != expected:
+    if (found := file_sha256(folder / WEIGHTS)) != expected:
         raise NriqaError(f"{where}: its model.keras is not the one run {champion.run_id} trained "
-                         f"(sha256 {file_sha256(folder / WEIGHTS)[:12]}…, the run says "
-                         f"{expected[:12]}…); nothing was packaged")
+                         f"(sha256 {found[:12]}…, the run says {expected[:12]}…); nothing was "
+                         "packaged")
     return folder
 
 

@@ -239,7 +239,6 @@ class TrainingRun:
     def write_pointer(self, path: Path, model_uri: str) -> None:
         """The pointer file (models/mlflow_run.json): how evaluate and promote find this run
         and the model logged to it (`nriqa.model.bundle.log_bundle`)."""
-
         write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id,
                           "tracking_uri": self.tracking_uri, "model_uri": model_uri})
 

@@ -86,7 +86,6 @@ class UploadScorer:
     @classmethod
     def for_model(cls, bento_model) -> UploadScorer:
         """Load the model a `bentoml.models.BentoModel` names, and its settings."""
-
         stored = stored_model(bento_model)
         model, info = load_model(stored.path)
         return cls(functools.partial(score_crop_sets, model), serving_settings(stored, info))
@@ -95,7 +94,7 @@ class UploadScorer:
                     name: str = "upload") -> Score | JSONResponse:
         """One uploaded file's score; a 400 (413) if it cannot be scored, its message naming
         the file `name` (the client's, `nriqa.serving.middleware.upload_names`)."""
-        (result,) = await self.score_uploads([(image, name)], with_map)
+        (result,) = await self.score_uploads([(image, name, header_pixels(image))], with_map)
         # An image too large for the memory free now stays a 413, not a 400.
         return result.response() if isinstance(result, InputError) else result
 
@@ -108,22 +107,23 @@ class UploadScorer:
         # UploadGuard has capped the number of files; this caps the decoding work. Images over
         # the per-image limit are refused unread, so they cost nothing.
         limit = self.settings.max_batch_pixels
-        pixels = sum(n for n in map(header_pixels, images) if n <= self.settings.max_pixels)
+        sizes = [header_pixels(path) for path in images]
+        pixels = sum(n for n in sizes if n <= self.settings.max_pixels)
         if pixels > limit:
             return InputError(
                 f"the images of this request have {pixels} pixels in all, more than the limit "
                 f"of {limit} per request (serve.max_batch_pixels); send fewer or smaller images "
                 "per request", HTTPStatus.REQUEST_ENTITY_TOO_LARGE).response()
         results = await self.score_uploads(list(zip(images, names or ["upload"] * len(images),
-                                                    strict=True)))
+                                                    sizes, strict=True)))
         return [ImageError(error=str(result)) if isinstance(result, InputError) else result
                 for result in results]
 
-    async def score_uploads(self, uploads: list[tuple[Path, str]],
+    async def score_uploads(self, uploads: list[tuple[Path, str, int]],
                             with_map: bool = False) -> list[Score | InputError]:
-        """Decode and crop (path, client's name) pairs in threads, then score with the other
-        requests' images; a file that cannot be scored gets its `InputError`."""
-        outcomes = await asyncio.gather(*(self.decoded(path, name) for path, name in uploads),
+        """Decode and crop (path, client's name, `header_pixels`) uploads in threads, then score
+        with the other requests' images; a file that cannot be scored gets its `InputError`."""
+        outcomes = await asyncio.gather(*(self.decoded(*upload) for upload in uploads),
                                         return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, InputError):
@@ -134,9 +134,9 @@ class UploadScorer:
                 else self.answer(next(scores), outcome[1] if with_map else None)
                 for outcome in outcomes]
 
-    async def decoded(self, path: Path, name: str) -> tuple[np.ndarray, tuple]:
+    async def decoded(self, path: Path, name: str, pixels: int) -> tuple[np.ndarray, tuple]:
         """`crops` in a decoding thread, once the memory its decoding takes is free."""
-        cost = min(header_pixels(path), self.settings.max_pixels) * DECODE_BYTES_PER_PIXEL
+        cost = min(pixels, self.settings.max_pixels) * DECODE_BYTES_PER_PIXEL
         async with self.decoding.hold(cost):
             return await asyncio.get_running_loop().run_in_executor(self.decoder, self.crops,
                                                                     path, name)

@@ -41,7 +41,6 @@ CSV_FIELDS = ["path", "mos", "category"] + [
 
 def find_images(paths: list[Path]) -> list[Path]:
     """Files as given (whatever their suffix); folders expanded to their image files, sorted."""
-
     found = []
     for path in paths:
         if path.is_dir():
@@ -64,7 +63,6 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
     With `map_dir`, each image's quality map is written there, coloured along `mos_range` (the
     model.json's), and the row's `map` names it.
     """
-
     maps = MapWriter(map_dir, preprocessing, mos_range, files) if map_dir is not None else None
     for scored in score_paths(model, preprocessing, files, progress=progress,
                               keep=maps.keep if maps is not None else None):
@@ -166,7 +164,6 @@ def _csv_row(row: dict) -> dict:
 
 def _thresholds(params_path: Path) -> dict:
     """The category thresholds of params.yaml's `evaluate.categories`, else the defaults."""
-
     return dict(load_config(params_path).evaluate.categories if params_path.is_file()
                 else DEFAULT_THRESHOLDS)
 
