@@ -43,8 +43,10 @@ class LocalContrastNormalization(layers.Layer):
         kernel = ops.outer(g, g)
         kernel = kernel / ops.sum(kernel)
         channels = input_shape[-1]
-        self.kernel = ops.tile(ops.reshape(kernel, (self.window, self.window, 1, 1)),
-                               (1, 1, channels, 1))
+        # Held as a numpy array, so a traced graph embeds it as a constant: an exported model
+        # (ONNX, TFLite) would otherwise ask for the kernel as a second input.
+        self.kernel = ops.convert_to_numpy(
+            ops.tile(ops.reshape(kernel, (self.window, self.window, 1, 1)), (1, 1, channels, 1)))
 
     def _blur(self, x):
         pad = self.window // 2
