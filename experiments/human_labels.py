@@ -60,7 +60,8 @@ def model_report(scored: pd.DataFrame, model, preprocessing: dict, dev_set: Path
     at levels 3-5 the type head's top-1 and top-3 accuracy; the 12 pristine references' scores,
     and how often each scores above its own distorted versions at levels 3-5 (overall and per
     type)."""
-    from nriqa.core.metrics import categorize, per_group_srcc, quality_metrics
+    from nriqa.core.categories import categorize
+    from nriqa.core.metrics import per_group_srcc, quality_metrics
     from nriqa.evaluation.report import distortion_metrics, score_index
 
     report = {"srcc": quality_metrics(scored["mos"], scored["pred"])["srcc"],

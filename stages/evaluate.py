@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from nriqa.core.categories import CATEGORY_NAMES
 from nriqa.core.config import load_config
-from nriqa.core.metrics import CATEGORY_NAMES
 from nriqa.core.stage import stage_main, write_json
 from nriqa.evaluation import external, plots
 from nriqa.evaluation.report import (

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from starlette.responses import JSONResponse
 
+from nriqa.core.categories import DEFAULT_THRESHOLDS, categorize
 from nriqa.core.errors import NriqaError
-from nriqa.core.metrics import DEFAULT_THRESHOLDS, categorize
 from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher

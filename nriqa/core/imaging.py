@@ -15,12 +15,15 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from nriqa.core.config import Config
 from nriqa.core.errors import NriqaError
+
+if TYPE_CHECKING:  # numpy and Pillow are all this module loads (nriqa.model.portable)
+    from nriqa.core.config import Config
 
 # Guards against decompression bombs; the service passes its own configured limit.
 DEFAULT_MAX_PIXELS = 64_000_000

@@ -49,12 +49,9 @@ def score_paths(model, preprocessing: dict, paths: list[Path], *, names: list[st
     `names` label the files in decoding errors (default: their paths). A progress bar counts
     files on stderr.
     """
-    from tqdm import tqdm
-
     paths = list(paths)
     names = list(names) if names is not None else [None] * len(paths)
-    with tqdm(total=len(paths), desc=desc, unit="image", file=sys.stderr,
-              disable=not progress or len(paths) < 2) as bar:
+    with _progress_bar(len(paths), desc, progress and len(paths) > 1) as bar:
         for start in range(0, len(paths), CHUNK):
             results, crop_sets = [], []
             for path, name in zip(paths[start:start + CHUNK], names[start:start + CHUNK]):
@@ -80,6 +77,26 @@ def score_paths(model, preprocessing: dict, paths: list[Path], *, names: list[st
                     result.probabilities = None if probabilities is None else probabilities[i]
             yield from results
             bar.update(len(results))
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, count: int) -> None:
+        pass
+
+
+def _progress_bar(total: int, desc: str | None, shown: bool):
+    """tqdm's bar on stderr, or nothing; without a bar, tqdm is not needed (nriqa.model.portable)."""
+    if not shown:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="image", file=sys.stderr)
 
 
 def predict_mos(model, images: list[np.ndarray], preprocessing: dict,
@@ -126,9 +143,14 @@ def top_distortions(probabilities: np.ndarray, count: int = 3) -> list[dict]:
 
 
 def predict_crops(model, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Model outputs for a stack of crops, (crops, columns), through one traced graph per model."""
-    forward = _graph_function(model)
-    outputs = [forward(crops[i:i + batch_size].astype(np.float32)).numpy()
+    """Model outputs for a stack of crops, (crops, columns): a Keras model's through one traced
+    graph per model, an exported one's (`nriqa.model.portable`) through its runtime."""
+    if hasattr(model, "crop_outputs"):
+        forward = model.crop_outputs
+    else:
+        graph = _graph_function(model)
+        forward = lambda batch: graph(batch).numpy()  # noqa: E731
+    outputs = [forward(crops[i:i + batch_size].astype(np.float32))
                for i in range(0, len(crops), batch_size)]
     return np.concatenate(outputs).reshape(len(crops), -1)
 

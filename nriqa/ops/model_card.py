@@ -9,7 +9,7 @@ its MLflow run: what someone who finds the model in the registry needs before us
 
 from __future__ import annotations
 
-from nriqa.core.metrics import ordered_categories
+from nriqa.core.categories import ordered_categories
 from nriqa.model.pretrained import WEIGHTS_LICENSE, WEIGHTS_PACKAGE
 
 # How the labels of generated and synthetic images are made (`nriqa.data.labels`, docs/data.md).

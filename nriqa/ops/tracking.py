@@ -314,6 +314,18 @@ def log_evaluation(pointer: dict, metrics: dict, artifacts: dict[str, list[Path]
                     mlflow.log_artifact(str(path), artifact_path=folder or None)
 
 
+def log_export(run_id: str, figures: dict, folder: Path, report: Path) -> None:
+    """Add the exported files (artifacts `portable/`), the parity figures (metrics `export.*`)
+    and the report to the run whose model was exported."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({key: float(value) for key, value in flatten(figures, "export.").items()
+                            if isinstance(value, (int, float))})
+        mlflow.log_artifacts(str(folder), artifact_path="portable")
+        mlflow.log_artifact(str(report))
+
+
 def open_named_model(model_uri: str | None, model_dir: Path, params_path: Path, workdir: str):
     """(model, model.json) of the model a command names: an MLflow model URI, read from the
     tracking store that `params_path`'s `mlflow` section (or MLFLOW_TRACKING_URI) names and

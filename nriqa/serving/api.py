@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from starlette.responses import JSONResponse
 
+from nriqa.core.categories import categorize
 from nriqa.core.errors import NriqaError
 from nriqa.core.imaging import (
     IMAGE_FORMATS,
@@ -27,7 +28,6 @@ from nriqa.core.imaging import (
     decode_image,
     prediction_layout,
 )
-from nriqa.core.metrics import categorize
 from nriqa.core.runtime import usable_cpus
 from nriqa.model.bundle import load_model
 from nriqa.model.prediction import score_crop_sets, top_distortions

@@ -23,10 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from nriqa.core.categories import DEFAULT_THRESHOLDS, categorize
 from nriqa.core.config import load_config
 from nriqa.core.errors import ExitCode, NriqaError
 from nriqa.core.imaging import prediction_layout
-from nriqa.core.metrics import DEFAULT_THRESHOLDS, categorize
 from nriqa.data.formats import IMAGE_SUFFIXES
 from nriqa.model.prediction import score_paths, top_distortions
 from nriqa.ops.tracking import open_named_model

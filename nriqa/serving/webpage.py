@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from nriqa.core.categories import ordered_categories
 from nriqa.core.errors import NriqaError
 from nriqa.core.imaging import decode_image
-from nriqa.core.metrics import ordered_categories
 from nriqa.data.examples import read_index
 from nriqa.serving.quality_map import ramp
 
