@@ -2,6 +2,7 @@
 
     python -m stages.package --promotion PROMOTION_JSON --report BENTO_JSON
     python -m stages.package --model-dir DIR [--run-id ID] [--version N] --report BENTO_JSON
+    either with --portable DIR: the export stage's files, shipped in the model (portable/)
 
 The champion is the exact registry version the promote stage recorded in its report
 (`models:/<registered_model>/<version>`), not whatever the alias points at now, downloaded from
@@ -39,6 +40,9 @@ def main():
                         help="package this model bundle folder instead of the MLflow champion")
     parser.add_argument("--run-id", default="", help="with --model-dir: its MLflow run id")
     parser.add_argument("--version", default="", help="with --model-dir: its registry version")
+    parser.add_argument("--portable", type=Path,
+                        help="the export stage's folder (model.onnx, model.tflite, model.json), "
+                             "shipped in the model for the web page's scoring on the device")
     parser.add_argument("--report", type=Path, required=True,
                         help="what was built (reports/bento.json)")
     args = parser.parse_args()
@@ -47,13 +51,14 @@ def main():
 
     if args.model_dir is not None:
         report = package(args.model_dir, run_id=args.run_id, version=args.version,
-                         config=config, project_dir=PROJECT)
+                         config=config, project_dir=PROJECT, portable_dir=args.portable)
     else:
         champion = promoted_version(args.promotion)
         with tempfile.TemporaryDirectory(prefix="nriqa-champion-") as folder:
             model_dir = fetch_champion(champion, Path(folder))
             report = package(model_dir, run_id=champion.run_id, version=champion.version,
-                             config=config, project_dir=PROJECT, model_uri=champion.model_uri)
+                             config=config, project_dir=PROJECT, model_uri=champion.model_uri,
+                             portable_dir=args.portable)
     write_json(args.report, report)
     print(f"Built Bento {report['bento_tag']} with model {report['model_tag']} "
           f"(MLflow run {report['mlflow_run_id'] or '-'}, version {report['registry_version'] or '-'})",

@@ -15,6 +15,7 @@ BentoML reads BENTOML_HOME when it is first imported, so callers set it before t
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,14 @@ from nriqa.core.errors import NriqaError
 from nriqa.core.stage import read_json
 from nriqa.data.examples import write_examples
 from nriqa.model.bundle import WEIGHTS, WEIGHTS_SHA256_TAG, bentoml_model, fetch_bundle, file_sha256
+from nriqa.model.portable import ONNX_FILE, TFLITE_FILE, read_info
 from nriqa.ops.registry import version_uri
 from nriqa.ops.tracking import use_store
 
 EXAMPLES_DIR = "examples"
+# The exported model (model.onnx, model.tflite, model.json) in the stored model, for the web
+# page's scoring on the device and for download (`nriqa.model.export`).
+PORTABLE_DIR = "portable"
 # The keys of params.yaml `serve` that the service reads; each has an environment override
 # NRIQA_<KEY upper-cased>, e.g. NRIQA_MAX_PIXELS.
 SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_images", "max_batch_pixels",
@@ -102,20 +107,39 @@ def fetch_champion(champion: Champion, destination: Path) -> Path:
 
 
 def save_to_store(model_dir: str | Path, *, name: str, run_id: str, version: str,
-                  serve: dict, categories: dict, model_uri: str = ""):
+                  serve: dict, categories: dict, model_uri: str = "",
+                  portable_dir: str | Path | None = None):
     """Copy the bundle in `model_dir` into the BentoML model store; returns the stored model.
 
     Labels (searchable with `bentoml models list`) carry the MLflow lineage; the metadata also
     carries what the service needs at run time and must not drift from the model: the
     serving limits and the category thresholds. The web page's example images
-    (`nriqa.data.examples`) go in the folder `examples/` beside the model files.
+    (`nriqa.data.examples`) go in the folder `examples/` beside the model files, and the
+    exported model in `portable_dir`, if given, in `portable/`: it must be this very model's
+    export (its model.json records the sha256 of the model.keras it was made from).
     """
+    if portable_dir is not None:
+        check_portable(Path(portable_dir), Path(model_dir))
     labels = {"mlflow_run_id": str(run_id), "registry_version": str(version)}
     metadata = {**labels, "model_uri": model_uri, "serve": serve_settings(serve),
                 "categories": {key: float(value) for key, value in categories.items()}}
     with bentoml_model(model_dir, name, labels=labels, metadata=metadata) as stored:
         write_examples(Path(stored.path) / EXAMPLES_DIR)  # the web page's, made now
+        if portable_dir is not None:
+            shutil.copytree(portable_dir, Path(stored.path) / PORTABLE_DIR)
     return stored
+
+
+def check_portable(portable_dir: Path, model_dir: Path) -> None:
+    """A NriqaError unless `portable_dir` holds an intact export of the model in `model_dir`."""
+    info = read_info(portable_dir, ONNX_FILE)
+    read_info(portable_dir, TFLITE_FILE)
+    exported = (info.get("source") or {}).get("model_sha256")
+    packaged = file_sha256(Path(model_dir) / WEIGHTS)
+    if exported != packaged:
+        raise NriqaError(f"{portable_dir}: exported from model.keras {str(exported)[:12]}…, not "
+                         f"from the {packaged[:12]}… being packaged; run the export stage again "
+                         "(`dvc repro export`)")
 
 
 @contextmanager
@@ -152,14 +176,16 @@ def build_bento(model_tag: str, *, project_dir: str | Path, bento_name: str,
 
 
 def package(model_dir: str | Path, *, run_id: str, version: str, config: Config,
-            project_dir: str | Path = ".", model_uri: str = "") -> dict:
+            project_dir: str | Path = ".", model_uri: str = "",
+            portable_dir: str | Path | None = None) -> dict:
     """Model folder -> model store -> Bento. Returns what `reports/bento.json` records."""
     serve = config.serve.model_dump()
     categories = config.evaluate.categories
     # The model and the Bento share one name: the service's default tag is `<name>:latest`.
     stored = save_to_store(model_dir, name=serve["bento_name"],
                            run_id=run_id, version=version, serve=serve,
-                           categories=categories, model_uri=model_uri)
+                           categories=categories, model_uri=model_uri,
+                           portable_dir=portable_dir)
     bento = build_bento(str(stored.tag), project_dir=project_dir, bento_name=serve["bento_name"],
                         labels={"mlflow_run_id": str(run_id), "registry_version": str(version),
                                 "model_tag": str(stored.tag)})
