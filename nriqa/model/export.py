@@ -30,6 +30,7 @@ from nriqa.model.portable import (
     PORTABLE_FORMAT,
     TFLITE_FILE,
     OnnxModel,
+    TfliteModel,
     portable_columns,
 )
 from nriqa.model.prediction import CHUNK, score_crop_sets
@@ -121,8 +122,6 @@ def parity(model, preprocessing: dict, paths: list[Path], folder: str | Path) ->
     """Each portable runtime's largest image-MOS difference from the Keras model, and how many
     images' likeliest type differs, over the images `paths` (decoded and cropped once, a chunk
     at a time, and scored by all three)."""
-    from nriqa.model.portable import TfliteModel
-
     runtimes = {"onnx": OnnxModel.load(folder), "tflite": TfliteModel.load(folder)}
     worst = dict.fromkeys(runtimes, 0.0)
     mismatches = dict.fromkeys(runtimes, 0)
