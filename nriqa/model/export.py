@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,10 @@ def export_portable(model, info: dict, folder: str | Path, *, categories: dict,
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = Path(scratch, ONNX_FILE)
         tflite_path = Path(scratch, TFLITE_FILE)
-        model.export(str(onnx_path), format="onnx", verbose=False)
+        with warnings.catch_warnings():
+            # Keras's tf2onnx shim probes `np.object`, which numpy 2 warns about; nothing to fix here.
+            warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
+            model.export(str(onnx_path), format="onnx", verbose=False)
         model.export(str(tflite_path), format="litert", verbose=False)
         _canonical_onnx(onnx_path)
         input_name = OnnxModel.input_name_of(onnx_path)
@@ -113,7 +117,7 @@ def _canonical_onnx(onnx_path: Path) -> None:
     del graph.value_info[:]  # shape annotations under the old names; onnxruntime infers them
     for value in (*graph.input, *graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    graph.name, proto.doc_string = "nriqa", ""
+    graph.name, graph.doc_string, proto.doc_string = "nriqa", "", ""
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path))
 
