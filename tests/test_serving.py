@@ -23,7 +23,7 @@ from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher
 from nriqa.serving.middleware import UploadGuard, shown_name, upload_names
-from nriqa.serving.quality_map import ramp
+from nriqa.serving.quality_map import MAP_REACH_SPACINGS, ramp
 from nriqa.serving.responses import ImageError, Score
 from nriqa.serving.settings import (
     ServingSettings,
@@ -79,6 +79,7 @@ def test_the_page_draws_on_the_served_models_mos_scale(tmp_path):
     kadid = serving_settings(stored(tmp_path), {**MODEL_INFO, "mos_range": [1.0, 5.0]}, environ={})
     config = page_config(kadid, examples=[])
     assert config["scale"] == [1.0, 5.0] and config["categories"][-1][1] == 1.0
+    assert config["map_reach_spacings"] == MAP_REACH_SPACINGS  # the map drawn as map_values
     assert [mos for mos, _ in config["ramp"]] == [mos for mos, _ in ramp((1.0, 5.0))]
     assert page_config(settings(tmp_path), examples=[])["scale"] == [0.0, 9.0]
 
