@@ -224,7 +224,9 @@ def fake_model(calls: list[int], fail: bool = False):
         crop_scores = [np.asarray(crops, dtype=np.float32).reshape(len(crops), -1).mean(axis=1)
                        / 255 * 9 for crops in crop_sets]
         mos = np.array([scores.mean() for scores in crop_scores])
-        probabilities = np.tile(np.linspace(1, 24, 24) / 300, (len(crop_sets), 1))
+        probabilities = np.linspace(1, 24, 24) / 600
+        probabilities[-1] += 0.5  # type 24 stands out
+        probabilities = np.tile(probabilities, (len(crop_sets), 1))
         return mos, probabilities, crop_scores
     return score_crop_sets
 
@@ -270,7 +272,10 @@ def test_scorer_answers_scores_and_names_bad_files(tmp_path):
     answer = asyncio.run(scorer.score(good, with_map=True))
     assert isinstance(answer, Score) and answer.model_version == "3"
     assert answer.category == categorize(answer.mos, DEFAULT_THRESHOLDS)
-    assert [d.type for d in answer.distortions] == [24, 23, 22]
+    assert [d.type for d in answer.distortions] == [24, 23, 22] and not answer.distortion_note
+    near_uniform = (4.0, np.full(24, 1 / 24), np.array([4.0]))
+    quiet = scorer.answer(near_uniform, None)
+    assert quiet.distortions == [] and quiet.distortion_note == "no distortion stands out"
     values = [v for row in answer.quality_map.scores for v in row if v is not None]
     assert np.mean(values) == pytest.approx(answer.mos, abs=1e-5)
     assert asyncio.run(scorer.score(good)).quality_map is None

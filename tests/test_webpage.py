@@ -117,6 +117,22 @@ def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):
     assert -1 not in positions and positions == sorted(positions), text
     for distortion in expected["distortions"]:
         assert f"{round(distortion['probability'] * 100)}%" in text, text
+    assert page.locator("#distortion-note").is_hidden()
+    page.close()
+
+
+def test_no_distortion_standing_out_is_said_not_listed(served, browser, tmp_path):
+    image = tmp_path / "clean.jpg"
+    textured(10).save(image, quality=90)  # the tiny model's "no distortion" is likeliest
+    expected = api_score(served, image)
+    assert expected["distortions"] == []
+    assert expected["distortion_note"] == "no distortion stands out"
+    page = open_page(served, browser)
+    upload(page, image)
+    check_score_shown(page, expected)
+    assert page.locator("#distortion-note").inner_text() == "No distortion stands out."
+    assert page.locator("#distortion-list").is_hidden()
+    assert page.locator("#distortion-list li").count() == 0
     page.close()
 
 
