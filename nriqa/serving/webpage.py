@@ -27,7 +27,7 @@ from nriqa.core.categories import ordered_categories
 from nriqa.core.errors import NriqaError
 from nriqa.core.imaging import decode_image
 from nriqa.data.examples import read_index
-from nriqa.serving.quality_map import ramp
+from nriqa.serving.quality_map import MAP_REACH_SPACINGS, ramp
 
 if TYPE_CHECKING:
     from nriqa.serving.api import UploadScorer
@@ -38,12 +38,14 @@ PREVIEW_SIDE = 1024  # longest side of a preview; the page shows it at most this
 
 
 def page_config(settings: ServingSettings, examples: list[dict]) -> dict:
-    """What the page's script needs: the scale, category bounds (best first), colours, model."""
+    """What the page's script needs: the scale, category bounds (best first), colours, how far
+    the map paints a crop's score, model."""
     names, bounds = ordered_categories(settings.categories)
     return {"scale": list(settings.mos_range),
             "categories": [[name, float(bound)] for name, bound in zip(names, bounds)]
                           + [[names[-1], settings.mos_range[0]]],
             "ramp": [[mos, list(rgb)] for mos, rgb in ramp(settings.mos_range)],
+            "map_reach_spacings": MAP_REACH_SPACINGS,
             "model_version": settings.model_version, "mlflow_run_id": settings.mlflow_run_id,
             "model_tag": settings.model_tag, "max_batch_images": settings.max_batch_images,
             "examples": examples}
