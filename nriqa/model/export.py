@@ -15,14 +15,17 @@ likeliest type against the Keras model's.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from nriqa.core.errors import NriqaError
 from nriqa.core.imaging import crops_for_prediction, decode_image
+from nriqa.core.runtime import usable_cpus
 from nriqa.core.stage import write_json, written_aside
 from nriqa.model.bundle import file_sha256
 from nriqa.model.portable import (
@@ -126,10 +129,13 @@ def parity(model, preprocessing: dict, paths: list[Path], folder: str | Path) ->
     """Each portable runtime's largest image-MOS difference from the Keras model, and how many
     images' likeliest type differs, over the images `paths` (decoded and cropped once, a chunk
     at a time, and scored by all three)."""
-    runtimes = {"onnx": OnnxModel.load(folder), "tflite": TfliteModel.load(folder)}
+    threads = usable_cpus()
+    runtimes = {"onnx": OnnxModel.load(folder, threads=threads),
+                "tflite": TfliteModel.load(folder, threads=threads)}
     worst = dict.fromkeys(runtimes, 0.0)
     mismatches = dict.fromkeys(runtimes, 0)
-    for start in range(0, len(paths), CHUNK):
+    for start in tqdm(range(0, len(paths), CHUNK), desc="export check", unit="chunk",
+                      file=sys.stderr, disable=len(paths) <= CHUNK):
         crop_sets = [crops_for_prediction(decode_image(path), preprocessing)
                      for path in paths[start:start + CHUNK]]
         keras_mos, keras_types = _scores(model, crop_sets)

@@ -136,11 +136,12 @@ class TfliteModel(PortableModel):
         self.batch = None
 
     @classmethod
-    def load(cls, folder: str | Path) -> TfliteModel:
+    def load(cls, folder: str | Path, *, threads: int | None = None) -> TfliteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         info = read_info(folder, TFLITE_FILE)
-        return cls(Interpreter(model_path=str(Path(folder) / TFLITE_FILE), num_threads=1), info)
+        return cls(Interpreter(model_path=str(Path(folder) / TFLITE_FILE), num_threads=threads),
+                   info)
 
     def crop_outputs(self, crops: np.ndarray) -> np.ndarray:
         if self.batch != len(crops):
