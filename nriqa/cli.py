@@ -77,12 +77,8 @@ def add_model_source(command) -> None:
     """--model-dir or --model-uri: the model `score` and `evaluate` load, the same way."""
     source = command.add_mutually_exclusive_group()
     source.add_argument("--model-dir", type=Path,
-                        help="folder with model.keras and model.json (default: models), or with "
-                             "--runtime onnx, model.onnx and model.json (default: models/portable)")
+                        help="folder with model.keras and model.json (default: models)")
     source.add_argument("--model-uri", help="an MLflow model instead, e.g. models:/nriqa@champion")
-    command.add_argument("--runtime", choices=("keras", "onnx"), default="keras",
-                         help="keras (default): TensorFlow; onnx: the exported model through "
-                              "onnxruntime, without loading TensorFlow (the export stage's)")
 
 
 def add_score(commands) -> None:
@@ -95,6 +91,11 @@ def add_score(commands) -> None:
     command.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                          help="image files and/or folders (searched recursively)")
     add_model_source(command)
+    command.add_argument("--runtime", choices=("keras", "onnx"), default="keras",
+                         help="keras (default): the model through TensorFlow; onnx: its export "
+                              "(model.onnx and model.json; --model-dir default models/portable, "
+                              "or --model-uri's run's portable/) through onnxruntime, without "
+                              "loading TensorFlow")
     command.add_argument("--format", choices=("csv", "jsonl"), default="csv",
                          help="csv (default) or jsonl, one JSON object per line; each row is "
                               "written as soon as it is scored")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,7 +188,13 @@ def test_onnx_scoring_in_a_plain_numpy_pillow_onnxruntime_environment(tiny, imag
     python = str(venv / "bin" / "python")
     run([python, "-m", "pip", "install", "-qq", pins["onnxruntime"], pins["pillow"], pins["numpy"]],
         cwd=tmp_path, timeout=600)
-    run([python, "-m", "pip", "install", "-qq", "--no-deps", str(PROJECT)], cwd=tmp_path,
+    # The package from a copy of its source: pip builds in the source folder (build/).
+    source = tmp_path / "source"
+    shutil.copytree(PROJECT / "nriqa", source / "nriqa",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "requirements.txt", "README.md"):
+        shutil.copyfile(PROJECT / name, source / name)
+    run([python, "-m", "pip", "install", "-qq", "--no-deps", str(source)], cwd=tmp_path,
         timeout=600)
     script = ("import json, sys; from nriqa.model.portable import OnnxModel; "
               "rows = OnnxModel.load(sys.argv[1]).score(sys.argv[2:]); "

@@ -9,11 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from nriqa.core.categories import CATEGORY_NAMES, DEFAULT_THRESHOLDS, categorize
 from nriqa.core.errors import NriqaError
 from nriqa.core.metrics import (
-    CATEGORY_NAMES,
-    DEFAULT_THRESHOLDS,
-    categorize,
     category_metrics,
     fit_logistic,
     logistic_5,

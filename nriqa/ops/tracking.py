@@ -28,7 +28,6 @@ from nriqa.core.config import Config, MlflowConfig, load_config
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import read_json, write_json
 from nriqa.model.bundle import fetch_bundle, load_model
-from nriqa.model.portable import OnnxModel
 from nriqa.ops.provenance import folder_digest, log_dataset, provenance_tags
 
 POINTER_KEYS = ("run_id", "experiment_id", "tracking_uri", "model_uri")
@@ -328,28 +327,32 @@ def log_export(run_id: str, figures: dict, folder: Path, report: Path) -> None:
 
 
 def open_named_model(model_uri: str | None, model_dir: Path | None, params_path: Path,
-                     workdir: str, runtime: str = "keras"):
+                     workdir: str):
     """(model, model.json) of the model a command names: an MLflow model URI, read from the
     tracking store that `params_path`'s `mlflow` section (or MLFLOW_TRACKING_URI) names and
-    downloaded into `workdir`, or else the folder `model_dir`.
-
-    `runtime` keras: the bundle (model.keras), `model_dir` by default models/. onnx: the
-    exported model (`nriqa.model.portable.OnnxModel`: model.onnx), `model_dir` by default
-    models/portable/, or the `portable/` artifacts of the URI's run; TensorFlow is not loaded.
-    """
+    downloaded into `workdir`, or else the bundle folder `model_dir` (default models/)."""
     if not model_uri:
-        if runtime == "onnx":
-            model = OnnxModel.load(model_dir or Path("models/portable"))
-            return model, model.info
         return load_model(model_dir or Path("models"))
-    tracking_uri = None  # without params.yaml, MLflow reads MLFLOW_TRACKING_URI itself
-    if params_path.is_file():
-        tracking_uri = resolve_tracking_uri(load_config(params_path).mlflow.tracking_uri,
-                                            params_path.resolve().parent)
-    if runtime == "onnx":
-        model = OnnxModel.load(fetch_portable(model_uri, Path(workdir), tracking_uri=tracking_uri))
-        return model, model.info
-    return load_model(fetch_bundle(model_uri, workdir, tracking_uri=tracking_uri))
+    return load_model(fetch_bundle(model_uri, workdir, tracking_uri=command_tracking_uri(params_path)))
+
+
+def named_export(model_uri: str | None, model_dir: Path | None, params_path: Path,
+                 workdir: str) -> Path:
+    """The folder of the exported model (model.onnx, model.json) a command names: the
+    `portable/` artifacts of an MLflow model URI's run, downloaded into `workdir`, or else the
+    folder `model_dir` (default models/portable/, the export stage's)."""
+    if not model_uri:
+        return model_dir or Path("models/portable")
+    return fetch_portable(model_uri, Path(workdir), tracking_uri=command_tracking_uri(params_path))
+
+
+def command_tracking_uri(params_path: Path) -> str | None:
+    """The tracking URI of `params_path`'s `mlflow` section, if that file exists; else None, and
+    MLflow reads MLFLOW_TRACKING_URI itself."""
+    if not params_path.is_file():
+        return None
+    return resolve_tracking_uri(load_config(params_path).mlflow.tracking_uri,
+                                params_path.resolve().parent)
 
 
 def fetch_portable(model_uri: str, destination: Path, *, tracking_uri: str | None = None) -> Path:

@@ -30,8 +30,9 @@ from nriqa.core.config import load_config
 from nriqa.core.errors import ExitCode, NriqaError
 from nriqa.core.imaging import prediction_layout
 from nriqa.data.formats import IMAGE_SUFFIXES
+from nriqa.model.portable import OnnxModel
 from nriqa.model.prediction import likely_distortions, score_paths
-from nriqa.ops.tracking import open_named_model
+from nriqa.ops.tracking import named_export, open_named_model
 from nriqa.serving.quality_map import MAX_MAP_SIDE, map_overlay, quality_map
 
 # How many of the likeliest distortion types each row names.
@@ -202,8 +203,12 @@ def run_score(args) -> ExitCode:
         raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
     check_output(args.output, files)
     with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
-        model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir,
-                                       runtime=args.runtime)
+        if args.runtime == "onnx":
+            model = OnnxModel.load(named_export(args.model_uri, args.model_dir, args.params,
+                                                workdir))
+            info = model.info
+        else:
+            model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir)
         with _open_output(args.output) as stream:
             writer = RowWriter(args.format, stream)
             for row in score_files(model, info["preprocessing"], files, thresholds, skip,

@@ -1,1 +1,0 @@
-"""Data: fetch, normalize, generate, preprocess (the pipeline's first stages)."""

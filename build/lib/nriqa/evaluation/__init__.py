@@ -1,1 +1,0 @@
-"""Measuring a model: the field's metrics, the classical baseline, reports and plots."""

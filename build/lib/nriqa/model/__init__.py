@@ -1,1 +1,0 @@
-"""The network, its training, and prediction (with the one image preprocessing)."""

@@ -1,1 +1,0 @@
-"""Operations: MLflow tracking, the model registry, BentoML packaging."""

@@ -1,1 +1,0 @@
-"""What users see: the web page, quality maps, folder scoring."""
