@@ -142,6 +142,18 @@ def check_portable(portable_dir: Path, model_dir: Path) -> None:
                          "(`dvc repro export`)")
 
 
+def check_runtime(project_dir: Path) -> None:
+    """A NriqaError unless the project holds the web page's runtime for scoring on the device
+    (onnxruntime-web's WebAssembly build, which the Bento ships beside the exported model)."""
+    from nriqa.serving.webpage import RUNTIME_FILES, RUNTIME_PATH
+
+    runtime = Path(project_dir).resolve() / RUNTIME_PATH
+    missing = [file for file in RUNTIME_FILES if not (runtime / file).is_file()]
+    if missing:
+        raise NriqaError(f"{runtime}: missing {', '.join(missing)}, which the web page scores on "
+                         "the device with; run `make node` (npm ci) before packaging")
+
+
 @contextmanager
 def _env(**values: str):
     old = {key: os.environ.get(key) for key in values}
@@ -181,6 +193,8 @@ def package(model_dir: str | Path, *, run_id: str, version: str, config: Config,
     """Model folder -> model store -> Bento. Returns what `reports/bento.json` records."""
     serve = config.serve.model_dump()
     categories = config.evaluate.categories
+    if portable_dir is not None:
+        check_runtime(Path(project_dir))
     # The model and the Bento share one name: the service's default tag is `<name>:latest`.
     stored = save_to_store(model_dir, name=serve["bento_name"],
                            run_id=run_id, version=version, serve=serve,
