@@ -11,6 +11,7 @@ NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example sco
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from nriqa.serving.quality_map import map_values
 from tests.service_helpers import MAX_UPLOAD_BYTES, encode, textured
@@ -205,4 +207,166 @@ def test_example_images_score_in_one_click(served, browser, tmp_path):
     assert page.locator("#heatmap").is_visible()
     if os.environ.get("NRIQA_SCREENSHOT"):
         page.screenshot(path=os.environ["NRIQA_SCREENSHOT"], full_page=True)
+    page.close()
+
+
+# --- Scoring on this device ----------------------------------------------------------------------
+
+PAGE_PATHS = {"/ui", "/ui/", "/ui/webpage.css", "/ui/webpage.js", "/ui/ondevice.js", "/ui/favicon.svg"}
+ON_DEVICE_PATHS = {"/ui/portable/model.json", "/ui/portable/model.onnx",
+                   "/ui/runtime/ort.wasm.min.mjs", "/ui/runtime/ort-wasm-simd-threaded.mjs",
+                   "/ui/runtime/ort-wasm-simd-threaded.wasm"}
+
+
+def recorded(page) -> list:
+    """Every request the page makes from now on."""
+    requests_made = []
+    page.on("request", lambda request: requests_made.append(request))
+    return requests_made
+
+
+def score_on_device(page) -> None:
+    page.locator("#on-device").check()
+    page.locator("#device-status", has_text="Ready").or_(page.locator("#notice")).first.wait_for(
+        timeout=120_000)
+    assert page.locator("#notice").is_hidden(), page.locator("#notice").inner_text()
+
+
+def shown_answer(page, name: str, where: str) -> dict:
+    """The answer shown for `name`, once it is (its scored-by line names the file and where)."""
+    page.locator("#scored-by", has_text=f"{name}: scored on {where}").wait_for(timeout=120_000)
+    return json.loads(page.locator("#answer-json").text_content())
+
+
+def check_same_answer(device: dict, server: dict) -> None:
+    assert device["mos"] == pytest.approx(server["mos"], abs=0.01)
+    assert device["category"] == server["category"]
+    if server["distortions"] is None:
+        assert device["distortions"] is None
+    else:
+        assert [d["type"] for d in device["distortions"]] == [d["type"] for d in server["distortions"]]
+        assert [d["name"] for d in device["distortions"]] == [d["name"] for d in server["distortions"]]
+        for mine, theirs in zip(device["distortions"], server["distortions"]):
+            assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-3)
+    ours, theirs = device["quality_map"], server["quality_map"]
+    assert {k: ours[k] for k in ("width", "height", "crop_size", "tops", "lefts")} == {
+        k: theirs[k] for k in ("width", "height", "crop_size", "tops", "lefts")}
+    np.testing.assert_allclose(np.array(ours["scores"], dtype=float),
+                               np.array(theirs["scores"], dtype=float), atol=1e-3)
+    assert (device["model_version"], device["mlflow_run_id"]) == (
+        server["model_version"], server["mlflow_run_id"])
+
+
+def test_examples_and_an_upload_score_on_the_device_without_sending_the_image(
+        served, browser, tmp_path):
+    page = open_page(served, browser)
+    requests_made = recorded(page)
+    score_on_device(page)
+    milliseconds = {}
+    buttons = page.locator("#examples button")
+    for i in range(buttons.count()):
+        file = buttons.nth(i).locator("img").get_attribute("src").rsplit("/", 1)[-1]
+        example = tmp_path / file
+        example.write_bytes(requests.get(f"{served.url}/ui/examples/{file}", timeout=30).content)
+        buttons.nth(i).click()
+        check_same_answer(shown_answer(page, file, "this device"), api_score(served, example))
+        assert page.locator("#mos").inner_text() == f"{api_score(served, example)['mos']:.2f}"
+        assert page.locator("#heatmap").is_visible()
+        milliseconds[file] = page.locator("#scored-by").inner_text()
+    # A file of the user's: the one case where the bytes exist nowhere but in the browser.
+    photo = tmp_path / "private.png"
+    pixels = np.asarray(textured(40, (200, 120)).convert("RGBA")).copy()
+    pixels[:, :100, 3] = np.linspace(0, 255, 100).round().astype(np.uint8)  # composited on white
+    Image.fromarray(pixels).save(photo)
+    upload(page, photo)
+    check_same_answer(shown_answer(page, photo.name, "this device"), api_score(served, photo))
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 200
+    secret = photo.read_bytes()
+
+    origin = served.url
+    for request in requests_made:
+        if request.url.startswith(f"blob:{origin}/"):
+            continue  # the preview, made in the page from the decoded pixels
+        assert request.url.startswith(f"{origin}/"), f"a request to another origin: {request.url}"
+        path = request.url[len(origin):]
+        assert request.method == "GET" and not request.post_data_buffer, (request.method, path)
+        assert (path in PAGE_PATHS | ON_DEVICE_PATHS or path.startswith("/ui/examples/")), path
+        assert photo.name not in path
+    assert not any(secret[:64] in (request.post_data_buffer or b"") for request in requests_made)
+    assert {request.url[len(origin):] for request in requests_made} >= ON_DEVICE_PATHS
+
+    # Measured, not asserted: what a browser downloads once, and the time per image here.
+    sizes = {path: len(requests.get(f"{origin}{path}", timeout=60).content) for path in ON_DEVICE_PATHS}
+    print("\n".join(f"{path}: {size / 1e6:.3f} MB" for path, size in sorted(sizes.items())))
+    print("\n".join(milliseconds.values()))
+    page.close()
+
+
+def test_several_files_score_on_the_device_in_a_table(served, browser, tmp_path):
+    paths = [tmp_path / "a.png", tmp_path / "notes.png", tmp_path / "b.png"]
+    textured(50).save(paths[0])
+    paths[1].write_text("not an image")
+    textured(51, (40, 20)).save(paths[2])  # smaller than a crop: padded as the server pads
+    page = open_page(served, browser)
+    requests_made = recorded(page)
+    score_on_device(page)
+    upload(page, *paths)
+    page.locator("#status", has_text="no image was uploaded").wait_for(timeout=120_000)
+    rows = [row.split("\t") for row in page.locator("#batch-table tbody tr").all_inner_texts()]
+    assert [row[0] for row in rows] == ["a.png", "notes.png", "b.png"]
+    for name, mos, category in (rows[0], rows[2]):
+        expected = api_score(served, tmp_path / name)
+        assert float(mos) == pytest.approx(expected["mos"], abs=0.01)
+        assert category == expected["category"]
+    assert rows[1][2] == ("notes.png: not an image in a format we read "
+                          "(JPEG, PNG, BMP, WebP, TIFF)")
+    assert not [r.url for r in requests_made if r.method != "GET"]
+    page.close()
+
+
+def test_on_the_device_without_the_type_head(served_plain, browser, tmp_path):
+    image = tmp_path / "holiday.png"
+    textured(21).save(image)
+    page = open_page(served_plain, browser)
+    score_on_device(page)
+    upload(page, image)
+    check_same_answer(shown_answer(page, image.name, "this device"), api_score(served_plain, image))
+    assert page.locator("#distortions").is_hidden()
+    page.close()
+
+
+def test_without_the_runtime_the_page_says_so_and_scores_on_the_server(served, browser, tmp_path):
+    page = open_page(served, browser)
+    # The WebAssembly binary cannot be fetched (a proxy dropping it, a network error).
+    page.route("**/ort-wasm-simd-threaded.wasm", lambda route: route.abort())
+    page.locator("#on-device").check()
+    notice = page.locator("#notice")
+    notice.wait_for(state="visible", timeout=120_000)
+    assert notice.inner_text().startswith("Scoring on this device is not available: ")
+    assert notice.inner_text().endswith("Images are scored on the server instead.")
+    assert not page.locator("#on-device").is_checked()
+    example = tmp_path / "clean.png"
+    example.write_bytes(requests.get(f"{served.url}/ui/examples/clean.png", timeout=30).content)
+    page.locator("#examples button").first.click()
+    shown = shown_answer(page, "clean.png", "the server")
+    expected = api_score(served, example)
+    assert shown["mos"] == expected["mos"] and shown["category"] == expected["category"]
+    check_score_shown(page, expected)
+    page.close()
+
+
+def test_the_page_loads_only_from_its_own_origin(served, browser):
+    """The Content-Security-Policy is on the page, and the page runs under it: no violation."""
+    response = requests.get(f"{served.url}/ui/", timeout=30)
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self' 'wasm-unsafe-eval'" in policy
+    assert "unsafe-inline" not in policy and "http" not in policy
+    page = browser.new_page()
+    messages = []
+    page.on("console", lambda message: messages.append(message.text))
+    page.goto(f"{served.url}/ui/", wait_until="networkidle")
+    score_on_device(page)
+    page.locator("#examples button").first.click()
+    shown_answer(page, "clean.png", "this device")
+    assert not [text for text in messages if "Content Security Policy" in text], messages
     page.close()

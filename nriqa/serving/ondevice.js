@@ -207,15 +207,19 @@ class DeviceScorer {
   }
 
   // The /score answer for one file, with the quality map, the preview (an object URL of the
-  // decoded pixels, or none), and how long decoding and scoring took here.
+  // decoded pixels, or none), and how long decoding, cropping and scoring took here, and the
+  // model's part of it.
   async score(file, {preview = true} = {}) {
     const started = performance.now();
     const image = await this.decode(file);
     const corners = gridCorners(image.height, image.width, this.info.preprocessing);
-    const outputs = await this.outputs(this.crops(image, corners), corners.length);
+    const crops = this.crops(image, corners);
+    const modelStarted = performance.now();
+    const outputs = await this.outputs(crops, corners.length);
     const result = this.answer(outputs, corners, image);
-    const milliseconds = performance.now() - started;
-    return {result, milliseconds, preview: preview ? await previewUrl(image) : null};
+    const finished = performance.now();
+    return {result, milliseconds: finished - started, modelMilliseconds: finished - modelStarted,
+            preview: preview ? await previewUrl(image) : null};
   }
 
   // nriqa.model.prediction.score_crop_sets and nriqa.serving.api.UploadScorer.answer: the MOS is

@@ -191,18 +191,21 @@ async function scoreOnServer(file) {
     .then(async (response) => response.ok ? URL.createObjectURL(await response.blob()) : null)
     .catch(() => null);
   const result = await post("/score", form);
-  return {result, preview: await preview, scoredBy: "Scored on the server."};
+  return {result, preview: await preview, scoredBy: `${file.name}: scored on the server.`};
 }
 
 async function scoreHere(scorer, file) {
-  const {result, preview, milliseconds} = await scorer.score(file);
+  const {result, preview, milliseconds, modelMilliseconds} = await scorer.score(file);
   return {result, preview,
-          scoredBy: `Scored on this device in ${Math.round(milliseconds)} ms; the image was not uploaded.`};
+          scoredBy: `${file.name}: scored on this device in ${Math.round(milliseconds)} ms (the ` +
+                    `model ${Math.round(modelMilliseconds)} ms); the image was not uploaded.`};
 }
 
 function showScore(result) {
   const category = categories.find((c) => c.name === result.category);
   $("mos").textContent = result.mos.toFixed(2);
+  $("mos").title = `${result.mos}`;
+  $("answer-json").textContent = JSON.stringify(result, null, 1);
   $("category").textContent = result.category;
   $("category").style.background = category ? category.colour : "#ddd";
   $("gauge-marker").style.left = percent(Math.min(HIGH, Math.max(LOW, result.mos)));

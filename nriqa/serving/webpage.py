@@ -49,7 +49,7 @@ PAGE = Path(__file__).with_name("webpage.html")
 # The page's script and style, beside it: files, so that the Content-Security-Policy need not
 # allow inline code.
 ASSETS = {"webpage.js": "text/javascript", "ondevice.js": "text/javascript",
-          "webpage.css": "text/css"}
+          "webpage.css": "text/css", "favicon.svg": "image/svg+xml"}
 PREVIEW_SIDE = 1024  # longest side of a preview; the page shows it at most this large
 
 # onnxruntime-web's WebAssembly build, as `make node` (npm ci) installs it from package-lock.json;
@@ -71,7 +71,11 @@ CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'self'", "script-src 'self' 'wasm-unsafe-eval'", "style-src 'self'",
     "img-src 'self' blob:", "connect-src 'self'", "worker-src 'self'", "object-src 'none'",
     "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'"))
+# Cross-origin isolation (the page opens no other origin's windows, embeds nothing of others)
+# gives the page SharedArrayBuffer, so the runtime scores on several threads.
 SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                    "Cross-Origin-Opener-Policy": "same-origin",
+                    "Cross-Origin-Embedder-Policy": "require-corp",
                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
