@@ -67,10 +67,10 @@ PORTABLE_FILES = {INFO: "application/json", ONNX_FILE: "application/octet-stream
 # Only this origin: the page's own script and style, its images (examples, and previews the page
 # makes as blob: URLs from pixels decoded in the browser), fetches of the API and the model, and
 # WebAssembly compiled from the runtime's binary ('wasm-unsafe-eval' allows that and no eval()).
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'", "script-src 'self' 'wasm-unsafe-eval'", "style-src 'self'",
-    "img-src 'self' blob:", "connect-src 'self'", "worker-src 'self'", "object-src 'none'",
-    "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'"))
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+    "img-src 'self' blob:; connect-src 'self'; worker-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 # Cross-origin isolation (the page opens no other origin's windows, embeds nothing of others)
 # gives the page SharedArrayBuffer, so the runtime scores on several threads.
 SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -102,12 +102,12 @@ def on_device_config(settings: ServingSettings) -> dict:
             "type_numbers": {type_name(number): number for number in (0, *TYPE_NAMES)}}
 
 
-def on_device_unavailable(portable_dir: Path) -> str | None:
+def on_device_unavailable(portable_dir: Path, runtime_dir: Path = RUNTIME_DIR) -> str | None:
     """Why the page cannot score on the device with this service, or None."""
     if not all((portable_dir / file).is_file() for file in PORTABLE_FILES):
         return ("the served model was packaged without its exported form (package it with "
                 "`python -m stages.package --portable`)")
-    if not all((RUNTIME_DIR / file).is_file() for file in RUNTIME_FILES):
+    if not all((runtime_dir / file).is_file() for file in RUNTIME_FILES):
         return ("the service was built without onnxruntime-web (run `make node`, which runs "
                 "`npm ci`, before packaging)")
     return None
