@@ -370,3 +370,23 @@ def test_the_page_loads_only_from_its_own_origin(served, browser):
     shown_answer(page, "clean.png", "this device")
     assert not [text for text in messages if "Content Security Policy" in text], messages
     page.close()
+
+
+def test_the_pages_crop_grid_is_the_servers(served, browser):
+    """ondevice.js's grid, thinning (numpy's round half to even included) against
+    nriqa.core.imaging.grid_corners, over sizes around the crop and thinning to 1..48 crops."""
+    from nriqa.core.imaging import grid_corners
+
+    cases = [{"height": height, "width": width, "crop_size": 32, "stride": stride, "max_crops": most}
+             for height in (8, 31, 32, 33, 64, 100, 240) for width in (8, 40, 96, 200, 333)
+             for stride in (16, 32) for most in (1, 2, 5, 7, 48)]
+    page = open_page(served, browser)
+    page_grids = page.evaluate("""async (cases) => {
+        const {gridCorners} = await import(new URL('ondevice.js', document.baseURI.replace(/\\/?$/, '/')).href);
+        return cases.map((c) => gridCorners(c.height, c.width, c));
+    }""", cases)
+    for case, page_grid in zip(cases, page_grids, strict=True):
+        expected = grid_corners(case["height"], case["width"], crop_size=32,
+                                stride=case["stride"], max_crops=case["max_crops"])
+        assert [tuple(corner) for corner in page_grid] == expected, case
+    page.close()

@@ -93,10 +93,10 @@ export function gridCorners(height, width, {crop_size, stride, max_crops}) {
   const lefts = positions(width, crop_size, stride);
   const corners = positions(height, crop_size, stride).flatMap((top) => lefts.map((left) => [top, left]));
   if (corners.length <= max_crops) return corners;
-  // np.linspace(0, n - 1, max_crops): i * step, the last one exactly n - 1.
-  const step = (corners.length - 1) / (max_crops - 1);
+  // np.linspace(0, n - 1, max_crops): i * step, the last one exactly n - 1 (one alone: 0).
+  const step = max_crops > 1 ? (corners.length - 1) / (max_crops - 1) : 0;
   return Array.from({length: max_crops}, (_, i) =>
-    corners[i === max_crops - 1 ? corners.length - 1 : roundHalfEven(i * step)]);
+    corners[i > 0 && i === max_crops - 1 ? corners.length - 1 : roundHalfEven(i * step)]);
 }
 
 // Where row (or column) `index` of a padded crop comes from: numpy's "symmetric" padding of a
