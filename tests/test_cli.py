@@ -1,6 +1,6 @@
 """`python -m nriqa score`: folders searched recursively, CSV and JSON lines written row by row,
-files that fail skipped by name (exit 1), the three likeliest distortions beside each MOS (none
-for a model without the type head)."""
+files that fail skipped by name (exit 1), the three likeliest distortions beside each MOS, or
+"no distortion stands out" (nothing for a model without the type head)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def image_tree(tmp_path_factory) -> Path:
     textured(2).save(root / "nested" / "b.JPG", quality=90)
     textured(3).convert("L").save(root / "nested" / "deeper" / "c.tiff")
     textured(4).save(root / "nested" / "d.webp")
+    textured(10).save(root / "nested" / "clean.jpg", quality=90)  # no distortion stands out
     (root / "nested" / "broken.png").write_bytes((root / "a.png").read_bytes()[:200])
     (root / "notes.txt").write_text("not an image, and not picked up from a folder")
     return root
@@ -51,27 +52,31 @@ def test_folder_jsonl_output_skips_and_names_broken_file(tiny_model, image_tree,
     rows = read_jsonl(out)
     names = [Path(row["path"]).relative_to(image_tree).as_posix() for row in rows]
     # Recursive, sorted, only image suffixes (any case); the broken file is skipped.
-    assert names == ["a.png", "nested/b.JPG", "nested/d.webp", "nested/deeper/c.tiff"]
+    assert names == ["a.png", "nested/b.JPG", "nested/clean.jpg", "nested/d.webp",
+                     "nested/deeper/c.tiff"]
     assert "broken.png" in result.stderr and "truncated" in result.stderr
-    assert "scored 4 of 5 images" in result.stderr
+    assert "scored 5 of 6 images" in result.stderr
     assert all(isinstance(row["mos"], float) and row["category"] for row in rows)
-    assert len({row["mos"] for row in rows}) == 4  # the scores depend on the image
+    assert len({row["mos"] for row in rows}) == 5  # the scores depend on the image
     mos, probabilities = local_scores(tiny_model, [Path(row["path"]) for row in rows])
     np.testing.assert_allclose([row["mos"] for row in rows], mos, atol=1e-5)
     for row, image_probabilities in zip(rows, probabilities):
-        assert set(row) == {"path", "mos", "category", "distortions"}
-        check_distortions(row["distortions"], image_probabilities)
+        assert set(row) == {"path", "mos", "category", "distortions", "distortion_note"}
+        check_distortions(row["distortions"], row["distortion_note"], image_probabilities)
+    assert [row["distortion_note"] for row in rows] == [
+        None, None, "no distortion stands out", None, None]
 
 
 CSV_HEADER = ["path", "mos", "category", "distortion_1", "p_1", "distortion_2", "p_2",
-              "distortion_3", "p_3"]
+              "distortion_3", "p_3", "distortion_note"]
 
 
 @pytest.mark.integration  # starts a Python process
 def test_csv_to_stdout_matches_predict_mos(tiny_model, image_tree):
-    from nriqa.data.distortions import DISTORTIONS
+    from nriqa.core.taxonomy import type_name
 
-    files = [image_tree / "a.png", image_tree / "nested" / "b.JPG"]
+    files = [image_tree / "a.png", image_tree / "nested" / "b.JPG",
+             image_tree / "nested" / "clean.jpg"]
     result = score_cli([*map(str, files), "--model-dir", str(tiny_model)])
     reader = csv.DictReader(io.StringIO(result.stdout))
     rows = list(reader)
@@ -79,11 +84,15 @@ def test_csv_to_stdout_matches_predict_mos(tiny_model, image_tree):
     assert [row["path"] for row in rows] == [str(f) for f in files]
     expected, probabilities = local_scores(tiny_model, files)
     np.testing.assert_allclose([float(row["mos"]) for row in rows], expected, atol=1e-5)
-    names = {d.name: number for number, d in DISTORTIONS.items()}
+    names = {type_name(number): number for number in range(25)}
     for row, image_probabilities in zip(rows, probabilities):
         check_distortions([{"type": names[row[f"distortion_{k}"]], "name": row[f"distortion_{k}"],
-                            "probability": float(row[f"p_{k}"])} for k in (1, 2, 3)],
+                            "probability": float(row[f"p_{k}"])} for k in (1, 2, 3)
+                           if row[f"distortion_{k}"]], row["distortion_note"] or None,
                           image_probabilities)
+    # No distortion stands out in the clean one: its type cells are empty, its note says so.
+    assert [row["distortion_note"] for row in rows] == ["", "", "no distortion stands out"]
+    assert all(rows[-1][column] == "" for column in CSV_HEADER[3:-1])
 
 
 @pytest.mark.integration  # starts a Python process
@@ -95,7 +104,7 @@ def test_model_without_type_head_gives_no_distortions(plain_model, image_tree, t
     score_cli([*map(str, files), "--model-dir", str(plain_model), "--format", "jsonl",
                "--output", str(out)])
     rows = read_jsonl(out)
-    assert [row["distortions"] for row in rows] == [None, None]
+    assert [(row["distortions"], row["distortion_note"]) for row in rows] == [(None, None)] * 2
     np.testing.assert_allclose([row["mos"] for row in rows], expected, atol=1e-5)
 
     result = score_cli([*map(str, files), "--model-dir", str(plain_model)])

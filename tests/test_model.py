@@ -73,6 +73,43 @@ def test_undistorted_class_follows_the_24_types():
         (0, "no distortion"), (10, "JPEG compression")]
 
 
+def one_likeliest(classes: int, likeliest: int, probability: float) -> np.ndarray:
+    """Type probabilities with `probability` at column `likeliest`, the rest shared evenly."""
+    probabilities = np.full(classes, (1 - probability) / (classes - 1))
+    probabilities[likeliest] = probability
+    return probabilities
+
+
+def test_a_distortion_stands_out_only_when_it_is_likely_and_not_none():
+    from nriqa.model.prediction import (
+        NO_STANDOUT_NOTE,
+        STANDOUT_MIN_PROBABILITY,
+        distortion_stands_out,
+        likely_distortions,
+    )
+
+    jpeg = 9  # column of type 10, JPEG compression
+    assert distortion_stands_out(one_likeliest(25, jpeg, 0.6))
+    assert distortion_stands_out(one_likeliest(25, jpeg, STANDOUT_MIN_PROBABILITY))
+    assert not distortion_stands_out(one_likeliest(25, jpeg, STANDOUT_MIN_PROBABILITY - 0.01))
+    # A clean photo: near-uniform guesses, three types at 9% each.
+    clean = np.full(25, 0.73 / 22)
+    clean[[jpeg, 10, 7]] = 0.09
+    assert not distortion_stands_out(clean)
+    # The "no distortion" class (type 0, the last column) likeliest, however sure.
+    assert not distortion_stands_out(one_likeliest(25, 24, 0.9))
+    assert distortion_stands_out(one_likeliest(24, 23, 0.9))  # a head without that class
+    # A head of two types: 60% is no better than a guess; 80% stands out.
+    assert not distortion_stands_out(one_likeliest(2, 0, 0.6))
+    assert distortion_stands_out(one_likeliest(2, 0, 0.8))
+
+    listed, note = likely_distortions(one_likeliest(25, jpeg, 0.6))
+    assert listed[0]["type"] == 10 and len(listed) == 3 and note is None
+    assert likely_distortions(clean) == ([], NO_STANDOUT_NOTE)
+    assert likely_distortions(one_likeliest(25, 24, 0.9)) == ([], "no distortion stands out")
+    assert likely_distortions(None) == (None, None)  # a model without the type head
+
+
 def test_per_type_head_weighs_one_mos_per_type_by_the_type_probabilities():
     import keras
 

@@ -1,11 +1,15 @@
 """The quality map's grid and its drawing (the service's and the CLI's), without a model."""
 
 import numpy as np
+import pytest
 
+from nriqa.core.imaging import grid_corners
 from nriqa.serving.quality_map import (
     LEGEND_HEIGHT,
+    MAP_REACH_SPACINGS,
     RAMP,
     map_overlay,
+    map_reach,
     map_values,
     quality_map,
     ramp,
@@ -21,13 +25,53 @@ def test_grid_has_the_scores_where_their_crops_lie_and_null_where_thinned():
     assert GRID["scores"] == [[1.0, None, 8.0], [None, 4.0, None]]
 
 
-def test_each_pixel_is_the_mean_of_the_crops_covering_it():
+def test_each_pixel_is_the_mean_of_the_crops_covering_it_else_the_nearest_ones():
     values = map_values(GRID)
     assert values.shape == (50, 100)
     assert values[0, 0] == 1.0 and values[0, 99] == 8.0 and values[49, 50] == 4.0
     assert values[20, 25] == 2.5  # under the first and the third crop
-    assert np.isnan(values[49, 0])  # no crop scored there
+    assert values[49, 0] == 1.0  # no crop scored there: the nearest one's score
     assert map_values(GRID, scale=0.5).shape == (25, 50)
+
+
+def thinned_grid(width: int, height: int, scores) -> dict:
+    """The quality map of a width x height image as params.yaml scores it: crops of 64 every
+    64 pixels, thinned to 48."""
+    corners = grid_corners(height, width, crop_size=64, stride=64, max_crops=48)
+    return quality_map(width, height, corners, 64, scores(corners))
+
+
+def test_a_thinned_grid_is_painted_without_stripes():
+    """768x512 has 96 grid cells, of which 48 are scored: every other column. The map paints
+    quality, not that pattern: no cell is left bare, and an image of one quality is one colour."""
+    uniform = thinned_grid(768, 512, lambda corners: [5.0] * len(corners))
+    assert sum(score is None for row in uniform["scores"] for score in row) == 48
+    np.testing.assert_array_equal(map_values(uniform), np.full((512, 768), 5.0))
+
+    # Each scored crop's own pixels show its score; an unscored cell shows that of a scored
+    # neighbour (two equally near ones: their mean), never a value from farther away.
+    grid = thinned_grid(768, 512, lambda corners: [float(i % 7) for i in range(len(corners))])
+    values = map_values(grid)
+    for i, top in enumerate(grid["tops"]):
+        for j, left in enumerate(grid["lefts"]):
+            cell = values[top:top + 64, left:left + 64]
+            if grid["scores"][i][j] is not None:
+                assert (cell == grid["scores"][i][j]).all()
+                continue
+            neighbours = {grid["scores"][a][b] for a in range(max(0, i - 1), i + 2)
+                          for b in range(max(0, j - 1), j + 2)
+                          if a < len(grid["tops"]) and b < len(grid["lefts"])} - {None}
+            means = {(a + b) / 2 for a in neighbours for b in neighbours}
+            assert set(np.unique(cell)) <= means, (top, left)
+
+
+def test_points_far_from_every_scored_crop_are_not_guessed():
+    # A 4032x3024 photo's 48 crops lie along a few diagonals of its 63x47 grid cells.
+    grid = thinned_grid(4032, 3024, lambda corners: [3.0] * len(corners))
+    values = map_values(grid, scale=0.25)
+    assert 0.2 < np.isnan(values).mean() < 0.8
+    assert (values[~np.isnan(values)] == 3.0).all()
+    assert map_reach(grid) == pytest.approx(MAP_REACH_SPACINGS * np.sqrt(4032 * 3024 / 48))
 
 
 TID2013_SCALE, KADID_SCALE = (0.0, 9.0), (1.0, 5.0)
@@ -49,4 +93,8 @@ def test_overlay_stretches_the_map_onto_the_image_and_adds_the_scale():
     assert drawn.shape == (40 + LEGEND_HEIGHT, 120, 3)
     np.testing.assert_array_equal(drawn[0, 0], ramp_colours(np.array(1.0), TID2013_SCALE))
     np.testing.assert_array_equal(drawn[0, 119], ramp_colours(np.array(8.0), TID2013_SCALE))
-    np.testing.assert_array_equal(drawn[39, 0], [200, 200, 200])  # not covered: the image
+    np.testing.assert_array_equal(drawn[39, 0], ramp_colours(np.array(1.0), TID2013_SCALE))
+    # Out of every scored crop's reach (a 400x32 frame scored at its two ends): the image.
+    sparse = quality_map(400, 32, [(0, 0), (0, 368)], 32, [1.0, 8.0])
+    drawn = np.asarray(map_overlay(np.full((32, 400, 3), 200, np.uint8), sparse, TID2013_SCALE))
+    np.testing.assert_array_equal(drawn[16, 200], [200, 200, 200])

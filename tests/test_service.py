@@ -79,22 +79,27 @@ def test_score_every_supported_format(served, corpus):
         response = served.score(path.name, path.read_bytes())
         assert response.status_code == 200, (path.name, response.text)
         body = response.json()
-        assert set(body) == {"mos", "category", "distortions", "model_version", "mlflow_run_id",
-                             "quality_map"}
+        assert set(body) == {"mos", "category", "distortions", "distortion_note",
+                             "model_version", "mlflow_run_id", "quality_map"}
         assert body["quality_map"] is None  # only asked for with map=true
         assert body["model_version"] == "3" and body["mlflow_run_id"] == "run-abc123"
         assert body["category"] in {"Excellent", "Good", "Average", "Poor", "Very Poor"}
-        check_distortions(body["distortions"])
+        check_distortions(body["distortions"], body["distortion_note"])
 
 
 def test_score_matches_predict_mos_and_type_probabilities(served, corpus):
-    """The served MOS is `predict_mos`'s and the distortions are the model's likeliest types."""
+    """The served MOS is `predict_mos`'s and the distortions are the model's likeliest types,
+    when one stands out; when none does (photo.jpg and gray.png: "no distortion" is the
+    likeliest), the answer says so and lists none."""
     paths = [corpus / name for name in ("photo.jpg", "photo.png", "gray.png", "rotated.jpg")]
     mos, probabilities = local_scores(served.model_dir, paths)
+    notes = []
     for path, expected, image_probabilities in zip(paths, mos, probabilities):
         body = served.score(path.name, path.read_bytes()).json()
         assert body["mos"] == pytest.approx(float(expected), abs=1e-4), path.name
-        check_distortions(body["distortions"], image_probabilities)
+        check_distortions(body["distortions"], body["distortion_note"], image_probabilities)
+        notes.append(body["distortion_note"])
+    assert notes == ["no distortion stands out", None, "no distortion stands out", None]
 
 
 def test_quality_map_is_the_crops_averaged_into_the_score(served, corpus):
@@ -130,6 +135,7 @@ def test_model_without_type_head_gives_null_distortions(served_plain, corpus):
     single = served_plain.score(names[0], (corpus / names[0]).read_bytes())
     assert single.status_code == 200, single.text
     assert "distortions" in single.json() and single.json()["distortions"] is None
+    assert single.json()["distortion_note"] is None
     batch = requests.post(f"{served_plain.url}/score_batch", timeout=60,
                           files=[("images", (n, (corpus / n).read_bytes())) for n in names])
     assert batch.status_code == 200, batch.text
@@ -153,7 +159,8 @@ def test_score_batch_keeps_order_and_reports_bad_images(served, corpus):
     scored = [results[0], results[2], results[3]]
     assert [r["mos"] for r in scored] == pytest.approx([s["mos"] for s in singles], abs=1e-4)
     for result, single in zip(scored, singles):
-        check_distortions(result["distortions"])
+        check_distortions(result["distortions"], result["distortion_note"])
+        assert result["distortion_note"] == single["distortion_note"]
         assert [d["type"] for d in result["distortions"]] == [
             d["type"] for d in single["distortions"]]
         assert [d["probability"] for d in result["distortions"]] == pytest.approx(

@@ -26,7 +26,7 @@ from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher
 from nriqa.serving.middleware import UploadGuard, shown_name, upload_names
-from nriqa.serving.quality_map import ramp
+from nriqa.serving.quality_map import MAP_REACH_SPACINGS, ramp
 from nriqa.serving.responses import ImageError, Score
 from nriqa.serving.settings import (
     ServingSettings,
@@ -91,6 +91,7 @@ def test_the_page_draws_on_the_served_models_mos_scale(tmp_path):
     kadid = serving_settings(stored(tmp_path), {**MODEL_INFO, "mos_range": [1.0, 5.0]}, environ={})
     config = page_config(kadid, examples=[])
     assert config["scale"] == [1.0, 5.0] and config["categories"][-1][1] == 1.0
+    assert config["map_reach_spacings"] == MAP_REACH_SPACINGS  # the map drawn as map_values
     assert [mos for mos, _ in config["ramp"]] == [mos for mos, _ in ramp((1.0, 5.0))]
     assert page_config(settings(tmp_path), examples=[])["scale"] == [0.0, 9.0]
 
@@ -235,7 +236,9 @@ def fake_model(calls: list[int], fail: bool = False):
         crop_scores = [np.asarray(crops, dtype=np.float32).reshape(len(crops), -1).mean(axis=1)
                        / 255 * 9 for crops in crop_sets]
         mos = np.array([scores.mean() for scores in crop_scores])
-        probabilities = np.tile(np.linspace(1, 24, 24) / 300, (len(crop_sets), 1))
+        probabilities = np.linspace(1, 24, 24) / 600
+        probabilities[-1] += 0.5  # type 24 stands out
+        probabilities = np.tile(probabilities, (len(crop_sets), 1))
         return mos, probabilities, crop_scores
     return score_crop_sets
 
@@ -281,7 +284,10 @@ def test_scorer_answers_scores_and_names_bad_files(tmp_path):
     answer = asyncio.run(scorer.score(good, with_map=True))
     assert isinstance(answer, Score) and answer.model_version == "3"
     assert answer.category == categorize(answer.mos, DEFAULT_THRESHOLDS)
-    assert [d.type for d in answer.distortions] == [24, 23, 22]
+    assert [d.type for d in answer.distortions] == [24, 23, 22] and not answer.distortion_note
+    near_uniform = (4.0, np.full(24, 1 / 24), np.array([4.0]))
+    quiet = scorer.answer(near_uniform, None)
+    assert quiet.distortions == [] and quiet.distortion_note == "no distortion stands out"
     values = [v for row in answer.quality_map.scores for v in row if v is not None]
     assert np.mean(values) == pytest.approx(answer.mos, abs=1e-5)
     assert asyncio.run(scorer.score(good)).quality_map is None

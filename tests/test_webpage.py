@@ -11,6 +11,8 @@ NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example sco
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
@@ -21,7 +23,7 @@ import pytest
 import requests
 from PIL import Image
 
-from nriqa.serving.quality_map import map_values
+from nriqa.serving.quality_map import map_values, ramp_colours
 from tests.service_helpers import MAX_UPLOAD_BYTES, encode, textured
 
 pytestmark = pytest.mark.integration  # a `bentoml serve` process and Chromium
@@ -73,10 +75,18 @@ def check_score_shown(page, expected: dict) -> None:
     assert category.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
 
 
+def drawn_map(page) -> np.ndarray:
+    """The heat map's canvas as RGBA pixels."""
+    url = page.evaluate("document.getElementById('heatmap').toDataURL('image/png')")
+    png = base64.b64decode(url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+
+
 def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):
     # TIFF, which browsers cannot show: the preview is the image as the service decodes it.
+    # 320x240 has 80 cells of 32, thinned to the model's 48 crops.
     image = tmp_path / "holiday.tiff"
-    textured(21, (240, 160)).save(image)
+    textured(21, (320, 240)).save(image)
     expected = api_score(served, image)
     page = open_page(served, browser)
     # Nothing is shown before there is a score.
@@ -86,19 +96,18 @@ def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):
 
     upload(page, image)
     check_score_shown(page, expected)
-    assert page.evaluate("document.getElementById('preview').naturalWidth") == 240
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 320
     # The heat map is drawn over the preview, with its legend.
     assert page.locator("#heatmap").is_visible() and page.locator("#legend").is_visible()
-    painted = page.evaluate("""() => {
-        const canvas = document.getElementById('heatmap');
-        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-        let painted = 0;
-        for (let i = 3; i < data.length; i += 4) painted += data[i] > 0;
-        return painted / (canvas.width * canvas.height);
-    }""")
-    # Painted where the API's map has crops.
-    covered = ~np.isnan(map_values(expected["quality_map"]))
-    assert painted == pytest.approx(covered.mean(), abs=0.01)
+    grid = expected["quality_map"]
+    assert sum(score is None for row in grid["scores"] for score in row) == 80 - 48
+    # Drawn as map_values paints it at the canvas's size: the thinned cells too, so not striped.
+    drawn = drawn_map(page)
+    values = map_values(grid, scale=drawn.shape[1] / grid["width"])
+    assert values.shape == drawn.shape[:2] and not np.isnan(values).any()
+    assert (drawn[..., 3] > 0).all()
+    colour_error = np.abs(drawn[..., :3].astype(int) - ramp_colours(values, (0.0, 9.0))).max(-1)
+    assert (colour_error <= 3).mean() > 0.99  # pixels on a border may round the other way
     page.locator("#show-map").uncheck()
     assert page.locator("#heatmap").is_hidden()
     page.locator("#show-map").check()
@@ -109,6 +118,22 @@ def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):
     assert -1 not in positions and positions == sorted(positions), text
     for distortion in expected["distortions"]:
         assert f"{round(distortion['probability'] * 100)}%" in text, text
+    assert page.locator("#distortion-note").is_hidden()
+    page.close()
+
+
+def test_no_distortion_standing_out_is_said_not_listed(served, browser, tmp_path):
+    image = tmp_path / "clean.jpg"
+    textured(10).save(image, quality=90)  # the tiny model's "no distortion" is likeliest
+    expected = api_score(served, image)
+    assert expected["distortions"] == []
+    assert expected["distortion_note"] == "no distortion stands out"
+    page = open_page(served, browser)
+    upload(page, image)
+    check_score_shown(page, expected)
+    assert page.locator("#distortion-note").inner_text() == "No distortion stands out."
+    assert page.locator("#distortion-list").is_hidden()
+    assert page.locator("#distortion-list li").count() == 0
     page.close()
 
 
@@ -241,6 +266,7 @@ def shown_answer(page, name: str, where: str) -> dict:
 def check_same_answer(device: dict, server: dict) -> None:
     assert device["mos"] == pytest.approx(server["mos"], abs=0.01)
     assert device["category"] == server["category"]
+    assert device["distortion_note"] == server["distortion_note"]  # "no distortion stands out"
     if server["distortions"] is None:
         assert device["distortions"] is None
     else:

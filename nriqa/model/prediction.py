@@ -142,6 +142,36 @@ def top_distortions(probabilities: np.ndarray, count: int = 3) -> list[dict]:
              "probability": round(float(probabilities[k]), 4)} for k in order]
 
 
+# When a distortion stands out: the likeliest class is a distortion (not type 0, "no
+# distortion") with at least this probability and at least this many times a uniform share
+# (1/classes; it matters for heads of few types). Below that the head is guessing, and a clean
+# photo's near-uniform guesses (three types at 9% each) would read as a diagnosis.
+STANDOUT_MIN_PROBABILITY = 0.25
+STANDOUT_MIN_TIMES_UNIFORM = 1.5
+NO_STANDOUT_NOTE = "no distortion stands out"
+
+
+def distortion_stands_out(probabilities: np.ndarray) -> bool:
+    """Whether the type head names a distortion worth listing (see STANDOUT_MIN_PROBABILITY)."""
+    likeliest = int(np.argmax(probabilities))
+    top = float(probabilities[likeliest])
+    return (head_types(len(probabilities))[likeliest] != 0
+            and top >= STANDOUT_MIN_PROBABILITY
+            and top >= STANDOUT_MIN_TIMES_UNIFORM / len(probabilities))
+
+
+def likely_distortions(probabilities: np.ndarray | None,
+                       count: int = 3) -> tuple[list[dict] | None, str | None]:
+    """What the service, the page and the CLI say of an image's distortions: (the `count`
+    likeliest types, None) when one stands out; ([], NO_STANDOUT_NOTE) when none does;
+    (None, None) for a model without the type head (`probabilities` None)."""
+    if probabilities is None:
+        return None, None
+    if not distortion_stands_out(probabilities):
+        return [], NO_STANDOUT_NOTE
+    return top_distortions(probabilities, count), None
+
+
 def predict_crops(model, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Model outputs for a stack of crops, (crops, columns): a Keras model's through one traced
     graph per model, an exported one's (`nriqa.model.portable`) through its runtime."""

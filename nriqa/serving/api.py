@@ -30,7 +30,7 @@ from nriqa.core.imaging import (
 )
 from nriqa.core.runtime import usable_cpus
 from nriqa.model.bundle import load_model
-from nriqa.model.prediction import score_crop_sets, top_distortions
+from nriqa.model.prediction import likely_distortions, score_crop_sets
 from nriqa.serving.batching import ModelBatcher
 from nriqa.serving.quality_map import quality_map
 from nriqa.serving.responses import (
@@ -162,16 +162,16 @@ class UploadScorer:
         """The answer for one image from its model output; with its crop layout, its quality
         map too."""
         mos, probabilities, crop_scores = output
-        distortions = None  # a model without the distortion-type head: nothing to say
-        if probabilities is not None:
-            distortions = [Distortion(**entry) for entry in top_distortions(probabilities)]
+        listed, note = likely_distortions(probabilities)
+        distortions = None if listed is None else [Distortion(**entry) for entry in listed]
         grid = None
         if layout is not None:
             width, height, corners = layout
             grid = QualityMap(**quality_map(width, height, corners,
                                             self.settings.preprocessing["crop_size"], crop_scores))
         return Score(mos=round(mos, 6), category=categorize(mos, self.settings.categories),
-                     distortions=distortions, model_version=self.settings.model_version,
+                     distortions=distortions, distortion_note=note,
+                     model_version=self.settings.model_version,
                      mlflow_run_id=self.settings.mlflow_run_id, quality_map=grid)
 
 

@@ -234,10 +234,12 @@ class DeviceScorer {
     const means = sums.map((sum) => sum / count);
     const mos = means[0];
     const cropScores = corners.map((_, i) => outputs[i * columns]);
+    const [distortions, note] = columns > 1 ? this.likelyDistortions(means.subarray(1)) : [null, null];
     return {
       mos: round(mos, 6),
       category: this.category(mos),
-      distortions: columns > 1 ? this.likeliest(means.subarray(1)) : null,
+      distortions,
+      distortion_note: note,
       model_version: this.config.model_version,
       mlflow_run_id: this.config.mlflow_run_id,
       quality_map: qualityMap(width, height, corners, this.info.preprocessing.crop_size, cropScores),
@@ -252,17 +254,25 @@ class DeviceScorer {
     return (reached || categories[categories.length - 1])[0];
   }
 
-  // nriqa.model.prediction.top_distortions over the softmax of the mean logits.
-  likeliest(logits) {
+  // nriqa.model.prediction.likely_distortions over the softmax of the mean logits: the likeliest
+  // types when one stands out (distortion_stands_out), else none and the note saying so.
+  likelyDistortions(logits) {
     const top = Math.max(...logits);
     const exps = logits.map((logit) => Math.fround(Math.exp(logit - top)));
     const total = exps.reduce((a, b) => Math.fround(a + b), 0);
     const probabilities = Array.from(exps, (e) => Math.fround(e / total));
+    const rule = this.settings.distortions;
+    const typeOf = (k) => this.settings.type_numbers[this.info.distortion_types[k]];
     const order = probabilities.map((_, k) => k).sort((a, b) => probabilities[b] - probabilities[a]);
-    return order.slice(0, 3).map((k) => {
-      const name = this.info.distortion_types[k];
-      return {type: this.settings.type_numbers[name], name, probability: round(probabilities[k], 4)};
-    });
+    const likeliest = probabilities.indexOf(Math.max(...probabilities));  // np.argmax: the first
+    const best = probabilities[likeliest];
+    if (typeOf(likeliest) === 0 || best < rule.min_probability
+        || best < rule.min_times_uniform / probabilities.length) {
+      return [[], rule.note];
+    }
+    return [order.slice(0, rule.listed).map((k) => ({
+      type: typeOf(k), name: this.info.distortion_types[k], probability: round(probabilities[k], 4),
+    })), null];
   }
 }
 

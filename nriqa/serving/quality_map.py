@@ -5,7 +5,9 @@ those same scores laid out where their crops lie, so it costs no second pass ove
 and its mean is the MOS. `quality_map` gives it as a grid (the service's `map=true`),
 `map_overlay` draws it over the image as a heat map (the CLI's `--map DIR`); the web page draws
 it the same way, with the same colours (`ramp`), along the served model's MOS scale (its
-model.json's `mos_range`: 0..9 for TID2013, 1..5 for KADID-10k and KonIQ-10k).
+model.json's `mos_range`: 0..9 for TID2013, 1..5 for KADID-10k and KonIQ-10k). Where the grid
+was thinned (predict.max_crops), each point shows the nearest scored crop's score
+(`map_values`), so the map shows quality and not which cells were sampled.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ RAMP = ((0.0, (165, 0, 38)), (1 / 3, (244, 109, 67)), (0.5, (254, 224, 139)),
 # Longest side the CLI draws its map at; a map finer than its crops shows nothing more.
 MAX_MAP_SIDE = 1024
 LEGEND_HEIGHT = 14  # pixels: the colour scale under the map, labelled lowest, MOS, highest
+# A point of the map takes the score of the nearest scored crop up to this many times the
+# scored crops' mean spacing (`map_reach`). That spans the cells a grid thinned to
+# predict.max_crops leaves unscored between and beside scored ones, so the map is not striped
+# (up to 1024x768 with 48 crops of 64, every point is painted); a point farther from every
+# scored crop, as most of a large photo is, is left unpainted rather than guessed.
+MAP_REACH_SPACINGS = 1.5
 
 
 def ramp(mos_range) -> list[tuple[float, tuple[int, int, int]]]:
@@ -44,21 +52,42 @@ def quality_map(width: int, height: int, corners: list[tuple[int, int]], crop_si
             "lefts": lefts, "scores": scores}
 
 
+def map_reach(grid: dict) -> float:
+    """How far from its square, in frame pixels, a scored crop's score is painted:
+    `MAP_REACH_SPACINGS` times the scored crops' mean spacing, sqrt(frame area / crops)."""
+    scored = sum(score is not None for row in grid["scores"] for score in row)
+    return MAP_REACH_SPACINGS * float(np.sqrt(grid["width"] * grid["height"] / max(1, scored)))
+
+
 def map_values(grid: dict, scale: float = 1.0) -> np.ndarray:
-    """Per pixel of the frame (scaled by `scale`), the mean score of the crops covering it;
-    NaN where no scored crop does."""
+    """Per pixel of the frame (scaled by `scale`), the score of the nearest scored crop: the
+    mean of the scored crops covering it, else of the nearest one (by distance to its square;
+    equally near ones averaged) within `map_reach`; NaN farther away. Each pixel is judged at
+    its centre, as the web page's drawing does."""
     height, width = (max(1, round(grid[side] * scale)) for side in ("height", "width"))
+    ys = (np.arange(height) + 0.5) * grid["height"] / height  # pixel centres, in frame pixels
+    xs = (np.arange(width) + 0.5) * grid["width"] / width
+    size = grid["crop_size"]
+
+    def squared_gap(centres, start):  # along one axis, from each centre to a crop's square
+        return np.maximum(np.maximum(start - centres, centres - (start + size)), 0.0) ** 2
+
+    nearest = np.full((height, width), np.inf)  # squared distance to the nearest scored crop
     total, count = np.zeros((height, width)), np.zeros((height, width))
-    size = grid["crop_size"] * scale
     for top, row in zip(grid["tops"], grid["scores"]):
+        vertical = squared_gap(ys, top)[:, None]
         for left, score in zip(grid["lefts"], row):
-            if score is not None:
-                box = (slice(round(top * scale), round(top * scale + size)),
-                       slice(round(left * scale), round(left * scale + size)))
-                total[box] += score
-                count[box] += 1
-    with np.errstate(invalid="ignore"):
-        return total / count
+            if score is None:
+                continue
+            distance = vertical + squared_gap(xs, left)[None, :]
+            closer, tied = distance < nearest, distance == nearest
+            total[closer], count[closer] = score, 1
+            total[tied] += score
+            count[tied] += 1
+            np.minimum(nearest, distance, out=nearest)
+    values = total / np.maximum(count, 1)
+    values[nearest > map_reach(grid) ** 2] = np.nan
+    return values
 
 
 def ramp_colours(values: np.ndarray, mos_range) -> np.ndarray:

@@ -32,8 +32,12 @@ class Score(BaseModel):
     mos: float = Field(description="predicted mean opinion score")
     category: str = Field(description="quality category of the MOS (params.yaml evaluate.categories)")
     distortions: list[Distortion] | None = Field(
-        description="the three likeliest TID2013 distortion types, likeliest first; null when "
-                    "the model has no distortion-type head")
+        description="the three likeliest TID2013 distortion types, likeliest first, when one "
+                    "stands out (nriqa.model.prediction.distortion_stands_out); empty when none "
+                    "does; null when the model has no distortion-type head")
+    distortion_note: str | None = Field(
+        description="\"no distortion stands out\" when `distortions` is empty: the likeliest "
+                    "class is \"no distortion\" or no type is likely enough to name; else null")
     model_version: str = Field(description="MLflow registry version of the model")
     mlflow_run_id: str = Field(description="MLflow run that trained the model")
     quality_map: QualityMap | None = Field(

@@ -2,8 +2,10 @@
 
 Folders are searched recursively for image files (`nriqa.data.formats.IMAGE_SUFFIXES`). Scores
 come from `nriqa.model.prediction.score_paths`, as the evaluate stage's do, on the crops and
-model pass the service uses too, so the CLI, the reports and the service agree. Beside each MOS come the three likeliest TID2013 distortion
-types (empty for a model without the distortion-type head). `--map DIR` also writes each
+model pass the service uses too, so the CLI, the reports and the service agree. Beside each
+MOS come the three likeliest TID2013 distortion types when one stands out, else "no distortion
+stands out" (`nriqa.model.prediction.likely_distortions`; empty for a model without the
+distortion-type head). `--map DIR` also writes each
 image's quality map (`nriqa.serving.quality_map`: its crop scores, whose mean is its MOS) over the image
 as DIR/<name>.png, with a 0..9 colour legend along the bottom.
 Rows are written as they are scored (CSV, or JSON lines with `--format jsonl`), so a crash
@@ -28,7 +30,7 @@ from nriqa.core.config import load_config
 from nriqa.core.errors import ExitCode, NriqaError
 from nriqa.core.imaging import prediction_layout
 from nriqa.data.formats import IMAGE_SUFFIXES
-from nriqa.model.prediction import score_paths, top_distortions
+from nriqa.model.prediction import likely_distortions, score_paths
 from nriqa.ops.tracking import open_named_model
 from nriqa.serving.quality_map import MAX_MAP_SIDE, map_overlay, quality_map
 
@@ -36,7 +38,7 @@ from nriqa.serving.quality_map import MAX_MAP_SIDE, map_overlay, quality_map
 TOP_DISTORTIONS = 3
 CSV_FIELDS = ["path", "mos", "category"] + [
     f"{column}_{rank}" for rank in range(1, TOP_DISTORTIONS + 1)
-    for column in ("distortion", "p")]
+    for column in ("distortion", "p")] + ["distortion_note"]
 
 
 def find_images(paths: list[Path]) -> list[Path]:
@@ -58,8 +60,8 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
     scores each chunk (so memory holds one chunk of crops, however many files there are).
 
     A file that fails for any reason is passed to `on_error(path, message)` and skipped.
-    A row is `{"path", "mos", "category", "distortions"}`; `distortions` is the
-    `nriqa.model.prediction.top_distortions` list, or None when the model has no distortion-type head.
+    A row is `{"path", "mos", "category", "distortions", "distortion_note"}`, the last two as
+    `nriqa.model.prediction.likely_distortions` gives them (both None without a type head).
     With `map_dir`, each image's quality map is written there, coloured along `mos_range` (the
     model.json's), and the row's `map` names it.
     """
@@ -69,10 +71,10 @@ def score_files(model, preprocessing: dict, files: list[Path], thresholds: dict,
         if scored.error is not None:
             on_error(scored.path, _describe(scored.path, scored.error))
             continue
+        distortions, note = likely_distortions(scored.probabilities, TOP_DISTORTIONS)
         row = {"path": str(scored.path), "mos": round(float(scored.mos), 6),
                "category": categorize(float(scored.mos), thresholds),
-               "distortions": None if scored.probabilities is None else
-               top_distortions(scored.probabilities, TOP_DISTORTIONS)}
+               "distortions": distortions, "distortion_note": note}
         if maps is not None:
             row["map"] = str(maps.write(scored.path, scored.kept, scored.crop_scores))
         yield row
@@ -134,8 +136,9 @@ class RowWriter:
     """Writes each row as it comes and flushes it, so rows already scored survive a crash.
 
     JSON lines (`jsonl`): each row as it is (`distortions` a list or null). CSV: one column pair
-    per likely distortion, `distortion_k` (its name) and `p_k` (its probability), empty when the
-    model has no distortion-type head; the header comes with the first row.
+    per likely distortion, `distortion_k` (its name) and `p_k` (its probability), then
+    `distortion_note`; empty where there is nothing to say (none stands out: the note says so;
+    a model without the distortion-type head: all empty). The header comes with the first row.
     """
 
     def __init__(self, fmt: str, stream):
@@ -155,7 +158,7 @@ class RowWriter:
 
 
 def _csv_row(row: dict) -> dict:
-    flat = {key: row[key] for key in ("path", "mos", "category")}
+    flat = {key: row[key] for key in ("path", "mos", "category", "distortion_note")}
     for rank, distortion in enumerate(row["distortions"] or [], start=1):
         flat[f"distortion_{rank}"] = distortion["name"]
         flat[f"p_{rank}"] = distortion["probability"]

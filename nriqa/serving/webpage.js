@@ -212,6 +212,7 @@ function showScore(result) {
   const list = $("distortion-list");
   list.replaceChildren();
   // A model without the distortion-type head gives null: the space is left out, not faked.
+  // When no distortion stands out, the list is empty and the API's note says so.
   for (const distortion of result.distortions || []) {
     const item = document.createElement("li");
     const bar = document.createElement("span");
@@ -220,11 +221,17 @@ function showScore(result) {
     item.append(`${distortion.name}: ${Math.round(100 * distortion.probability)}%`, bar);
     list.append(item);
   }
+  const note = result.distortion_note || "";
+  $("distortion-note").textContent = note && `${note[0].toUpperCase()}${note.slice(1)}.`;
+  $("distortion-note").hidden = !note;
+  list.hidden = !list.children.length;
   $("distortions").hidden = !result.distortions;
   $("score").hidden = false;
 }
 
-// Each pixel gets the mean score of the crops covering it, as nriqa.serving.quality_map.map_values does.
+// Each pixel gets the score of the nearest scored crop, as nriqa.serving.quality_map.map_values
+// gives it: the mean of the scored crops covering it, else of the nearest one within the map's
+// reach (map_reach); farther away it is left unpainted. A thinned grid is then not striped.
 function drawMap() {
   const canvas = $("heatmap"), image = $("preview");
   canvas.hidden = !lastMap || !$("show-map").checked;
@@ -232,25 +239,32 @@ function drawMap() {
   const width = image.clientWidth, height = image.clientHeight;
   canvas.width = width; canvas.height = height;
   canvas.style.width = `${width}px`; canvas.style.height = `${height}px`;
-  const sx = width / lastMap.width, sy = height / lastMap.height;
-  const total = new Float32Array(width * height), count = new Uint16Array(width * height);
+  const size = lastMap.crop_size, crops = [];
   lastMap.tops.forEach((top, i) => lastMap.lefts.forEach((left, j) => {
     const score = lastMap.scores[i][j];
-    if (score === null) return;
-    const x1 = Math.min(width, Math.round((left + lastMap.crop_size) * sx));
-    const y1 = Math.min(height, Math.round((top + lastMap.crop_size) * sy));
-    for (let y = Math.round(top * sy); y < y1; y++) {
-      for (let x = Math.round(left * sx); x < x1; x++) {
-        total[y * width + x] += score;
-        count[y * width + x] += 1;
-      }
-    }
+    if (score !== null) crops.push({top, left, score});
   }));
+  const reach = config.map_reach_spacings * Math.sqrt(lastMap.width * lastMap.height / crops.length);
+  // Along one axis, from a pixel centre to a crop's square, in frame pixels.
+  const squaredGap = (centre, start) => Math.max(start - centre, centre - (start + size), 0) ** 2;
   const pixels = new ImageData(width, height);
-  for (let p = 0; p < count.length; p++) {
-    if (!count[p]) continue;
-    const [r, g, b] = rampColour(total[p] / count[p]);
-    pixels.data.set([r, g, b, 140], 4 * p);
+  for (let y = 0; y < height; y++) {
+    const frameY = (y + 0.5) * lastMap.height / height;
+    for (let x = 0; x < width; x++) {
+      const frameX = (x + 0.5) * lastMap.width / width;
+      let nearest = Infinity, total = 0, count = 0;
+      for (const crop of crops) {
+        const distance = squaredGap(frameY, crop.top) + squaredGap(frameX, crop.left);
+        if (distance < nearest) {
+          nearest = distance; total = crop.score; count = 1;
+        } else if (distance === nearest) {
+          total += crop.score; count += 1;
+        }
+      }
+      if (nearest > reach * reach) continue;
+      const [r, g, b] = rampColour(total / count);
+      pixels.data.set([r, g, b, 140], 4 * (y * width + x));
+    }
   }
   canvas.getContext("2d").putImageData(pixels, 0, 0);
 }

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
+from inspect import signature
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,13 @@ from nriqa.core.imaging import FORMAT_NAMES, MIN_SIDE, decode_image
 from nriqa.core.taxonomy import TYPE_NAMES, type_name
 from nriqa.data.examples import read_index
 from nriqa.model.portable import INFO, ONNX_FILE, PORTABLE_FORMAT
-from nriqa.serving.quality_map import ramp
+from nriqa.model.prediction import (
+    NO_STANDOUT_NOTE,
+    STANDOUT_MIN_PROBABILITY,
+    STANDOUT_MIN_TIMES_UNIFORM,
+    likely_distortions,
+)
+from nriqa.serving.quality_map import MAP_REACH_SPACINGS, ramp
 
 if TYPE_CHECKING:
     from nriqa.serving.api import UploadScorer
@@ -80,13 +87,15 @@ SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY,
 
 
 def page_config(settings: ServingSettings, examples: list[dict]) -> dict:
-    """What the page's script needs: the scale, category bounds (best first), colours, model,
-    and what scoring on the device needs besides the exported model."""
+    """What the page's script needs: the scale, category bounds (best first), colours, how far
+    the map paints a crop's score, model, and what scoring on the device needs besides the
+    exported model."""
     names, bounds = ordered_categories(settings.categories)
     return {"scale": list(settings.mos_range),
             "categories": [[name, float(bound)] for name, bound in zip(names, bounds)]
                           + [[names[-1], settings.mos_range[0]]],
             "ramp": [[mos, list(rgb)] for mos, rgb in ramp(settings.mos_range)],
+            "map_reach_spacings": MAP_REACH_SPACINGS,
             "model_version": settings.model_version, "mlflow_run_id": settings.mlflow_run_id,
             "model_tag": settings.model_tag, "max_batch_images": settings.max_batch_images,
             "examples": examples, "on_device": on_device_config(settings)}
@@ -99,7 +108,12 @@ def on_device_config(settings: ServingSettings) -> dict:
             "portable_format": PORTABLE_FORMAT, "min_side": MIN_SIDE,
             "format_names": FORMAT_NAMES,
             # The number of each type the head names (nriqa.core.taxonomy), as the API gives it.
-            "type_numbers": {type_name(number): number for number in (0, *TYPE_NAMES)}}
+            "type_numbers": {type_name(number): number for number in (0, *TYPE_NAMES)},
+            # When the API lists distortions, and how many (nriqa.model.prediction).
+            "distortions": {"listed": signature(likely_distortions).parameters["count"].default,
+                            "min_probability": STANDOUT_MIN_PROBABILITY,
+                            "min_times_uniform": STANDOUT_MIN_TIMES_UNIFORM,
+                            "note": NO_STANDOUT_NOTE}}
 
 
 def on_device_unavailable(portable_dir: Path, runtime_dir: Path = RUNTIME_DIR) -> str | None:
