@@ -12,6 +12,7 @@ NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example sco
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import os
@@ -288,25 +289,33 @@ def test_examples_and_an_upload_score_on_the_device_without_sending_the_image(
     page = open_page(served, browser)
     requests_made = recorded(page)
     score_on_device(page)
-    milliseconds = {}
+    milliseconds, answers = {}, []
     buttons = page.locator("#examples button")
     for i in range(buttons.count()):
         file = buttons.nth(i).locator("img").get_attribute("src").rsplit("/", 1)[-1]
         example = tmp_path / file
         example.write_bytes(requests.get(f"{served.url}/ui/examples/{file}", timeout=30).content)
         buttons.nth(i).click()
-        check_same_answer(shown_answer(page, file, "this device"), api_score(served, example))
+        answers.append(shown_answer(page, file, "this device"))
+        check_same_answer(answers[-1], api_score(served, example))
         assert page.locator("#mos").inner_text() == f"{api_score(served, example)['mos']:.2f}"
         assert page.locator("#heatmap").is_visible()
         milliseconds[file] = page.locator("#scored-by").inner_text()
-    # A file of the user's: the one case where the bytes exist nowhere but in the browser.
+    # Files of the user's: the case where the bytes exist nowhere but in the browser. One with
+    # transparency (composited on white), one of weak features (no distortion stands out).
     photo = tmp_path / "private.png"
     pixels = np.asarray(textured(40, (200, 120)).convert("RGBA")).copy()
-    pixels[:, :100, 3] = np.linspace(0, 255, 100).round().astype(np.uint8)  # composited on white
+    pixels[:, :100, 3] = np.linspace(0, 255, 100).round().astype(np.uint8)
     Image.fromarray(pixels).save(photo)
-    upload(page, photo)
-    check_same_answer(shown_answer(page, photo.name, "this device"), api_score(served, photo))
-    assert page.evaluate("document.getElementById('preview').naturalWidth") == 200
+    plain = tmp_path / "plain.png"
+    textured(10).save(plain)
+    for path in (photo, plain):
+        upload(page, path)
+        answers.append(shown_answer(page, path.name, "this device"))
+        check_same_answer(answers[-1], api_score(served, path))
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 96
+    # Both answers of the type head were compared: distortions listed, and none standing out.
+    assert {bool(answer["distortions"]) for answer in answers} == {True, False}
     secret = photo.read_bytes()
 
     origin = served.url
@@ -317,13 +326,17 @@ def test_examples_and_an_upload_score_on_the_device_without_sending_the_image(
         path = request.url[len(origin):]
         assert request.method == "GET" and not request.post_data_buffer, (request.method, path)
         assert (path in PAGE_PATHS | ON_DEVICE_PATHS or path.startswith("/ui/examples/")), path
-        assert photo.name not in path
+        assert photo.name not in path and plain.name not in path
     assert not any(secret[:64] in (request.post_data_buffer or b"") for request in requests_made)
     assert {request.url[len(origin):] for request in requests_made} >= ON_DEVICE_PATHS
 
-    # Measured, not asserted: what a browser downloads once, and the time per image here.
-    sizes = {path: len(requests.get(f"{origin}{path}", timeout=60).content) for path in ON_DEVICE_PATHS}
-    print("\n".join(f"{path}: {size / 1e6:.3f} MB" for path, size in sorted(sizes.items())))
+    # Measured, not asserted: what a browser downloads once (as sent, gzipped), the time per image.
+    for path in sorted(ON_DEVICE_PATHS):
+        raw = requests.get(f"{origin}{path}", timeout=60, stream=True).raw
+        sent = raw.read(decode_content=False)
+        gzipped = raw.headers.get("content-encoding") == "gzip"
+        size = len(gzip.decompress(sent)) if gzipped else len(sent)
+        print(f"{path}: {size / 1e6:.3f} MB, sent as {len(sent) / 1e6:.3f} MB")
     print("\n".join(milliseconds.values()))
     page.close()
 
