@@ -381,7 +381,6 @@ def test_page_app_serves_the_exported_model_and_runtime_under_its_security_polic
     for path in ("/", "/webpage.js", "/portable/model.json", "/runtime/nothing"):
         headers = request(app, "GET", path).headers
         assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
-        assert headers["cross-origin-embedder-policy"] == "require-corp"
     # Sent gzipped where that saves, and revalidated by its ETag.
     packed = request(app, "GET", "/portable/model.json", headers={"accept-encoding": "gzip"})
     assert packed.headers["content-encoding"] == "gzip" and packed.json()["format"] == 1

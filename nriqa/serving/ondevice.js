@@ -52,7 +52,8 @@ export async function loadDeviceScorer(config) {
     throw new Error(`the WebAssembly runtime did not load (${error.message})`);
   }
   ort.env.wasm.wasmPaths = RUNTIME.href;  // its .mjs and .wasm from here, not a CDN
-  // Several threads need SharedArrayBuffer, which only a cross-origin isolated page has.
+  // Several threads need SharedArrayBuffer, which only a cross-origin isolated page has (the
+  // service does not isolate it: one thread was the faster on small crops).
   ort.env.wasm.numThreads = self.crossOriginIsolated
     ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   const bytes = new Uint8Array(await (await fetchOk(new URL(MODEL_FILE, PORTABLE))).arrayBuffer());

@@ -78,11 +78,9 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
     "img-src 'self' blob:; connect-src 'self'; worker-src 'self'; object-src 'none'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-# Cross-origin isolation (the page opens no other origin's windows, embeds nothing of others)
-# gives the page SharedArrayBuffer, so the runtime scores on several threads.
+# No cross-origin isolation (COOP and COEP), which would let the runtime use several threads:
+# on small crops one thread was faster (docs/serving.md, "Scoring on this device").
 SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY,
-                    "Cross-Origin-Opener-Policy": "same-origin",
-                    "Cross-Origin-Embedder-Policy": "require-corp",
                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
