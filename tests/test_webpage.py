@@ -6,7 +6,8 @@ Playwright drives Debian's chromium (`make system-deps` installs it; `playwright
 cannot download browsers here). The servers are conftest.py's `served` and `served_plain`,
 shared with test_service.py.
 NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example scored, there
-(the README's).
+(the README's); NRIQA_SCREENSHOT_ON_DEVICE=docs/ondevice.png one of an example scored on the
+device.
 """
 
 from __future__ import annotations
@@ -264,6 +265,12 @@ def shown_answer(page, name: str, where: str) -> dict:
     return json.loads(page.locator("#answer-json").text_content())
 
 
+def save_screenshot(page, path: str) -> None:
+    """The page as shown, in 256 colours: a small PNG for the docs."""
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True)))
+    shot.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
 def check_same_answer(device: dict, server: dict) -> None:
     assert device["mos"] == pytest.approx(server["mos"], abs=0.01)
     assert device["category"] == server["category"]
@@ -301,6 +308,8 @@ def test_examples_and_an_upload_score_on_the_device_without_sending_the_image(
         assert page.locator("#mos").inner_text() == f"{api_score(served, example)['mos']:.2f}"
         assert page.locator("#heatmap").is_visible()
         milliseconds[file] = page.locator("#scored-by").inner_text()
+        if file == "type12-level5.png" and os.environ.get("NRIQA_SCREENSHOT_ON_DEVICE"):
+            save_screenshot(page, os.environ["NRIQA_SCREENSHOT_ON_DEVICE"])
     # Files of the user's: the case where the bytes exist nowhere but in the browser. One with
     # transparency (composited on white), one of weak features (no distortion stands out).
     photo = tmp_path / "private.png"
@@ -395,7 +404,8 @@ def test_without_the_runtime_the_page_says_so_and_scores_on_the_server(served, b
 
 
 def test_the_page_loads_only_from_its_own_origin(served, browser):
-    """The Content-Security-Policy is on the page, and the page runs under it: no violation."""
+    """The Content-Security-Policy is on the page, and the page runs under it, scoring on the
+    device and on the server: no violation."""
     response = requests.get(f"{served.url}/ui/", timeout=30)
     policy = response.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "script-src 'self' 'wasm-unsafe-eval'" in policy
@@ -407,6 +417,10 @@ def test_the_page_loads_only_from_its_own_origin(served, browser):
     score_on_device(page)
     page.locator("#examples button").first.click()
     shown_answer(page, "clean.png", "this device")
+    page.locator("#on-device").uncheck()
+    page.locator("#examples button").first.click()
+    shown_answer(page, "clean.png", "the server")
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 320  # a blob: URL
     assert not [text for text in messages if "Content Security Policy" in text], messages
     page.close()
 
