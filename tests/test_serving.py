@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from nriqa.core.categories import DEFAULT_THRESHOLDS, categorize
 from nriqa.core.errors import NriqaError
-from nriqa.ops.packaging import check_runtime
+from nriqa.ops.packaging import RUNTIME_FILES, RUNTIME_PATH, check_runtime
 from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher
@@ -38,8 +38,6 @@ from nriqa.serving.webpage import (
     ASSETS,
     CONTENT_SECURITY_POLICY,
     RUNTIME_DIR,
-    RUNTIME_FILES,
-    RUNTIME_PATH,
     on_device_unavailable,
     page_config,
     webpage_app,

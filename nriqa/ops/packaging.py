@@ -33,6 +33,12 @@ EXAMPLES_DIR = "examples"
 # The exported model (model.onnx, model.tflite, model.json) in the stored model, for the web
 # page's scoring on the device and for download (`nriqa.model.export`).
 PORTABLE_DIR = "portable"
+# onnxruntime-web's WebAssembly build, with which the web page scores on the device: where
+# `make node` (npm ci) installs it in the project, and the Bento ships it (bentofile.yaml). Its ES
+# module, the Emscripten module that imports and the WebAssembly binary; not the WebGPU, WebGL
+# or JSPI builds.
+RUNTIME_PATH = Path("node_modules", "onnxruntime-web", "dist")
+RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 # The keys of params.yaml `serve` that the service reads; each has an environment override
 # NRIQA_<KEY upper-cased>, e.g. NRIQA_MAX_PIXELS.
 SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_images", "max_batch_pixels",
@@ -145,8 +151,6 @@ def check_portable(portable_dir: Path, model_dir: Path) -> None:
 def check_runtime(project_dir: Path) -> None:
     """A NriqaError unless the project holds the web page's runtime for scoring on the device
     (onnxruntime-web's WebAssembly build, which the Bento ships beside the exported model)."""
-    from nriqa.serving.webpage import RUNTIME_FILES, RUNTIME_PATH
-
     runtime = Path(project_dir).resolve() / RUNTIME_PATH
     missing = [file for file in RUNTIME_FILES if not (runtime / file).is_file()]
     if missing:

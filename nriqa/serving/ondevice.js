@@ -65,13 +65,13 @@ export async function loadDeviceScorer(config) {
       throw new Error(`${MODEL_FILE} is not the file model.json describes (sha256)`);
     }
   }
-  let session;
+  let runner;
   try {
-    session = await ort.InferenceSession.create(bytes, {executionProviders: ["wasm"]});
+    runner = await ort.InferenceSession.create(bytes, {executionProviders: ["wasm"]});
   } catch (error) {
     throw new Error(`the WebAssembly runtime could not start the model (${error.message || error})`);
   }
-  return new DeviceScorer(ort, session, info, config, bytes.length);
+  return new DeviceScorer(ort, runner, info, config, bytes.length);
 }
 
 // numpy's round (half to even), as np.linspace(...).round() thins the crop grid.
@@ -116,11 +116,11 @@ function looksLikeAnImage(head) {
 }
 
 class DeviceScorer {
-  constructor(ort, session, info, config, modelBytes) {
-    Object.assign(this, {ort, session, info, config, modelBytes});
+  constructor(ort, runner, info, config, modelBytes) {
+    Object.assign(this, {ort, runner, info, config, modelBytes});
     this.settings = config.on_device;
     this.inputName = info.input.name;
-    this.outputName = session.outputNames[0];
+    this.outputName = runner.outputNames[0];
   }
 
   // The image as nriqa.core.imaging.decode_image gives it: RGB bytes, upright as its EXIF says,
@@ -195,7 +195,7 @@ class DeviceScorer {
       const n = Math.min(CROPS_PER_RUN, count - start);
       const input = new this.ort.Tensor("float32",
         crops.subarray(start * perCrop, (start + n) * perCrop), [n, size, size, 3]);
-      const result = await this.session.run({[this.inputName]: input});
+      const result = await this.runner.run({[this.inputName]: input});
       const output = result[this.outputName];
       if (output.data.length !== n * columns) {
         throw new Error(`the exported model gave ${output.dims} for ${n} crops; model.json ` +

@@ -46,6 +46,7 @@ from nriqa.model.prediction import (
     STANDOUT_MIN_TIMES_UNIFORM,
     likely_distortions,
 )
+from nriqa.ops.packaging import RUNTIME_FILES, RUNTIME_PATH
 from nriqa.serving.quality_map import MAP_REACH_SPACINGS, ramp
 
 if TYPE_CHECKING:
@@ -59,15 +60,10 @@ ASSETS = {"webpage.js": "text/javascript", "ondevice.js": "text/javascript",
           "webpage.css": "text/css", "favicon.svg": "image/svg+xml"}
 PREVIEW_SIDE = 1024  # longest side of a preview; the page shows it at most this large
 
-# onnxruntime-web's WebAssembly build, as `make node` (npm ci) installs it from package-lock.json;
-# the Bento ships these files (bentofile.yaml), beside the `nriqa` package as in the project.
-RUNTIME_PATH = Path("node_modules", "onnxruntime-web", "dist")  # in the project, and in the Bento
+# onnxruntime-web's WebAssembly build, beside the `nriqa` package, in the project as in the Bento.
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / RUNTIME_PATH
-# Its ES module, the Emscripten module it imports and the WebAssembly binary, and nothing else:
-# the WebGPU, WebGL and JSPI builds are not used.
-RUNTIME_FILES = {"ort.wasm.min.mjs": "text/javascript",
-                 "ort-wasm-simd-threaded.mjs": "text/javascript",
-                 "ort-wasm-simd-threaded.wasm": "application/wasm"}
+RUNTIME_TYPES = {file: "application/wasm" if file.endswith(".wasm") else "text/javascript"
+                 for file in RUNTIME_FILES}
 # What the page reads of the stored model's exported form (not the TFLite file).
 PORTABLE_FILES = {INFO: "application/json", ONNX_FILE: "application/octet-stream"}
 
@@ -205,9 +201,9 @@ def webpage_app(scorer: Callable[[], UploadScorer]) -> Starlette:
 
     async def show_runtime(request: Request) -> Response:
         file = request.path_params["file"]
-        if file not in RUNTIME_FILES:
+        if file not in RUNTIME_TYPES:
             return JSONResponse({"error": f"no runtime file {file}"}, status_code=404)
-        return await send_file(request, RUNTIME_DIR / file, RUNTIME_FILES[file])
+        return await send_file(request, RUNTIME_DIR / file, RUNTIME_TYPES[file])
 
     async def show_portable(request: Request) -> Response:
         file = request.path_params["file"]
