@@ -2,6 +2,9 @@
 
     .venv/bin/python -m benchmarks.bench_cli MODEL_DIR [MODEL_DIR ...] [--images 96] [--repeats 3]
 
+A MODEL_DIR holding model.onnx (the export stage's models/portable) is scored with
+`--runtime onnx`, so `models models/portable` sets the two runtimes side by side.
+
 Writes `--images` 512x384 JPEGs (TID2013's size; photos that ship in scikit-image, cropped and
 distorted), then for each round times `python -m nriqa score DIR --model-dir MODEL_DIR` whole,
 process start and model load included, and the BRISQUE features that the baseline's SVR needs
@@ -43,8 +46,9 @@ def write_images(folder: Path, count: int) -> list[Path]:
 
 def time_cli(model_dir: Path, folder: Path, count: int) -> float:
     start = time.perf_counter()
+    runtime = "onnx" if (model_dir / "model.onnx").is_file() else "keras"
     subprocess.run([sys.executable, "-m", "nriqa", "score", str(folder), "--model-dir",
-                    str(model_dir), "-o", str(folder.parent / "scores.csv")],
+                    str(model_dir), "--runtime", runtime, "-o", str(folder.parent / "scores.csv")],
                    cwd=ROOT, check=True, capture_output=True)
     return count / (time.perf_counter() - start)
 

@@ -76,9 +76,13 @@ def add_runs(commands) -> None:
 def add_model_source(command) -> None:
     """--model-dir or --model-uri: the model `score` and `evaluate` load, the same way."""
     source = command.add_mutually_exclusive_group()
-    source.add_argument("--model-dir", type=Path, default=Path("models"),
-                        help="folder with model.keras and model.json (default: models)")
+    source.add_argument("--model-dir", type=Path,
+                        help="folder with model.keras and model.json (default: models), or with "
+                             "--runtime onnx, model.onnx and model.json (default: models/portable)")
     source.add_argument("--model-uri", help="an MLflow model instead, e.g. models:/nriqa@champion")
+    command.add_argument("--runtime", choices=("keras", "onnx"), default="keras",
+                         help="keras (default): TensorFlow; onnx: the exported model through "
+                              "onnxruntime, without loading TensorFlow (the export stage's)")
 
 
 def add_score(commands) -> None:

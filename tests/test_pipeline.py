@@ -26,6 +26,33 @@ def test_every_stage_output_exists(tiny_project):
         assert (tiny_project / path).stat().st_size > 0, path
 
 
+def test_export_checks_the_champions_portable_forms_and_ships_them(tiny_project):
+    """export runs after promote and before package: the champion as ONNX and TFLite, scored
+    against Keras on the whole test split, logged to the champion's run and shipped in the
+    Bento's model."""
+    import mlflow
+
+    report = json.loads((tiny_project / "reports/export.json").read_text())
+    promotion = json.loads((tiny_project / "reports/promotion.json").read_text())
+    splits = pd.read_csv(tiny_project / "data/processed/splits.csv")
+    assert report["images"] == int((splits["split"] == "test").sum()) > 0
+    assert report["source"]["mlflow_run_id"] == promotion["champion_run_id"]
+    for runtime in ("onnx", "tflite"):
+        assert report[runtime]["passed"] and report[runtime]["max_abs_mos"] <= 1e-3, report
+        assert report[runtime]["type_mismatches"] == 0
+    portable = json.loads((tiny_project / "models/portable/model.json").read_text())
+    assert portable["source"] == report["source"]
+    client = mlflow.MlflowClient(tracking_uri=promotion["tracking_uri"])
+    logged = {item.path for item in client.list_artifacts(promotion["champion_run_id"], "portable")}
+    assert logged == {"portable/model.onnx", "portable/model.tflite", "portable/model.json"}
+    metrics = client.get_run(promotion["champion_run_id"]).data.metrics
+    assert metrics["export.onnx.max_abs_mos"] == report["onnx"]["max_abs_mos"]
+    bento = json.loads((tiny_project / "reports/bento.json").read_text())
+    stored = (tiny_project / "bentoml_home/models" / bento["model_tag"].replace(":", "/")
+              / "portable" / "model.onnx")
+    assert stored.read_bytes() == (tiny_project / "models/portable/model.onnx").read_bytes()
+
+
 def test_index_holds_every_generated_image(tiny_project):
     index = pd.read_csv(tiny_project / "data/interim/index.csv")
     assert len(index) == 3 * 4 * 3

@@ -155,7 +155,8 @@ def run_evaluate(args) -> None:
     # Indexed first: a wrong path or format fails before the model is loaded.
     folder = open_folder(args.path, args.format)
     with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
-        model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir)
+        model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir,
+                                       runtime=args.runtime)
         result = evaluate_folder(model, info["preprocessing"], folder)
     if args.json:
         print(json.dumps({"path": str(args.path), "format": args.format, **result.metrics},

@@ -15,13 +15,17 @@ likeliest type against the Keras model's.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from nriqa.core.errors import NriqaError
 from nriqa.core.imaging import crops_for_prediction, decode_image
+from nriqa.core.runtime import usable_cpus
 from nriqa.core.stage import write_json, written_aside
 from nriqa.model.bundle import file_sha256
 from nriqa.model.portable import (
@@ -30,6 +34,7 @@ from nriqa.model.portable import (
     PORTABLE_FORMAT,
     TFLITE_FILE,
     OnnxModel,
+    TfliteModel,
     portable_columns,
 )
 from nriqa.model.prediction import CHUNK, score_crop_sets
@@ -53,7 +58,10 @@ def export_portable(model, info: dict, folder: str | Path, *, categories: dict,
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = Path(scratch, ONNX_FILE)
         tflite_path = Path(scratch, TFLITE_FILE)
-        model.export(str(onnx_path), format="onnx", verbose=False)
+        with warnings.catch_warnings():
+            # Keras's tf2onnx shim probes `np.object`, which numpy 2 warns about; nothing to fix here.
+            warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
+            model.export(str(onnx_path), format="onnx", verbose=False)
         model.export(str(tflite_path), format="litert", verbose=False)
         _canonical_onnx(onnx_path)
         input_name = OnnxModel.input_name_of(onnx_path)
@@ -112,7 +120,7 @@ def _canonical_onnx(onnx_path: Path) -> None:
     del graph.value_info[:]  # shape annotations under the old names; onnxruntime infers them
     for value in (*graph.input, *graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    graph.name, proto.doc_string = "nriqa", ""
+    graph.name, graph.doc_string, proto.doc_string = "nriqa", "", ""
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path))
 
@@ -121,12 +129,13 @@ def parity(model, preprocessing: dict, paths: list[Path], folder: str | Path) ->
     """Each portable runtime's largest image-MOS difference from the Keras model, and how many
     images' likeliest type differs, over the images `paths` (decoded and cropped once, a chunk
     at a time, and scored by all three)."""
-    from nriqa.model.portable import TfliteModel
-
-    runtimes = {"onnx": OnnxModel.load(folder), "tflite": TfliteModel.load(folder)}
+    threads = usable_cpus()
+    runtimes = {"onnx": OnnxModel.load(folder, threads=threads),
+                "tflite": TfliteModel.load(folder, threads=threads)}
     worst = dict.fromkeys(runtimes, 0.0)
     mismatches = dict.fromkeys(runtimes, 0)
-    for start in range(0, len(paths), CHUNK):
+    for start in tqdm(range(0, len(paths), CHUNK), desc="export check", unit="chunk",
+                      file=sys.stderr, disable=len(paths) <= CHUNK):
         crop_sets = [crops_for_prediction(decode_image(path), preprocessing)
                      for path in paths[start:start + CHUNK]]
         keras_mos, keras_types = _scores(model, crop_sets)

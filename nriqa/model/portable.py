@@ -4,7 +4,7 @@
     from nriqa.model.portable import OnnxModel
     model = OnnxModel.load("models/portable")     # model.onnx + model.json
     for row in model.score(["photo.png"]):
-        print(row["path"], row["mos"], row["category"], row["distortions"])
+        print(row["path"], row["mos"], row["category"], row["distortions"] or row["distortion_note"])
 
 It goes through the one image path everything else uses (`nriqa.core.imaging`: decoding and
 the crop grid) and the same crop-to-image arithmetic (`nriqa.model.prediction`), so its scores
@@ -22,7 +22,7 @@ import numpy as np
 
 from nriqa.core.categories import categorize
 from nriqa.core.errors import NriqaError
-from nriqa.model.prediction import score_paths, top_distortions
+from nriqa.model.prediction import likely_distortions, score_paths
 
 PORTABLE_FORMAT = 1  # model.json's layout; a runtime refuses a folder of another
 ONNX_FILE = "model.onnx"
@@ -76,7 +76,8 @@ class PortableModel:
         raise NotImplementedError
 
     def score(self, paths, *, thresholds: dict | None = None) -> list[dict]:
-        """One row per file, in order: its MOS, category and likeliest distortions, or its error."""
+        """One row per file, in order: its MOS, category and likeliest distortions (as the service
+        gives them: none, and a note, when none stands out), or its error."""
         thresholds = thresholds or self.info["categories"]
         rows = []
         for result in score_paths(self, self.preprocessing, [Path(p) for p in paths],
@@ -84,13 +85,10 @@ class PortableModel:
             if result.error is not None:
                 rows.append({"path": str(result.path), "error": str(result.error)})
                 continue
-            rows.append({
-                "path": str(result.path),
-                "mos": float(result.mos),
-                "category": categorize(float(result.mos), thresholds),
-                "distortions": None if result.probabilities is None
-                else top_distortions(result.probabilities),
-            })
+            distortions, note = likely_distortions(result.probabilities)
+            rows.append({"path": str(result.path), "mos": float(result.mos),
+                         "category": categorize(float(result.mos), thresholds),
+                         "distortions": distortions, "distortion_note": note})
         return rows
 
 
@@ -138,11 +136,12 @@ class TfliteModel(PortableModel):
         self.batch = None
 
     @classmethod
-    def load(cls, folder: str | Path) -> TfliteModel:
+    def load(cls, folder: str | Path, *, threads: int | None = None) -> TfliteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         info = read_info(folder, TFLITE_FILE)
-        return cls(Interpreter(model_path=str(Path(folder) / TFLITE_FILE), num_threads=1), info)
+        return cls(Interpreter(model_path=str(Path(folder) / TFLITE_FILE), num_threads=threads),
+                   info)
 
     def crop_outputs(self, crops: np.ndarray) -> np.ndarray:
         if self.batch != len(crops):

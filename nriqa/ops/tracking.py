@@ -28,6 +28,7 @@ from nriqa.core.config import Config, MlflowConfig, load_config
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import read_json, write_json
 from nriqa.model.bundle import fetch_bundle, load_model
+from nriqa.model.portable import OnnxModel
 from nriqa.ops.provenance import folder_digest, log_dataset, provenance_tags
 
 POINTER_KEYS = ("run_id", "experiment_id", "tracking_uri", "model_uri")
@@ -326,14 +327,51 @@ def log_export(run_id: str, figures: dict, folder: Path, report: Path) -> None:
         mlflow.log_artifact(str(report))
 
 
-def open_named_model(model_uri: str | None, model_dir: Path, params_path: Path, workdir: str):
+def open_named_model(model_uri: str | None, model_dir: Path | None, params_path: Path,
+                     workdir: str, runtime: str = "keras"):
     """(model, model.json) of the model a command names: an MLflow model URI, read from the
     tracking store that `params_path`'s `mlflow` section (or MLFLOW_TRACKING_URI) names and
-    downloaded into `workdir`, or else the bundle folder `model_dir`."""
+    downloaded into `workdir`, or else the folder `model_dir`.
+
+    `runtime` keras: the bundle (model.keras), `model_dir` by default models/. onnx: the
+    exported model (`nriqa.model.portable.OnnxModel`: model.onnx), `model_dir` by default
+    models/portable/, or the `portable/` artifacts of the URI's run; TensorFlow is not loaded.
+    """
     if not model_uri:
-        return load_model(model_dir)
+        if runtime == "onnx":
+            model = OnnxModel.load(model_dir or Path("models/portable"))
+            return model, model.info
+        return load_model(model_dir or Path("models"))
     tracking_uri = None  # without params.yaml, MLflow reads MLFLOW_TRACKING_URI itself
     if params_path.is_file():
         tracking_uri = resolve_tracking_uri(load_config(params_path).mlflow.tracking_uri,
                                             params_path.resolve().parent)
+    if runtime == "onnx":
+        model = OnnxModel.load(fetch_portable(model_uri, Path(workdir), tracking_uri=tracking_uri))
+        return model, model.info
     return load_model(fetch_bundle(model_uri, workdir, tracking_uri=tracking_uri))
+
+
+def fetch_portable(model_uri: str, destination: Path, *, tracking_uri: str | None = None) -> Path:
+    """The exported model of a registered version (`models:/nriqa@champion`, `models:/nriqa/3`):
+    the `portable/` artifacts the export stage logged to its run, downloaded into `destination`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    name, sep, rest = model_uri.removeprefix("models:/").partition("/")
+    name, at, alias = name.partition("@")
+    if not model_uri.startswith("models:/") or not ((at and alias and not sep) or (sep and rest)):
+        raise NriqaError(f"{model_uri}: with --runtime onnx, name a registered version "
+                         "(models:/NAME@ALIAS or models:/NAME/VERSION)")
+    try:
+        client = MlflowClient()
+        version = (client.get_model_version_by_alias(name, alias) if at
+                   else client.get_model_version(name, rest))
+        folder = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="portable",
+                                                     dst_path=str(destination))
+    except Exception as error:  # MlflowException, OSError, ...: all mean "cannot get it"
+        raise NriqaError(f"{model_uri}: cannot download its exported model (portable/) from "
+                         f"MLflow ({error}); the export stage logs it") from error
+    return Path(folder)

@@ -202,7 +202,8 @@ def run_score(args) -> ExitCode:
         raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
     check_output(args.output, files)
     with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
-        model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir)
+        model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir,
+                                       runtime=args.runtime)
         with _open_output(args.output) as stream:
             writer = RowWriter(args.format, stream)
             for row in score_files(model, info["preprocessing"], files, thresholds, skip,

@@ -1,0 +1,1 @@
+"""Data: fetch, normalize, generate, preprocess (the pipeline's first stages)."""

@@ -1,0 +1,1 @@
+"""Measuring a model: the field's metrics, the classical baseline, reports and plots."""

@@ -1,0 +1,1 @@
+"""The network, its training, and prediction (with the one image preprocessing)."""

@@ -1,0 +1,1 @@
+"""Operations: MLflow tracking, the model registry, BentoML packaging."""

@@ -1,0 +1,1 @@
+"""What users see: the web page, quality maps, folder scoring."""
