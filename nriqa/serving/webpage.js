@@ -162,8 +162,9 @@ async function deviceScorer() {
 
 async function scoreOne(file) {
   clearResults();
-  const scorer = await deviceScorer();
-  $("status").textContent = scorer ? `Scoring ${file.name} on this device…` : `Scoring ${file.name}…`;
+  $("status").textContent = `Scoring ${file.name}…`;
+  const scorer = await deviceScorer();  // waits for the model while it loads
+  if (scorer) $("status").textContent = `Scoring ${file.name} on this device…`;
   try {
     const {result, preview, scoredBy} = scorer ? await scoreHere(scorer, file) : await scoreOnServer(file);
     if (preview) {
