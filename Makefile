@@ -1,16 +1,20 @@
 # Two commands do all set-up on a fresh machine: `make repro` and `make test`.
 # The virtualenv is rebuilt whenever requirements.txt or pyproject.toml changes (the stamp is
 # keyed on their hash); nriqa itself is installed editable, with its `nriqa` command.
+# node_modules/ (the web page's onnxruntime-web, which the Bento ships) is reinstalled with
+# `npm ci` whenever package-lock.json changes, the same way.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
+LOCK_HASH := $(shell cat package.json package-lock.json | sha256sum | cut -c1-16)
+NODE_STAMP := node_modules/.installed-$(LOCK_HASH)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: venv system-deps repro test test-fast pull mlflow-ui tracking-server serve clean
+.PHONY: venv node system-deps repro test test-fast pull mlflow-ui tracking-server serve clean
 
 venv: $(STAMP)
 
@@ -22,8 +26,18 @@ $(STAMP): requirements.txt pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Exactly the lockfile's versions, checked against its integrity hashes; no install scripts run
+# (.npmrc). npm ci empties node_modules/ first, so older stamps go with it.
+node: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is missing: run \`make system-deps\` (Debian package npm)" >&2; exit 2; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Debian packages: bsdtar extracts TID2013's RAR archive (source: tid2013); chromium drives the
-# web-page test; mate-backgrounds, plasma-workspace-wallpapers and lomiri-wallpapers-16.04 hold the photos the training
+# web-page test; npm installs the page's JavaScript runtime (`make node`); mate-backgrounds,
+# plasma-workspace-wallpapers and lomiri-wallpapers-16.04 hold the photos the training
 # set is generated from (nriqa.data.trainset); postgresql and openssh-server are the real back ends
 # that tests/test_team.py runs (a tracking server on PostgreSQL, a DVC remote over SSH).
 system-deps:
@@ -32,6 +46,7 @@ system-deps:
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v bsdtar >/dev/null || missing="$$missing libarchive-tools"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	[ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] || missing="$$missing mate-backgrounds"; \
 	[ -f /usr/share/wallpapers/Path/contents/images/2560x1600.jpg ] || missing="$$missing plasma-workspace-wallpapers"; \
 	[ -f /usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg ] || missing="$$missing lomiri-wallpapers-16.04"; \
@@ -41,11 +56,11 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-repro: venv system-deps
+repro: venv system-deps node
 	$(BIN)/dvc repro
 
 # pytest exits 5 when it collected nothing; that is a failure here, not a pass.
-test: venv system-deps
+test: venv system-deps node
 	$(BIN)/python -m pytest -v --durations=15 tests
 
 # The unit tests only (about a minute): no servers, browsers, pipelines or Debian packages.
@@ -78,7 +93,7 @@ tracking-server: venv
 
 # The newest Bento that `dvc repro` (stage package) built, from the project's BentoML store.
 BENTO ?= nriqa:latest
-serve: venv
+serve: venv node
 	BENTOML_HOME=$${BENTOML_HOME:-$(CURDIR)/bentoml_home} $(BIN)/bentoml serve $(BENTO) --host 127.0.0.1 --port 3000
 
 clean:

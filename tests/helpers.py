@@ -127,6 +127,14 @@ def make_clone(destination: Path, params_override: dict) -> Path:
             target = destination / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+    # The web page's runtime, which `make node` installs where git ignores it: the package
+    # stage ships it in the Bento, as in the project.
+    from nriqa.ops.packaging import RUNTIME_FILES, RUNTIME_PATH
+
+    for file in RUNTIME_FILES:
+        if (PROJECT / RUNTIME_PATH / file).is_file():
+            (destination / RUNTIME_PATH).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT / RUNTIME_PATH / file, destination / RUNTIME_PATH / file)
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     (destination / "params.yaml").write_text(yaml.safe_dump(merge(params, params_override),
                                                             sort_keys=False))

@@ -21,6 +21,7 @@ from PIL import Image
 from tests.helpers import (
     PROJECT,
     VENV_BIN,
+    config,
     free_port,
     model_config,
     run,
@@ -181,24 +182,40 @@ def png_with_broken_checksum() -> bytes:
     return bytes(data)
 
 
+def export_tiny_model(model_dir: Path, folder: Path) -> Path:
+    """The model in `model_dir` exported as the export stage exports the champion (model.onnx,
+    model.tflite, model.json), traced to its model.keras by sha256 as packaging checks."""
+    from nriqa.model.bundle import WEIGHTS, file_sha256, load_model
+    from nriqa.model.export import export_portable
+
+    model, info = load_model(model_dir)
+    return export_portable(model, info, folder, categories=config().evaluate.categories,
+                           source={"mlflow_run_id": "run-abc123", "version": "3",
+                                   "model_sha256": file_sha256(model_dir / WEIGHTS)})
+
+
 class Server:
     """A tiny model packaged with `python -m stages.package --model-dir` into a temporary BentoML
     home, its Bento served by `bentoml serve` on a free port, with the small limits above (env
-    overrides) so the limit cases are cheap."""
+    overrides) so the limit cases are cheap. With `portable` (the default), the model's export
+    is packaged too (`--portable`), for the web page's scoring on the device."""
 
-    def __init__(self, root: Path, distortion_types: int = 24):
+    def __init__(self, root: Path, distortion_types: int = 24, portable: bool = True):
         self.root = root
         # Up to 48 crops an image, as params.yaml has it: the example images' quality maps
         # are then thinned grids (test_webpage.py).
         self.model_dir = make_tiny_model(root / "model", distortion_types=distortion_types,
                                          max_crops=48)
+        self.portable_dir = export_tiny_model(self.model_dir, root / "portable") if portable else None
         self.env = tool_env(BENTOML_HOME=str(root / "bentoml_home"), TF_CPP_MIN_LOG_LEVEL="2",
                             NRIQA_MAX_PIXELS=str(MAX_PIXELS),
                             NRIQA_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
                             NRIQA_MAX_BATCH_IMAGES=str(MAX_BATCH_IMAGES),
                             NRIQA_MAX_BATCH_PIXELS=str(MAX_BATCH_PIXELS))
+        portable_args = ["--portable", str(self.portable_dir)] if portable else []
         run([sys.executable, "-m", "stages.package", "--model-dir", str(self.model_dir),
-             "--run-id", "run-abc123", "--version", "3", "--report", str(root / "bento.json")],
+             "--run-id", "run-abc123", "--version", "3", *portable_args,
+             "--report", str(root / "bento.json")],
             cwd=PROJECT, env=self.env, timeout=600)
         self.report = json.loads((root / "bento.json").read_text())
         port = free_port()

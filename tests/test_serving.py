@@ -15,10 +15,13 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
+import yaml
+from pathspec import PathSpec
 from starlette.responses import JSONResponse
 
 from nriqa.core.categories import DEFAULT_THRESHOLDS, categorize
 from nriqa.core.errors import NriqaError
+from nriqa.ops.packaging import RUNTIME_FILES, RUNTIME_PATH, check_runtime
 from nriqa.serving import api
 from nriqa.serving.api import UploadScorer
 from nriqa.serving.batching import ModelBatcher
@@ -31,7 +34,14 @@ from nriqa.serving.settings import (
     serving_settings,
     stored_model,
 )
-from nriqa.serving.webpage import page_config, webpage_app
+from nriqa.serving.webpage import (
+    ASSETS,
+    CONTENT_SECURITY_POLICY,
+    RUNTIME_DIR,
+    on_device_unavailable,
+    page_config,
+    webpage_app,
+)
 from tests.helpers import PROJECT, run, tool_env
 from tests.service_helpers import TINY_PREPROCESSING, encode, png_claiming, textured
 
@@ -338,6 +348,63 @@ def test_page_app_shows_the_running_models_settings_examples_and_previews(tmp_pa
     broken = request(app, "POST", "/preview?name=cut.png", content=PNG[:300])
     assert broken.status_code == 400 and broken.json()["error"].startswith("cut.png: ")
     running.decoder.shutdown()
+
+
+def test_page_app_serves_the_exported_model_and_runtime_under_its_security_policy(tmp_path):
+    portable = tmp_path / "portable"
+    portable.mkdir()
+    (portable / "model.json").write_text(json.dumps({"format": 1, "padding": "x" * 5000}))
+    (portable / "model.onnx").write_bytes(b"onnx" * 100)
+    (portable / "model.tflite").write_bytes(b"tflite")
+    running = SimpleNamespace(settings=settings(tmp_path))
+    app = webpage_app(lambda: running)
+
+    page = request(app, "GET", "/")
+    config = json.loads(page.text.split('type="application/json">')[1].split("</script>")[0])
+    if all((RUNTIME_DIR / file).is_file() for file in RUNTIME_FILES):  # `make node` has run
+        assert config["on_device"]["unavailable"] is None
+    assert config["on_device"]["type_numbers"]["no distortion"] == 0
+    assert config["on_device"]["type_numbers"]["JPEG compression"] == 10
+    # Script and style are files: the policy allows no inline code.
+    assert '<script type="module" src="/webpage.js">' in page.text and "<style>" not in page.text
+    for path, media_type in [("/webpage.js", "text/javascript"), ("/ondevice.js", "text/javascript"),
+                             ("/webpage.css", "text/css"), ("/portable/model.onnx",
+                                                            "application/octet-stream")]:
+        response = request(app, "GET", path, headers={"accept-encoding": "identity"})
+        assert response.status_code == 200 and response.headers["content-type"].startswith(media_type)
+    for path in ("/portable/model.tflite", "/portable/examples.json", "/runtime/ort.all.min.mjs",
+                 "/runtime/..%2Fpackage.json"):
+        assert request(app, "GET", path).status_code == 404, path
+    # Every answer carries the policy: only this origin, WebAssembly but no eval, no inline code.
+    for path in ("/", "/webpage.js", "/portable/model.json", "/runtime/nothing"):
+        headers = request(app, "GET", path).headers
+        assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    # Sent gzipped where that saves, and revalidated by its ETag.
+    packed = request(app, "GET", "/portable/model.json", headers={"accept-encoding": "gzip"})
+    assert packed.headers["content-encoding"] == "gzip" and packed.json()["format"] == 1
+    again = request(app, "GET", "/portable/model.json", headers={"if-none-match": packed.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+
+
+def test_the_page_says_why_it_cannot_score_on_the_device(tmp_path):
+    reason = page_config(settings(tmp_path), examples=[])["on_device"]["unavailable"]
+    assert reason.startswith("the served model was packaged without its exported form")
+    portable = tmp_path / "portable"
+    portable.mkdir()
+    for file in ("model.json", "model.onnx"):
+        (portable / file).write_text("{}")
+    assert on_device_unavailable(portable, runtime_dir=tmp_path / "nothing").startswith(
+        "the service was built without onnxruntime-web (run `make node`")
+    with pytest.raises(NriqaError, match=r"missing ort.wasm.min.mjs, .*run `make node`"):
+        check_runtime(tmp_path)
+
+
+def test_the_bento_ships_the_pages_files_and_the_runtime():
+    bentofile = yaml.safe_load((PROJECT / "bentofile.yaml").read_text())
+    spec = PathSpec.from_lines("gitignore", bentofile["include"])  # as BentoML matches them
+    shipped = [f"nriqa/serving/{file}" for file in ("webpage.html", *ASSETS)]
+    shipped += [(RUNTIME_PATH / file).as_posix() for file in RUNTIME_FILES]
+    assert [path for path in shipped if not spec.match_file(path)] == []
 
 
 @pytest.mark.integration  # starts a Python process

@@ -6,13 +6,16 @@ Playwright drives Debian's chromium (`make system-deps` installs it; `playwright
 cannot download browsers here). The servers are conftest.py's `served` and `served_plain`,
 shared with test_service.py.
 NRIQA_SCREENSHOT=docs/webpage.png keeps a screenshot of the page, an example scored, there
-(the README's).
+(the README's); NRIQA_SCREENSHOT_ON_DEVICE=docs/ondevice.png one of an example scored on the
+device.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -231,4 +234,212 @@ def test_example_images_score_in_one_click(served, browser, tmp_path):
     assert page.locator("#heatmap").is_visible()
     if os.environ.get("NRIQA_SCREENSHOT"):
         page.screenshot(path=os.environ["NRIQA_SCREENSHOT"], full_page=True)
+    page.close()
+
+
+# --- Scoring on this device ----------------------------------------------------------------------
+
+PAGE_PATHS = {"/ui", "/ui/", "/ui/webpage.css", "/ui/webpage.js", "/ui/ondevice.js", "/ui/favicon.svg"}
+ON_DEVICE_PATHS = {"/ui/portable/model.json", "/ui/portable/model.onnx",
+                   "/ui/runtime/ort.wasm.min.mjs", "/ui/runtime/ort-wasm-simd-threaded.mjs",
+                   "/ui/runtime/ort-wasm-simd-threaded.wasm"}
+
+
+def recorded(page) -> list:
+    """Every request the page makes from now on."""
+    requests_made = []
+    page.on("request", lambda request: requests_made.append(request))
+    return requests_made
+
+
+def score_on_device(page) -> None:
+    page.locator("#on-device").check()
+    page.locator("#device-status", has_text="Ready").or_(page.locator("#notice")).first.wait_for(
+        timeout=120_000)
+    assert page.locator("#notice").is_hidden(), page.locator("#notice").inner_text()
+
+
+def shown_answer(page, name: str, where: str) -> dict:
+    """The answer shown for `name`, once it is (its scored-by line names the file and where)."""
+    page.locator("#scored-by", has_text=f"{name}: scored on {where}").wait_for(timeout=120_000)
+    return json.loads(page.locator("#answer-json").text_content())
+
+
+def save_screenshot(page, path: str) -> None:
+    """The page as shown, in 256 colours: a small PNG for the docs."""
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True)))
+    shot.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def check_same_answer(device: dict, server: dict) -> None:
+    assert device["mos"] == pytest.approx(server["mos"], abs=0.01)
+    assert device["category"] == server["category"]
+    assert device["distortion_note"] == server["distortion_note"]  # "no distortion stands out"
+    if server["distortions"] is None:
+        assert device["distortions"] is None
+    else:
+        assert [d["type"] for d in device["distortions"]] == [d["type"] for d in server["distortions"]]
+        assert [d["name"] for d in device["distortions"]] == [d["name"] for d in server["distortions"]]
+        for mine, theirs in zip(device["distortions"], server["distortions"]):
+            assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-3)
+    ours, theirs = device["quality_map"], server["quality_map"]
+    assert {k: ours[k] for k in ("width", "height", "crop_size", "tops", "lefts")} == {
+        k: theirs[k] for k in ("width", "height", "crop_size", "tops", "lefts")}
+    np.testing.assert_allclose(np.array(ours["scores"], dtype=float),
+                               np.array(theirs["scores"], dtype=float), atol=1e-3)
+    assert (device["model_version"], device["mlflow_run_id"]) == (
+        server["model_version"], server["mlflow_run_id"])
+
+
+def test_examples_and_an_upload_score_on_the_device_without_sending_the_image(
+        served, browser, tmp_path):
+    page = open_page(served, browser)
+    requests_made = recorded(page)
+    score_on_device(page)
+    milliseconds, answers = {}, []
+    buttons = page.locator("#examples button")
+    for i in range(buttons.count()):
+        file = buttons.nth(i).locator("img").get_attribute("src").rsplit("/", 1)[-1]
+        example = tmp_path / file
+        example.write_bytes(requests.get(f"{served.url}/ui/examples/{file}", timeout=30).content)
+        buttons.nth(i).click()
+        answers.append(shown_answer(page, file, "this device"))
+        check_same_answer(answers[-1], api_score(served, example))
+        assert page.locator("#mos").inner_text() == f"{api_score(served, example)['mos']:.2f}"
+        assert page.locator("#heatmap").is_visible()
+        milliseconds[file] = page.locator("#scored-by").inner_text()
+        if file == "type12-level5.png" and os.environ.get("NRIQA_SCREENSHOT_ON_DEVICE"):
+            save_screenshot(page, os.environ["NRIQA_SCREENSHOT_ON_DEVICE"])
+    # Files of the user's: the case where the bytes exist nowhere but in the browser. One with
+    # transparency (composited on white), one of weak features (no distortion stands out).
+    photo = tmp_path / "private.png"
+    pixels = np.asarray(textured(40, (200, 120)).convert("RGBA")).copy()
+    pixels[:, :100, 3] = np.linspace(0, 255, 100).round().astype(np.uint8)
+    Image.fromarray(pixels).save(photo)
+    plain = tmp_path / "plain.png"
+    textured(10).save(plain)
+    for path in (photo, plain):
+        upload(page, path)
+        answers.append(shown_answer(page, path.name, "this device"))
+        check_same_answer(answers[-1], api_score(served, path))
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 96
+    # Both answers of the type head were compared: distortions listed, and none standing out.
+    assert {bool(answer["distortions"]) for answer in answers} == {True, False}
+    secret = photo.read_bytes()
+
+    origin = served.url
+    for request in requests_made:
+        if request.url.startswith(f"blob:{origin}/"):
+            continue  # the preview, made in the page from the decoded pixels
+        assert request.url.startswith(f"{origin}/"), f"a request to another origin: {request.url}"
+        path = request.url[len(origin):]
+        assert request.method == "GET" and not request.post_data_buffer, (request.method, path)
+        assert (path in PAGE_PATHS | ON_DEVICE_PATHS or path.startswith("/ui/examples/")), path
+        assert photo.name not in path and plain.name not in path
+    assert not any(secret[:64] in (request.post_data_buffer or b"") for request in requests_made)
+    assert {request.url[len(origin):] for request in requests_made} >= ON_DEVICE_PATHS
+
+    # Measured, not asserted: what a browser downloads once (as sent, gzipped), the time per image.
+    for path in sorted(ON_DEVICE_PATHS):
+        raw = requests.get(f"{origin}{path}", timeout=60, stream=True).raw
+        sent = raw.read(decode_content=False)
+        gzipped = raw.headers.get("content-encoding") == "gzip"
+        size = len(gzip.decompress(sent)) if gzipped else len(sent)
+        print(f"{path}: {size / 1e6:.3f} MB, sent as {len(sent) / 1e6:.3f} MB")
+    print("\n".join(milliseconds.values()))
+    page.close()
+
+
+def test_several_files_score_on_the_device_in_a_table(served, browser, tmp_path):
+    paths = [tmp_path / "a.png", tmp_path / "notes.png", tmp_path / "b.png"]
+    textured(50).save(paths[0])
+    paths[1].write_text("not an image")
+    textured(51, (40, 20)).save(paths[2])  # smaller than a crop: padded as the server pads
+    page = open_page(served, browser)
+    requests_made = recorded(page)
+    score_on_device(page)
+    upload(page, *paths)
+    page.locator("#status", has_text="no image was uploaded").wait_for(timeout=120_000)
+    rows = [row.split("\t") for row in page.locator("#batch-table tbody tr").all_inner_texts()]
+    assert [row[0] for row in rows] == ["a.png", "notes.png", "b.png"]
+    for name, mos, category in (rows[0], rows[2]):
+        expected = api_score(served, tmp_path / name)
+        assert float(mos) == pytest.approx(expected["mos"], abs=0.01)
+        assert category == expected["category"]
+    assert rows[1][2] == ("notes.png: not an image in a format we read "
+                          "(JPEG, PNG, BMP, WebP, TIFF)")
+    assert not [r.url for r in requests_made if r.method != "GET"]
+    page.close()
+
+
+def test_on_the_device_without_the_type_head(served_plain, browser, tmp_path):
+    image = tmp_path / "holiday.png"
+    textured(21).save(image)
+    page = open_page(served_plain, browser)
+    score_on_device(page)
+    upload(page, image)
+    check_same_answer(shown_answer(page, image.name, "this device"), api_score(served_plain, image))
+    assert page.locator("#distortions").is_hidden()
+    page.close()
+
+
+def test_without_the_runtime_the_page_says_so_and_scores_on_the_server(served, browser, tmp_path):
+    page = open_page(served, browser)
+    # The WebAssembly binary cannot be fetched (a proxy dropping it, a network error).
+    page.route("**/ort-wasm-simd-threaded.wasm", lambda route: route.abort())
+    page.locator("#on-device").check()
+    notice = page.locator("#notice")
+    notice.wait_for(state="visible", timeout=120_000)
+    assert notice.inner_text().startswith("Scoring on this device is not available: ")
+    assert notice.inner_text().endswith("Images are scored on the server instead.")
+    assert not page.locator("#on-device").is_checked()
+    example = tmp_path / "clean.png"
+    example.write_bytes(requests.get(f"{served.url}/ui/examples/clean.png", timeout=30).content)
+    page.locator("#examples button").first.click()
+    shown = shown_answer(page, "clean.png", "the server")
+    expected = api_score(served, example)
+    assert shown["mos"] == expected["mos"] and shown["category"] == expected["category"]
+    check_score_shown(page, expected)
+    page.close()
+
+
+def test_the_page_loads_only_from_its_own_origin(served, browser):
+    """The Content-Security-Policy is on the page, and the page runs under it, scoring on the
+    device and on the server: no violation."""
+    response = requests.get(f"{served.url}/ui/", timeout=30)
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self' 'wasm-unsafe-eval'" in policy
+    assert "unsafe-inline" not in policy and "http" not in policy
+    page = browser.new_page()
+    messages = []
+    page.on("console", lambda message: messages.append(message.text))
+    page.goto(f"{served.url}/ui/", wait_until="networkidle")
+    score_on_device(page)
+    page.locator("#examples button").first.click()
+    shown_answer(page, "clean.png", "this device")
+    page.locator("#on-device").uncheck()
+    page.locator("#examples button").first.click()
+    shown_answer(page, "clean.png", "the server")
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 320  # a blob: URL
+    assert not [text for text in messages if "Content Security Policy" in text], messages
+    page.close()
+
+
+def test_the_pages_crop_grid_is_the_servers(served, browser):
+    """ondevice.js's grid, thinning (numpy's round half to even included) against
+    nriqa.core.imaging.grid_corners, over sizes around the crop and thinning to 1..48 crops."""
+    from nriqa.core.imaging import grid_corners
+
+    cases = [{"height": height, "width": width, "crop_size": 32, "stride": stride, "max_crops": most}
+             for height in (8, 31, 32, 33, 64, 100, 240) for width in (8, 40, 96, 200, 333)
+             for stride in (16, 32) for most in (1, 2, 5, 7, 48)]
+    page = open_page(served, browser)
+    page_grids = page.evaluate("""async (cases) => {
+        const {gridCorners} = await import(new URL('ondevice.js', document.baseURI.replace(/\\/?$/, '/')).href);
+        return cases.map((c) => gridCorners(c.height, c.width, c));
+    }""", cases)
+    for case, page_grid in zip(cases, page_grids, strict=True):
+        expected = grid_corners(case["height"], case["width"], crop_size=32,
+                                stride=case["stride"], max_crops=case["max_crops"])
+        assert [tuple(corner) for corner in page_grid] == expected, case
     page.close()

@@ -33,6 +33,12 @@ EXAMPLES_DIR = "examples"
 # The exported model (model.onnx, model.tflite, model.json) in the stored model, for the web
 # page's scoring on the device and for download (`nriqa.model.export`).
 PORTABLE_DIR = "portable"
+# onnxruntime-web's WebAssembly build, with which the web page scores on the device: where
+# `make node` (npm ci) installs it in the project, and the Bento ships it (bentofile.yaml). Its ES
+# module, the Emscripten module that imports and the WebAssembly binary; not the WebGPU, WebGL
+# or JSPI builds.
+RUNTIME_PATH = Path("node_modules", "onnxruntime-web", "dist")
+RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 # The keys of params.yaml `serve` that the service reads; each has an environment override
 # NRIQA_<KEY upper-cased>, e.g. NRIQA_MAX_PIXELS.
 SERVE_KEYS = ("max_upload_bytes", "max_pixels", "max_batch_images", "max_batch_pixels",
@@ -142,6 +148,16 @@ def check_portable(portable_dir: Path, model_dir: Path) -> None:
                          "(`dvc repro export`)")
 
 
+def check_runtime(project_dir: Path) -> None:
+    """A NriqaError unless the project holds the web page's runtime for scoring on the device
+    (onnxruntime-web's WebAssembly build, which the Bento ships beside the exported model)."""
+    runtime = Path(project_dir).resolve() / RUNTIME_PATH
+    missing = [file for file in RUNTIME_FILES if not (runtime / file).is_file()]
+    if missing:
+        raise NriqaError(f"{runtime}: missing {', '.join(missing)}, which the web page scores on "
+                         "the device with; run `make node` (npm ci) before packaging")
+
+
 @contextmanager
 def _env(**values: str):
     old = {key: os.environ.get(key) for key in values}
@@ -181,6 +197,8 @@ def package(model_dir: str | Path, *, run_id: str, version: str, config: Config,
     """Model folder -> model store -> Bento. Returns what `reports/bento.json` records."""
     serve = config.serve.model_dump()
     categories = config.evaluate.categories
+    if portable_dir is not None:
+        check_runtime(Path(project_dir))
     # The model and the Bento share one name: the service's default tag is `<name>:latest`.
     stored = save_to_store(model_dir, name=serve["bento_name"],
                            run_id=run_id, version=version, serve=serve,

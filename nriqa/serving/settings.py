@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from nriqa.core.errors import NriqaError
-from nriqa.ops.packaging import EXAMPLES_DIR, SERVE_KEYS, serve_settings
+from nriqa.ops.packaging import EXAMPLES_DIR, PORTABLE_DIR, SERVE_KEYS, serve_settings
 
 DEFAULT_MODEL_TAG = "nriqa:latest"
 
@@ -50,6 +50,7 @@ class ServingSettings:
     preprocessing: dict         # model.json's: how images become crops
     mos_range: tuple            # model.json's: (lowest, highest) MOS of the labels it learned
     examples_dir: Path          # the web page's example images, beside the model
+    portable_dir: Path          # the exported model (model.onnx, model.json), if packaged with one
     max_upload_bytes: int
     max_pixels: int
     max_batch_images: int
@@ -80,6 +81,7 @@ def serving_settings(stored, model_info: dict,
         preprocessing=model_info["preprocessing"],
         mos_range=tuple(model_info["mos_range"]),
         examples_dir=Path(stored.path) / EXAMPLES_DIR,
+        portable_dir=Path(stored.path) / PORTABLE_DIR,
         **serve_settings(limits))
 
 
