@@ -45,12 +45,14 @@ def main():
                   "mlflow_run_id": champion.run_id, "model_sha256": file_sha256(model_dir / WEIGHTS)}
         export_portable(model, info, args.out, categories=config.evaluate.categories, source=source)
         figures = parity(model, info["preprocessing"], test_paths, args.out)
+    seconds = figures.pop("seconds")
     write_json(args.report, {"source": source, **figures})
-    log_export(champion.run_id, figures, args.out, args.report)
+    log_export(champion.run_id, {**figures, "seconds": seconds}, args.out, args.report)
     check_parity(figures, args.report)
     print(f"Exported {champion.model_uri} to {args.out}: ONNX max |ΔMOS| "
           f"{figures['onnx']['max_abs_mos']:.1e}, TFLite {figures['tflite']['max_abs_mos']:.1e} "
-          f"over {figures['images']} test images")
+          f"over {figures['images']} test images; scoring took " +
+          ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -128,26 +129,32 @@ def _canonical_onnx(onnx_path: Path) -> None:
 def parity(model, preprocessing: dict, paths: list[Path], folder: str | Path) -> dict:
     """Each portable runtime's largest image-MOS difference from the Keras model, and how many
     images' likeliest type differs, over the images `paths` (decoded and cropped once, a chunk
-    at a time, and scored by all three)."""
+    at a time, and scored by all three); and under `seconds`, each runtime's scoring time (which
+    varies from run to run: keep it out of files DVC tracks)."""
     threads = usable_cpus()
     runtimes = {"onnx": OnnxModel.load(folder, threads=threads),
                 "tflite": TfliteModel.load(folder, threads=threads)}
     worst = dict.fromkeys(runtimes, 0.0)
     mismatches = dict.fromkeys(runtimes, 0)
+    seconds = dict.fromkeys(["keras", *runtimes], 0.0)
     for start in tqdm(range(0, len(paths), CHUNK), desc="export check", unit="chunk",
                       file=sys.stderr, disable=len(paths) <= CHUNK):
         crop_sets = [crops_for_prediction(decode_image(path), preprocessing)
                      for path in paths[start:start + CHUNK]]
+        start_time = time.perf_counter()
         keras_mos, keras_types = _scores(model, crop_sets)
+        seconds["keras"] += time.perf_counter() - start_time
         for name, runtime in runtimes.items():
+            start_time = time.perf_counter()
             mos, types = _scores(runtime, crop_sets)
+            seconds[name] += time.perf_counter() - start_time
             worst[name] = max(worst[name], float(np.max(np.abs(mos - keras_mos))))
             if types is not None:
                 mismatches[name] += int(np.sum(types != keras_types))
     return {"images": len(paths), "mos_tolerance": MOS_TOLERANCE, **{
         name: {"max_abs_mos": worst[name], "type_mismatches": mismatches[name],
                "passed": worst[name] <= MOS_TOLERANCE and mismatches[name] == 0}
-        for name in runtimes}}
+        for name in runtimes}, "seconds": seconds}
 
 
 def _scores(model, crop_sets):
