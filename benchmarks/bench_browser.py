@@ -50,9 +50,9 @@ def serve(bento: str, log: Path) -> tuple[subprocess.Popen, str]:
         if process.poll() is not None:
             raise SystemExit(f"bentoml serve exited: {log.read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/ui/portable/model.json", timeout=5).status_code == 200:
+            if requests.get(f"{url}/ui/portable/model.json", timeout=30).status_code == 200:
                 return process, url
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still starting its workers
             pass
         time.sleep(0.5)
     raise SystemExit("the service did not start")
