@@ -11,6 +11,7 @@ from nriqa.core.imaging import (
     apply_policy,
     crops_for_prediction,
     decode_image,
+    grid_corners,
     grid_crops,
     prediction_layout,
 )
@@ -175,7 +176,27 @@ def test_grid_covers_the_edges_and_respects_the_cap():
     crops = grid_crops(image, crop_size=32, stride=32, max_crops=100)
     assert crops.shape == (4 * 3, 32, 32, 3)  # tops 0,32,64,68 × lefts 0,32,38
     np.testing.assert_array_equal(crops[-1], image[68:, 38:])
-    assert len(grid_crops(image, crop_size=32, stride=32, max_crops=5)) == 5
+    # Past the cap: evenly spaced rows and columns, as many crops as fit (2 x 2 of the 4 x 3).
+    thinned = grid_crops(image, crop_size=32, stride=32, max_crops=5)
+    assert len(thinned) == 4
+    np.testing.assert_array_equal(thinned[-1], image[68:, 38:])
+
+
+@pytest.mark.parametrize("height, width, shape", [(3000, 4000, (6, 8)), (512, 768, (6, 8)),
+                                                  (384, 512, (6, 8)), (8, 200_000, (1, 48)),
+                                                  (4000, 64, (48, 1))])
+def test_a_thinned_grid_still_covers_the_whole_image(height, width, shape):
+    """A large photo's crops are a coarser grid over all of it, from edge to edge, not a few
+    diagonal lines of the full grid (what thinning the row-by-row list of crops gave)."""
+    corners = grid_corners(height, width, crop_size=64, stride=64, max_crops=48)
+    tops, lefts = sorted({t for t, _ in corners}), sorted({left for _, left in corners})
+    assert (len(tops), len(lefts)) == shape and len(corners) == shape[0] * shape[1]
+    assert (tops[0], tops[-1]) == (0, max(0, height - 64))
+    assert (lefts[0], lefts[-1]) == (0, max(0, width - 64))
+    assert corners == [(t, left) for t in tops for left in lefts]  # row by row
+    for positions in (tops, lefts):  # evenly spaced: each gap within a stride of the mean one
+        if len(positions) > 2:
+            assert np.diff(positions).max() <= np.diff(positions).mean() + 64
 
 
 @pytest.mark.parametrize("shape", [(10, 12, 3), (300, 90, 3), (64, 64, 3)])

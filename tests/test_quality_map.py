@@ -41,37 +41,29 @@ def thinned_grid(width: int, height: int, scores) -> dict:
     return quality_map(width, height, corners, 64, scores(corners))
 
 
-def test_a_thinned_grid_is_painted_without_stripes():
-    """768x512 has 96 grid cells, of which 48 are scored: every other column. The map paints
-    quality, not that pattern: no cell is left bare, and an image of one quality is one colour."""
-    uniform = thinned_grid(768, 512, lambda corners: [5.0] * len(corners))
-    assert sum(score is None for row in uniform["scores"] for score in row) == 48
-    np.testing.assert_array_equal(map_values(uniform), np.full((512, 768), 5.0))
-
-    # Each scored crop's own pixels show its score; an unscored cell shows that of a scored
-    # neighbour (two equally near ones: their mean), never a value from farther away.
-    grid = thinned_grid(768, 512, lambda corners: [float(i % 7) for i in range(len(corners))])
-    values = map_values(grid)
-    for i, top in enumerate(grid["tops"]):
-        for j, left in enumerate(grid["lefts"]):
-            cell = values[top:top + 64, left:left + 64]
-            if grid["scores"][i][j] is not None:
-                assert (cell == grid["scores"][i][j]).all()
-                continue
-            neighbours = {grid["scores"][a][b] for a in range(max(0, i - 1), i + 2)
-                          for b in range(max(0, j - 1), j + 2)
-                          if a < len(grid["tops"]) and b < len(grid["lefts"])} - {None}
-            means = {(a + b) / 2 for a in neighbours for b in neighbours}
-            assert set(np.unique(cell)) <= means, (top, left)
+@pytest.mark.parametrize("width, height", [(768, 512), (4032, 3024)])
+def test_a_thinned_grid_is_painted_without_stripes(width, height):
+    """768x512 has 96 grid cells and 4032x3024 2,961, of which 48 are scored: a coarser grid of
+    evenly spaced rows and columns, so the map has no bare cells between scored ones, and an
+    image of one quality is one colour (thinning the row-by-row list of crops once left every
+    other column bare, or whole regions of a large photo)."""
+    uniform = thinned_grid(width, height, lambda corners: [5.0] * len(corners))
+    assert (len(uniform["tops"]), len(uniform["lefts"])) == (6, 8)
+    assert all(score == 5.0 for row in uniform["scores"] for score in row)
+    np.testing.assert_array_equal(map_values(uniform, scale=0.25),
+                                  np.full((round(height / 4), round(width / 4)), 5.0))
 
 
 def test_points_far_from_every_scored_crop_are_not_guessed():
-    # A 4032x3024 photo's 48 crops lie along a few diagonals of its 63x47 grid cells.
-    grid = thinned_grid(4032, 3024, lambda corners: [3.0] * len(corners))
-    values = map_values(grid, scale=0.25)
-    assert 0.2 < np.isnan(values).mean() < 0.8
+    # Two crops at one end of a long strip: past MAP_REACH_SPACINGS of their mean spacing,
+    # nothing is painted.
+    grid = quality_map(10_000, 100, [(0, 0), (36, 64)], 64, [3.0, 3.0])
+    values = map_values(grid, scale=0.1)
+    reach = MAP_REACH_SPACINGS * np.sqrt(10_000 * 100 / 2)
+    assert map_reach(grid) == pytest.approx(reach)
+    painted = ~np.isnan(values).all(axis=0)  # per column of the 1,000-wide map
+    assert painted[:int(reach / 10) - 10].all() and not painted[int(reach / 10) + 20:].any()
     assert (values[~np.isnan(values)] == 3.0).all()
-    assert map_reach(grid) == pytest.approx(MAP_REACH_SPACINGS * np.sqrt(4032 * 3024 / 48))
 
 
 TID2013_SCALE, KADID_SCALE = (0.0, 9.0), (1.0, 5.0)

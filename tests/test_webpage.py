@@ -86,7 +86,7 @@ def drawn_map(page) -> np.ndarray:
 
 def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):
     # TIFF, which browsers cannot show: the preview is the image as the service decodes it.
-    # 320x240 has 80 cells of 32, thinned to the model's 48 crops.
+    # 320x240 has 80 cells of 32, thinned to the model's 48 crops (6 x 8).
     image = tmp_path / "holiday.tiff"
     textured(21, (320, 240)).save(image)
     expected = api_score(served, image)
@@ -102,8 +102,10 @@ def test_upload_shows_preview_score_map_and_model(served, browser, tmp_path):
     # The heat map is drawn over the preview, with its legend.
     assert page.locator("#heatmap").is_visible() and page.locator("#legend").is_visible()
     grid = expected["quality_map"]
-    assert sum(score is None for row in grid["scores"] for score in row) == 80 - 48
-    # Drawn as map_values paints it at the canvas's size: the thinned cells too, so not striped.
+    # 8 x 10 cells thinned to evenly spaced rows and columns: a complete 6 x 8 grid.
+    assert (len(grid["tops"]), len(grid["lefts"])) == (6, 8)
+    assert all(score is not None for row in grid["scores"] for score in row)
+    # Drawn as map_values paints it at the canvas's size: every pixel, so not striped.
     drawn = drawn_map(page)
     values = map_values(grid, scale=drawn.shape[1] / grid["width"])
     assert values.shape == drawn.shape[:2] and not np.isnan(values).any()

@@ -183,14 +183,45 @@ def grid_crops(image: np.ndarray, *, crop_size: int, stride: int, max_crops: int
 
 def grid_corners(height: int, width: int, *, crop_size: int, stride: int,
                  max_crops: int) -> list[tuple[int, int]]:
-    """(top, left) of each crop `grid_crops` cuts from a height x width image, in its order."""
+    """(top, left) of each crop `grid_crops` cuts from a height x width image, in its order: the
+    grid of crops every `stride` pixels (and flush with the far edges), row by row.
+
+    A grid of more than `max_crops` keeps evenly spaced rows and columns of it, as many crops as
+    fit, in the shape closest to the whole grid's: the crops still cover the whole image (a
+    12-megapixel photo's 48 crops are a 6 x 8 grid, not a few diagonal lines of it).
+    """
     tops = _positions(height, crop_size, stride)
     lefts = _positions(width, crop_size, stride)
-    corners = [(top, left) for top in tops for left in lefts]
-    if len(corners) > max_crops:
-        keep = np.linspace(0, len(corners) - 1, max_crops).round().astype(int)
-        corners = [corners[i] for i in keep]
-    return corners
+    if len(tops) * len(lefts) > max_crops:
+        rows, columns = _thinned_shape(len(tops), len(lefts), max_crops)
+        tops, lefts = _evenly(tops, rows), _evenly(lefts, columns)
+    return [(top, left) for top in tops for left in lefts]
+
+
+def _thinned_shape(rows: int, columns: int, max_crops: int) -> tuple[int, int]:
+    """The most cells, at most `max_crops`, of a rows x columns grid, in the shape most like it
+    (the smallest ratio of the two aspect ratios; on a tie, fewer rows). Integers only, so the
+    web page (ondevice.js) makes the same choice."""
+    best = (1, min(columns, max_crops))
+    for r in range(2, rows + 1):
+        c = min(columns, max_crops // r)
+        if c == 0:
+            break
+        if r * c > best[0] * best[1] or (
+                r * c == best[0] * best[1] and _less_skewed((r, c), best, rows, columns)):
+            best = (r, c)
+    return best
+
+
+def _less_skewed(shape, other, rows: int, columns: int) -> bool:
+    """Whether r x c is closer in aspect to rows x columns than `other` is, compared exactly:
+    the skew of r x c is max(c * rows, r * columns) / min(c * rows, r * columns)."""
+    def skew(r, c):
+        a, b = c * rows, r * columns
+        return max(a, b), min(a, b)
+
+    (n1, d1), (n2, d2) = skew(*shape), skew(*other)
+    return n1 * d2 < n2 * d1
 
 
 def _positions(length: int, crop: int, stride: int) -> list[int]:
@@ -199,6 +230,12 @@ def _positions(length: int, crop: int, stride: int) -> list[int]:
     if positions[-1] != last:
         positions.append(last)  # cover the far edge too
     return positions
+
+
+def _evenly(positions: list[int], count: int) -> list[int]:
+    """`count` of `positions`, evenly spaced, the first and the last included."""
+    keep = np.linspace(0, len(positions) - 1, count).round().astype(int)
+    return [positions[i] for i in keep]
 
 
 def crops_for_prediction(image: np.ndarray, preprocessing: dict) -> np.ndarray:

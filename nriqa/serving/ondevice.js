@@ -89,15 +89,42 @@ function positions(length, crop, stride) {
   return found;
 }
 
-// nriqa.core.imaging.grid_corners: the grid row by row, thinned evenly to max_crops.
+// nriqa.core.imaging._evenly: `count` of `items`, evenly spaced, as np.linspace(0, n - 1,
+// count).round() picks them: i * step, the last one exactly n - 1 (one alone: the first).
+function evenly(items, count) {
+  const step = count > 1 ? (items.length - 1) / (count - 1) : 0;
+  return Array.from({length: count}, (_, i) =>
+    items[i > 0 && i === count - 1 ? items.length - 1 : roundHalfEven(i * step)]);
+}
+
+// nriqa.core.imaging._thinned_shape: the most cells, at most maxCrops, of a rows x columns
+// grid, in the shape most like it (on a tie, fewer rows); integers only, as in Python.
+function thinnedShape(rows, columns, maxCrops) {
+  const skew = (r, c) => [Math.max(c * rows, r * columns), Math.min(c * rows, r * columns)];
+  let best = [1, Math.min(columns, maxCrops)];
+  for (let r = 2; r <= rows; r++) {
+    const c = Math.min(columns, Math.floor(maxCrops / r));
+    if (c === 0) break;
+    const [n1, d1] = skew(r, c);
+    const [n2, d2] = skew(...best);
+    if (r * c > best[0] * best[1] || (r * c === best[0] * best[1] && n1 * d2 < n2 * d1)) {
+      best = [r, c];
+    }
+  }
+  return best;
+}
+
+// nriqa.core.imaging.grid_corners: the grid row by row; past max_crops, evenly spaced rows and
+// columns of it.
 export function gridCorners(height, width, {crop_size, stride, max_crops}) {
-  const lefts = positions(width, crop_size, stride);
-  const corners = positions(height, crop_size, stride).flatMap((top) => lefts.map((left) => [top, left]));
-  if (corners.length <= max_crops) return corners;
-  // np.linspace(0, n - 1, max_crops): i * step, the last one exactly n - 1 (one alone: 0).
-  const step = max_crops > 1 ? (corners.length - 1) / (max_crops - 1) : 0;
-  return Array.from({length: max_crops}, (_, i) =>
-    corners[i > 0 && i === max_crops - 1 ? corners.length - 1 : roundHalfEven(i * step)]);
+  let tops = positions(height, crop_size, stride);
+  let lefts = positions(width, crop_size, stride);
+  if (tops.length * lefts.length > max_crops) {
+    const [rows, columns] = thinnedShape(tops.length, lefts.length, max_crops);
+    tops = evenly(tops, rows);
+    lefts = evenly(lefts, columns);
+  }
+  return tops.flatMap((top) => lefts.map((left) => [top, left]));
 }
 
 // Where row (or column) `index` of a padded crop comes from: numpy's "symmetric" padding of a
