@@ -26,8 +26,9 @@ from nriqa.core.imaging import preprocessing_config
 from nriqa.core.stage import remove_stale, stage_main, written_aside
 from nriqa.data.formats import MOS_SCALES, dataset_format
 from nriqa.data.shards import example_crops
-from nriqa.model.bundle import INFO, WEIGHTS, log_bundle, save_bundle
+from nriqa.model.bundle import INFO, WEIGHTS, save_bundle
 from nriqa.model.distribution import check_strategy, is_chief
+from nriqa.model.pyfunc import log_bundle
 from nriqa.model.training import train
 from nriqa.ops import tracking
 
@@ -61,7 +62,8 @@ def main():
                               extra_callbacks=[run.epoch_logger()])
         save_outputs(model, config, preprocessing, result, args.model_dir, args.history)
         run.log_summary(result)
-        model_uri = log_bundle(args.model_dir, example_crops(args.shard_dir, preprocessing), model)
+        model_uri = log_bundle(args.model_dir, example_crops(args.shard_dir, preprocessing), model,
+                               categories=config.evaluate.categories)
         run.write_pointer(args.model_dir / POINTER, model_uri)
 
 

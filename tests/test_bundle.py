@@ -16,6 +16,7 @@ from nriqa.core.errors import NriqaError
 from nriqa.model import bundle
 from nriqa.model.network import make_model
 from nriqa.model.prediction import predict_mos
+from nriqa.model.pyfunc import log_bundle
 from tests.helpers import PROJECT, model_config
 
 PREPROCESSING = {"mode": "native", "resize": [32, 32], "crop_size": 32, "stride": 32,
@@ -113,7 +114,7 @@ def test_mlflow_round_trip_returns_the_same_bytes(tiny_model, saved, tmp_path):
     mlflow.set_experiment("bundle")
     example = np.zeros((1, 32, 32, 3), np.float32)
     with mlflow.start_run():
-        model_uri = bundle.log_bundle(saved, example, tiny_model)
+        model_uri = log_bundle(saved, example, tiny_model)
     fetched = bundle.fetch_bundle(model_uri, tmp_path / "fetched", tracking_uri=uri)
     for name in bundle.FILES:
         assert sha(fetched / name) == sha(saved / name), name
@@ -160,7 +161,7 @@ def two_logged_runs(tiny_model, saved, tmp_path):
     runs = []
     for _ in range(2):
         with mlflow.start_run() as run:
-            model_uri = bundle.log_bundle(saved, np.zeros((1, 32, 32, 3), np.float32), tiny_model)
+            model_uri = log_bundle(saved, np.zeros((1, 32, 32, 3), np.float32), tiny_model)
         mlflow.register_model(model_uri, "lineage")
         runs.append(run.info.run_id)
     return uri, runs, lambda version, run_id: Champion("lineage", version, run_id, uri)

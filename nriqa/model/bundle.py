@@ -8,8 +8,8 @@ A bundle is a folder with two files:
                type head's classes in column order, `nriqa.core.taxonomy.head_types`; empty
                without that head), and the training's own record (params, best epoch, split sizes)
 
-The train stage writes it to `models/`; `log_bundle` logs it to MLflow as a keras-flavor model
-whose weights file is this same file; `fetch_bundle` gets it back from MLflow and
+The train stage writes it to `models/`; `nriqa.model.pyfunc.log_bundle` logs it to MLflow as a
+keras-flavor model whose weights file is this same file (and whose pyfunc flavor scores images); `fetch_bundle` gets it back from MLflow and
 `bentoml_model` copies it into the BentoML model store. Every copy of model.keras is the file
 train wrote, byte for byte: the model is never loaded and saved again on its way.
 """
@@ -37,10 +37,6 @@ FILES = (WEIGHTS, INFO)
 PREPROCESSING_KEYS = ("mode", "resize", "crop_size", "stride", "max_crops")
 # Inside a logged MLflow model: the keras flavor keeps the weights here, the rest lies on top.
 MLFLOW_WEIGHTS = "data/model.keras"
-# The files the custom layer needs to deserialize; logged as code/nriqa/ beside the model
-# because the keras flavor has no `code_paths`.
-MODEL_CODE = ("__init__.py", "core/__init__.py", "core/errors.py", "model/__init__.py", "model/network.py",
-              "model/efficientnet_lite.py", "model/pretrained.py")
 _PINNED_TIME = (1980, 1, 1, 0, 0, 0)
 # The run tag holding the sha256 of the model.keras that train wrote and logged.
 WEIGHTS_SHA256_TAG = "nriqa.model_sha256"
@@ -219,47 +215,6 @@ def model_signature(crop_size: int, columns: int = 1):
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, crop_size, crop_size, 3))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, columns))]))
-
-
-def log_bundle(folder: str | Path, example, model) -> str:
-    """Log the bundle to the active MLflow run as a keras-flavor model; returns its URI.
-
-    The flavor saves the model itself (`model.save`, whose bytes carry the save time); its
-    weights file is then replaced by the bundle's model.keras, so that MLflow holds the very
-    file train wrote. Beside the flavor's own files the logged model holds:
-      model.json          the bundle's
-      input_example.json  a real crop as an `/invocations` payload ({"inputs": [...]}); passed
-                          as `input_example=` it makes mlflow 3.17 + keras 3.15 fail
-                          (FileNotFoundError), so it is written here instead
-      code/nriqa/         the custom layer's source, what `code_paths` gives other flavors:
-                          put `code/` on sys.path and `import nriqa.model.network` to load it anywhere
-    `model` is the bundle's model, already in memory (the train stage has just saved it).
-    """
-    from importlib.metadata import version
-
-    import mlflow
-
-    folder = Path(folder)
-    # Pinned requirements: otherwise MLflow infers them by loading the model in a subprocess,
-    # which costs a TensorFlow import and cannot see the custom layer anyway.
-    requirements = [f"{name}=={version(name)}" for name in ("keras", "tensorflow", "numpy")]
-    signature = model_signature(example.shape[1], model.output_shape[-1])
-    logged = mlflow.keras.log_model(model, name="model", signature=signature,
-                                    pip_requirements=requirements)
-    with tempfile.TemporaryDirectory() as tmp:
-        extra = Path(tmp)
-        (extra / MLFLOW_WEIGHTS).parent.mkdir(parents=True)
-        shutil.copyfile(folder / WEIGHTS, extra / MLFLOW_WEIGHTS)
-        shutil.copyfile(folder / INFO, extra / INFO)
-        (extra / "input_example.json").write_text(json.dumps({"inputs": example.tolist()}))
-        package = Path(nriqa.__file__).parent
-        for name in MODEL_CODE:
-            (extra / "code" / "nriqa" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(package / name, extra / "code" / "nriqa" / name)
-        mlflow.MlflowClient().log_model_artifacts(logged.model_id, str(extra))
-    # What packaging checks the champion it downloads against (`nriqa.ops.packaging`).
-    mlflow.set_tag(WEIGHTS_SHA256_TAG, file_sha256(folder / WEIGHTS))
-    return logged.model_uri
 
 
 def fetch_bundle(model_uri: str, destination: str | Path, *,

@@ -2,7 +2,7 @@
 
 The train stage opens the run (`training_run`), logs every param, the provenance tags and the
 dataset (`nriqa.ops.provenance`) and per-epoch metrics, logs the model bundle
-(`nriqa.model.bundle.log_bundle`), and leaves a pointer file (`models/mlflow_run.json` in the
+(`nriqa.model.pyfunc.log_bundle`), and leaves a pointer file (`models/mlflow_run.json` in the
 pipeline) naming the run. The evaluate stage reopens that same run
 (`log_evaluation`) to add the test metrics, figures and reports; `nriqa.ops.registry` then decides
 whether the run's model becomes the registered champion.
@@ -238,7 +238,7 @@ class TrainingRun:
 
     def write_pointer(self, path: Path, model_uri: str) -> None:
         """The pointer file (models/mlflow_run.json): how evaluate and promote find this run
-        and the model logged to it (`nriqa.model.bundle.log_bundle`)."""
+        and the model logged to it (`nriqa.model.pyfunc.log_bundle`)."""
         write_json(path, {"run_id": self.run_id, "experiment_id": self.experiment_id,
                           "tracking_uri": self.tracking_uri, "model_uri": model_uri})
 
