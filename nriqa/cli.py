@@ -48,6 +48,11 @@ def runs(args) -> None:
 
 
 def score(args) -> int:
+    if args.engine == "spark":
+        # lazy: PySpark (and a Java runtime) only for the Spark engine
+        from nriqa.serving.batch import run_batch
+
+        return run_batch(args)
     # lazy: TensorFlow loads only for this command
     from nriqa.serving.scoring import run_score
 
@@ -88,8 +93,10 @@ def add_score(commands) -> None:
                     "WebP and TIFF files) with the trained model: MOS, category and the three "
                     "likeliest distortion types per image, written as each is scored. A file "
                     "that cannot be scored is named on stderr and skipped (exit status 1).")
-    command.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                         help="image files and/or folders (searched recursively)")
+    command.add_argument("paths", nargs="+", metavar="PATH",
+                         help="image files and/or folders (searched recursively); with --engine "
+                              "spark also globs, URIs, and Parquet or CSV tables of paths or URIs "
+                              "(their `path` column, else the first)")
     add_model_source(command)
     command.add_argument("--runtime", choices=("keras", "onnx"), default="keras",
                          help="keras (default): the model through TensorFlow; onnx: its export "
@@ -99,8 +106,19 @@ def add_score(commands) -> None:
     command.add_argument("--format", choices=("csv", "jsonl"), default="csv",
                          help="csv (default) or jsonl, one JSON object per line; each row is "
                               "written as soon as it is scored")
-    command.add_argument("--output", "-o", type=Path,
-                         help="write the scores to this file instead of stdout")
+    command.add_argument("--output", "-o", "--out", type=Path,
+                         help="write the scores to this file instead of stdout; with --engine "
+                              "spark, the Parquet folder the rows are appended to (required)")
+    command.add_argument("--engine", choices=("local", "spark"), default="local",
+                         help="local (default): this process; spark: a Spark job "
+                              "(nriqa.serving.batch; needs PySpark and Java) that appends to "
+                              "--out, partitioned by run, and skips images already there")
+    command.add_argument("--master", default=None,
+                         help="with --engine spark: local[N], local[N,RETRIES], spark://HOST:PORT, "
+                              "yarn... (default: spark-submit's, else local[*])")
+    command.add_argument("--commit-every", type=int, default=10_000, metavar="N",
+                         help="with --engine spark: images per commit to --out, the most a "
+                              "killed job loses (default 10000)")
     command.add_argument("--map", type=Path, metavar="DIR", dest="map_dir",
                          help="also write each image's quality map over it as DIR/<name>.png "
                               "(the JSON lines rows name the file)")

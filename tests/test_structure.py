@@ -22,6 +22,7 @@ LAYERS = ["core", "data", "model", "ops", "evaluation", "serving", "cli"]
 LAZY = {
     ("nriqa.cli", "nriqa.ops.runs"),
     ("nriqa.cli", "nriqa.serving.scoring"),
+    ("nriqa.cli", "nriqa.serving.batch"),
     ("nriqa.cli", "nriqa.evaluation.external"),
     ("nriqa.data.examples", "nriqa.data.distortions"),
     ("nriqa.data.examples", "nriqa.data.synthetic"),

@@ -249,18 +249,24 @@ def test_logged_model_carries_signature_preprocessing_example_and_code(pipeline,
                                                      dst_path=str(tmp_path)))
     model = Model.load(local / "MLmodel")
     assert "keras" in model.flavors
-    size = TINY_PARAMS["model"]["input_size"]
-    (inputs,), (outputs,) = model.signature.inputs.inputs, model.signature.outputs.inputs
-    assert (inputs.type, tuple(inputs.shape)) == (np.dtype("float32"), (-1, size, size, 3))
-    # The MOS column, then one logit per TID2013 distortion type (the type head) and, with
-    # model.undistorted_class (default), one for "no distortion".
+    # The pyfunc flavor scores images (nriqa.model.pyfunc): its signature is a table's.
+    assert model.flavors["python_function"]["loader_module"] == "nriqa.model.pyfunc"
+    assert model.signature.inputs.input_names() == ["path", "content"]
+    assert model.signature.outputs.input_names() == ["path", "mos", "category", "distortions",
+                                                     "distortion_note", "error", "model_version"]
+    # The type head: one logit per TID2013 distortion type and, with model.undistorted_class
+    # (default), one for "no distortion".
     classes = second["model_json"]["distortion_types"]
     assert len(classes) == 24 + bool(yaml.safe_load((PROJECT / "params.yaml").read_text())
                                      ["model"]["undistorted_class"])
-    assert (outputs.type, tuple(outputs.shape)) == (np.dtype("float32"), (-1, 1 + len(classes)))
     assert json.loads((local / "model.json").read_text()) == second["model_json"]
-    example = np.array(json.loads((local / "input_example.json").read_text())["inputs"])
-    assert example.shape[1:] == (size, size, 3)
+    assert json.loads((local / "scoring.json").read_text())["categories"]
+    # The example: one real training crop, as PNG bytes.
+    from nriqa.core.imaging import decode_image
+
+    size = TINY_PARAMS["model"]["input_size"]
+    example = model.load_input_example(str(local))
+    assert decode_image(bytes(example["content"][0])).shape == (size, size, 3)
     assert (local / "code/nriqa/model/network.py").exists()
     # The very file train wrote (the bundle's), not a second save of the model.
     assert (local / "data/model.keras").read_bytes() == second["model_keras"]

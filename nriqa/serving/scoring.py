@@ -198,7 +198,7 @@ def run_score(args) -> ExitCode:
         tqdm.write(f"skipped {message}", file=sys.stderr)  # above the progress bar
 
     thresholds = _thresholds(args.params)
-    files = find_images(args.paths)
+    files = find_images([Path(path) for path in args.paths])
     if not files:
         raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
     check_output(args.output, files)
