@@ -65,7 +65,7 @@ def same_scores(row: dict, expected: dict, atol: float = 1e-4) -> None:
     distortions (types and probabilities) or note."""
     assert abs(row["mos"] - expected["mos"]) <= atol, (row, expected)
     assert row["category"] == expected["category"], (row, expected)
-    assert row["distortion_note"] == expected["distortion_note"]
+    assert row["distortion_note"] == expected["distortion_note"], (row, expected)
     mine = [(d["type"], d["name"]) for d in (_list(row["distortions"]))]
     theirs = [(d["type"], d["name"]) for d in expected["distortions"] or []]
     assert mine == theirs, (row, expected)

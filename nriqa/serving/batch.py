@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -152,6 +153,10 @@ def spark_session(master: str | None):
     """A Spark session: --master where given, else spark-submit's, else every local core."""
     from pyspark.sql import SparkSession
 
+    # PySpark 4.3 warns on each use that it is not yet tested with pandas 3; the columns here
+    # (strings, floats, lists of records) convert through Arrow alike in both.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas",
+                            category=FutureWarning)
     if (master or "local").startswith("local"):
         # Local Python workers run this interpreter (its packages), not the first python3 on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -243,6 +248,9 @@ def run_batch(args) -> ExitCode:
                       f"{errors} could not be scored", file=sys.stderr)
         finally:
             spark.stop()
+    if not pending:
+        print(f"nothing to score: all {len(inputs)} images are in {out}", file=sys.stderr)
+        return ExitCode.OK
     print(f"scored {scored - errors} of {len(pending)} images into {out}/run={run_id}"
           + (f"; {errors} could not be scored (their rows say why)" if errors else ""),
           file=sys.stderr)
