@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -175,11 +176,16 @@ def spark_session(master: str | None):
     return spark
 
 
+def literal(path: Path) -> str:
+    """`path` for Spark's readers, which take it as a glob: its glob characters escaped."""
+    return re.sub(r"([\\[\]{}*?])", r"\\\1", str(path))
+
+
 def done_paths(spark, out: Path):
     """OUT's paths as a one-column DataFrame, or None when OUT holds no rows yet."""
     if not any(out.glob("run=*/*.parquet")):
         return None
-    return spark.read.parquet(str(out)).select("path").distinct()
+    return spark.read.parquet(literal(out)).select("path").distinct()
 
 
 def pending_paths(spark, inputs: list[str], out: Path) -> list[str]:
@@ -268,4 +274,5 @@ def commit(spark, paths: list[str], score, run_id: str, out: Path) -> int:
     frame = spark.createDataFrame([(p,) for p in paths], "path string").repartition(partitions)
     rows = frame.mapInPandas(score, ROW_SCHEMA).withColumn("run", F.lit(run_id))
     rows.write.mode("append").partitionBy("run").parquet(str(out))
-    return spark.read.parquet(str(out / f"run={run_id}")).where(F.col("error").isNotNull()).count()
+    written = spark.read.parquet(literal(out / f"run={run_id}"))
+    return written.where(F.col("error").isNotNull()).count()
