@@ -83,7 +83,6 @@ def compare(cli_rows: Path, spark_out: Path) -> dict:
 
 
 def main() -> None:
-    configure()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path, nargs="?", help="a bundle (default: see above)")
     parser.add_argument("--images", type=int, default=2000)
@@ -124,4 +123,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure()
     main()

@@ -33,6 +33,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+import nriqa
 from nriqa.core.errors import ExitCode, NriqaError
 from nriqa.core.runtime import configure
 from nriqa.model.bundle import check_bundle, fetch_bundle
@@ -205,8 +206,6 @@ def new_run_id() -> str:
 
 def code_archive(workdir: str) -> str:
     """The nriqa package as a zip, so executors run the driver's code, installed or not."""
-    import nriqa
-
     package = Path(nriqa.__file__).parent
     staging = Path(workdir) / "code"
     shutil.copytree(package, staging / "nriqa",
