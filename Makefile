@@ -39,13 +39,16 @@ $(NODE_STAMP): package.json package-lock.json
 # web-page test; npm installs the page's JavaScript runtime (`make node`); mate-backgrounds,
 # plasma-workspace-wallpapers and lomiri-wallpapers-16.04 hold the photos the training
 # set is generated from (nriqa.data.trainset); postgresql and openssh-server are the real back ends
-# that tests/test_team.py runs (a tracking server on PostgreSQL, a DVC remote over SSH).
+# that tests/test_team.py runs (a tracking server on PostgreSQL, a DVC remote over SSH);
+# openjdk-17-jre-headless is the Java runtime PySpark drives (`nriqa score --engine spark`,
+# tests/test_spark.py), which the single-process CLI does not need.
 system-deps:
 	@missing=""; \
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing="$$missing postgresql"; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v bsdtar >/dev/null || missing="$$missing libarchive-tools"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	[ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] || missing="$$missing mate-backgrounds"; \
 	[ -f /usr/share/wallpapers/Path/contents/images/2560x1600.jpg ] || missing="$$missing plasma-workspace-wallpapers"; \

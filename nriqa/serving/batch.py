@@ -220,6 +220,9 @@ def run_batch(args) -> ExitCode:
     if args.map_dir is not None:
         raise NriqaError("--map is for the single-process engine; --engine spark writes rows only")
     out = Path(args.output)
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(out)):
+        raise NriqaError(f"--out {args.output}: a path, not a URI (the resume check reads OUT "
+                         "through the local filesystem; mount remote storage)")
     if out.exists() and not out.is_dir():
         raise NriqaError(f"--out {out}: a file; the Spark engine writes a Parquet folder")
     inputs = list_inputs([str(source) for source in args.paths])
