@@ -165,7 +165,7 @@ def spark_session(master: str | None):
     builder = SparkSession.builder.appName("nriqa score")
     if master:
         builder = builder.master(master)
-    elif "SPARK_HOME" not in os.environ and not os.environ.get("PYSPARK_SUBMIT_ARGS"):
+    elif not os.environ.get("PYSPARK_GATEWAY_PORT"):  # not under spark-submit: this machine
         builder = builder.master("local[*]")
     spark = (builder
              .config("spark.sql.execution.arrow.maxRecordsPerBatch", BATCH_IMAGES)
