@@ -151,8 +151,8 @@ def score_batches(folder_name: str, thresholds: dict, version: str | None, threa
 
 # --- The job ------------------------------------------------------------------------------------
 
-def spark_session(master: str | None):
-    """A Spark session: --master where given, else spark-submit's, else every local core."""
+def start_spark(master: str | None):
+    """A SparkSession: --master where given, else spark-submit's, else every local core."""
     from pyspark.sql import SparkSession
 
     # PySpark 4.3 warns on each use that it is not yet tested with pandas 3; the columns here
@@ -233,7 +233,7 @@ def run_batch(args) -> ExitCode:
     commit_every = max(1, args.commit_every)
     with tempfile.TemporaryDirectory(prefix="nriqa-spark-") as workdir:
         folder = model_folder(args, workdir)
-        spark = spark_session(args.master)
+        spark = start_spark(args.master)
         try:
             context = spark.sparkContext
             context.addPyFile(code_archive(workdir))
