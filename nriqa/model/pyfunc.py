@@ -34,10 +34,17 @@ import numpy as np
 import nriqa
 from nriqa.core.categories import DEFAULT_THRESHOLDS, categorize
 from nriqa.core.errors import NriqaError
-from nriqa.model.bundle import (INFO, MLFLOW_WEIGHTS, WEIGHTS, WEIGHTS_SHA256_TAG, file_sha256,
-                                load_bundle, model_signature)
+from nriqa.model.bundle import (
+    INFO,
+    MLFLOW_WEIGHTS,
+    WEIGHTS,
+    WEIGHTS_SHA256_TAG,
+    file_sha256,
+    load_bundle,
+    model_signature,
+)
 from nriqa.model.portable import ONNX_FILE, OnnxModel
-from nriqa.model.prediction import CHUNK, likely_distortions, score_paths
+from nriqa.model.prediction import likely_distortions, score_paths
 
 INPUT_COLUMNS = ("path", "content")
 OUTPUT_COLUMNS = ("path", "mos", "category", "distortions", "distortion_note", "error",

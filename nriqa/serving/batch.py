@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nriqa
@@ -201,7 +201,7 @@ def pending_paths(spark, inputs: list[str], out: Path) -> list[str]:
 
 def new_run_id() -> str:
     """Sortable by start time, unique across drivers."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def code_archive(workdir: str) -> str:
