@@ -28,7 +28,8 @@ def test_folders_globs_tables_and_uris_are_listed_once_each_as_absolute_paths(tm
     monkeypatch.chdir(tmp_path)
     listed = list_inputs(["photos", "photos/**/*.png", "list.parquet", "list.csv",
                           "file:///data/z.png", "missing.png"])
-    photos = [os.path.abspath(f"photos/{name}") for name in ("a.png", "nested/b.jpg", "nested/c.png")]
+    photos = [os.path.abspath(f"photos/{name}")
+              for name in ("a.png", "nested/b.jpg", "nested/c.png")]
     assert listed == [*photos, "s3://bucket/x.jpg", "https://example.org/y.png",
                       "file:///data/z.png", os.path.abspath("missing.png")]
 

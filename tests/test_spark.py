@@ -90,7 +90,8 @@ def test_spark_scores_as_the_cli_and_a_rerun_scores_nothing(collection, tmp_path
     rows = read_rows(out)
     check_rows(rows, collection)
     assert len({row["run"] for row in rows}) == 1
-    assert f"committed {len(collection['pictures'])} of {len(collection['pictures'])}" in first.stderr
+    count = len(collection["pictures"])
+    assert f"committed {count} of {count}" in first.stderr
     again = run_job(collection, out, status=(0,))
     assert f"{len(collection['pictures'])} already in" in again.stderr
     assert read_rows(out) == rows

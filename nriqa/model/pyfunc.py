@@ -185,8 +185,8 @@ def log_bundle(folder: str | Path, example, model, *, categories: dict | None = 
                           pyfunc's loader and the custom layer; put `code/` on sys.path and
                           `import nriqa.model.network` to load the Keras model anywhere
     The signature is the pyfunc's (columns, which `mlflow.pyfunc` checks inputs against; the
-    keras flavor takes the crops as `model_signature` says); `example` is a batch of training crops and `model`
-    the bundle's model, already in memory (the train stage has just saved it).
+    keras flavor takes the crops as `model_signature` says); `example` is a batch of training
+    crops and `model` the bundle's model, already in memory (the train stage has just saved it).
     """
     from importlib.metadata import version
 

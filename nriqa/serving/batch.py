@@ -194,7 +194,7 @@ def pending_paths(spark, inputs: list[str], out: Path) -> list[str]:
     done = done_paths(spark, out)
     if done is None or not inputs:
         return inputs
-    listed = spark.createDataFrame([(i, p) for i, p in enumerate(inputs)], "position long, path string")
+    listed = spark.createDataFrame(list(enumerate(inputs)), "position long, path string")
     missing = listed.join(done, "path", "left_anti").orderBy("position").select("path")
     return [row.path for row in missing.toLocalIterator()]
 
