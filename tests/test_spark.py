@@ -193,8 +193,9 @@ def test_spark_udf_bridges_the_registered_pyfunc(collection):
     assert [row["path"] for row in rows] == paths
     for row in rows:
         # spark_udf casts a struct's string fields with numpy (MLflow 3.17), so a null comes out
-        # as "nan": a reason the Spark engine writes its rows itself (mapInPandas).
-        row.update({key: None for key in ("distortion_note", "error") if row[key] == "nan"})
+        # as a string ("None", "nan"): a reason the Spark engine writes its own rows (mapInPandas).
+        row.update({key: None for key in ("distortion_note", "error")
+                    if row[key] in ("nan", "None")})
         if row["path"].endswith(CORRUPT):
             assert row["error"]
         else:

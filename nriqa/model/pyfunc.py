@@ -111,7 +111,9 @@ class ImageScorer:
             row.update(mos=round(float(scored.mos), 6),
                        category=categorize(float(scored.mos), self.thresholds),
                        distortions=distortions, distortion_note=note)
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+        # Object columns keep None as None: pandas would turn a missing string or MOS into NaN,
+        # which `mlflow models serve` writes as a bare NaN (not JSON) and spark_udf as "nan".
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
 
 
 def image_source(path: str, content=None):
