@@ -22,7 +22,7 @@ from nriqa.core.runtime import configure
 from tests.helpers import VENV_BIN, make_clone, project_env
 
 STAGES = ["fetch", "trainset", "normalize", "preprocess", "baseline", "train", "evaluate", "promote",
-          "package"]
+          "export", "package"]
 REPEATED = ["fetch", "trainset", "normalize", "preprocess"]
 
 
