@@ -26,7 +26,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import nriqa
 from nriqa.core.errors import NriqaError
 from nriqa.core.stage import write_json, written_aside
 from nriqa.core.taxonomy import head_types, type_name

@@ -40,7 +40,7 @@ from nriqa.model.portable import (
 )
 from nriqa.model.prediction import CHUNK, score_crop_sets
 
-# What an export may change, at most: the image MOS (max |ΔMOS|), on the 1..7 scale.
+# What an export may change, at most: an image's MOS (max |ΔMOS|, on the model's MOS scale).
 MOS_TOLERANCE = 1e-3
 
 
@@ -64,8 +64,7 @@ def export_portable(model, info: dict, folder: str | Path, *, categories: dict,
             warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
             model.export(str(onnx_path), format="onnx", verbose=False)
         model.export(str(tflite_path), format="litert", verbose=False)
-        _canonical_onnx(onnx_path)
-        input_name = OnnxModel.input_name_of(onnx_path)
+        input_name = _canonical_onnx(onnx_path)
         for path in (onnx_path, tflite_path):
             with written_aside(folder / path.name) as aside:
                 os.replace(path, aside)
@@ -86,8 +85,9 @@ def export_portable(model, info: dict, folder: str | Path, *, categories: dict,
     return folder
 
 
-def _canonical_onnx(onnx_path: Path) -> None:
-    """Rename the graph's tensors and nodes in graph order, and order its constants by first use.
+def _canonical_onnx(onnx_path: Path) -> str:
+    """Rename the graph's tensors and nodes in graph order, and order its constants by first use;
+    returns the input's name.
 
     tf2onnx numbers the names it makes from a process-wide counter and optimizes in an order
     that varies from one process to the next, so the same weights gave different bytes. The
@@ -124,6 +124,7 @@ def _canonical_onnx(onnx_path: Path) -> None:
     graph.name, graph.doc_string, proto.doc_string = "nriqa", "", ""
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path))
+    return graph.input[0].name
 
 
 def parity(model, preprocessing: dict, paths: list[Path], folder: str | Path) -> dict:

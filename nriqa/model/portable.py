@@ -63,8 +63,6 @@ def read_info(folder: str | Path, file: str) -> dict:
 class PortableModel:
     """An exported model and its model.json; `crop_outputs` is the forward pass."""
 
-    file = ""
-
     def __init__(self, info: dict) -> None:
         self.info = info
 
@@ -93,8 +91,6 @@ class PortableModel:
 
 
 class OnnxModel(PortableModel):
-    file = ONNX_FILE
-
     def __init__(self, session, info: dict) -> None:
         super().__init__(info)
         self.session = session
@@ -112,21 +108,12 @@ class OnnxModel(PortableModel):
                                                providers=["CPUExecutionProvider"])
         return cls(session, info)
 
-    @staticmethod
-    def input_name_of(path: str | Path) -> str:
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.get_inputs()[0].name
-
     def crop_outputs(self, crops: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: crops.astype(np.float32)})[0]
 
 
 class TfliteModel(PortableModel):
     """The TFLite file, through LiteRT's interpreter (ai-edge-litert); for the export's check."""
-
-    file = TFLITE_FILE
 
     def __init__(self, interpreter, info: dict) -> None:
         super().__init__(info)

@@ -355,25 +355,36 @@ def command_tracking_uri(params_path: Path) -> str | None:
                                 params_path.resolve().parent)
 
 
+def registry_version(model_uri: str):
+    """The registry version (MLflow's ModelVersion) that `models:/NAME@ALIAS` or
+    `models:/NAME/VERSION` names now, from the current tracking store; None for any other URI."""
+    from mlflow import MlflowClient
+
+    name, sep, number = model_uri.removeprefix("models:/").partition("/")
+    name, at, alias = name.partition("@")
+    if not model_uri.startswith("models:/") or not ((at and alias and not sep) or
+                                                    (sep and number and not at)):
+        return None
+    client = MlflowClient()
+    return client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, number)
+
+
 def fetch_portable(model_uri: str, destination: Path, *, tracking_uri: str | None = None) -> Path:
     """The exported model of a registered version (`models:/nriqa@champion`, `models:/nriqa/3`):
     the `portable/` artifacts the export stage logged to its run, downloaded into `destination`."""
     import mlflow
-    from mlflow import MlflowClient
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    name, sep, rest = model_uri.removeprefix("models:/").partition("/")
-    name, at, alias = name.partition("@")
-    if not model_uri.startswith("models:/") or not ((at and alias and not sep) or (sep and rest)):
-        raise NriqaError(f"{model_uri}: with --runtime onnx, name a registered version "
-                         "(models:/NAME@ALIAS or models:/NAME/VERSION)")
     try:
-        client = MlflowClient()
-        version = (client.get_model_version_by_alias(name, alias) if at
-                   else client.get_model_version(name, rest))
+        version = registry_version(model_uri)
+        if version is None:
+            raise NriqaError(f"{model_uri}: with --runtime onnx, name a registered version "
+                             "(models:/NAME@ALIAS or models:/NAME/VERSION)")
         folder = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="portable",
                                                      dst_path=str(destination))
+    except NriqaError:
+        raise
     except Exception as error:  # MlflowException, OSError, ...: all mean "cannot get it"
         raise NriqaError(f"{model_uri}: cannot download its exported model (portable/) from "
                          f"MLflow ({error}); the export stage logs it") from error

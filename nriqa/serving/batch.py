@@ -39,7 +39,7 @@ from nriqa.core.runtime import configure
 from nriqa.model.bundle import check_bundle, fetch_bundle
 from nriqa.model.prediction import CHUNK
 from nriqa.model.pyfunc import OUTPUT_COLUMNS, ImageScorer
-from nriqa.ops.tracking import command_tracking_uri, named_export
+from nriqa.ops.tracking import command_tracking_uri, named_export, registry_version
 from nriqa.serving.scoring import _thresholds, find_images
 
 # Rows per Arrow batch handed to a worker: a few of the model's chunks, so a batch fills the
@@ -114,11 +114,8 @@ def registered_version(model_uri: str | None, params: Path) -> str | None:
     tracking_uri = command_tracking_uri(params)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    name, _, number = model_uri.removeprefix("models:/").partition("/")
-    name, _, alias = name.partition("@")
-    if alias:
-        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-    return number or None
+    version = registry_version(model_uri)
+    return None if version is None else str(version.version)
 
 
 # --- On the executors -----------------------------------------------------------------------------
