@@ -123,3 +123,29 @@ def test_distort_rejects_bad_inputs(small_reference):
         distort(small_reference, 1, 6, rng)
     with pytest.raises(NriqaError):
         distort(small_reference[:20, :20], 1, 1, rng)
+
+
+def test_each_image_has_tid2013s_psnr_for_its_level(tiny_dataset, tmp_path):
+    """With `psnr_matched`, as TID2013 made its images; without (the default), the calibrated
+    parameter, whose JPEG2000 misses it on these small references."""
+    from nriqa.data.distortions import PSNR_TOLERANCE
+
+    generate_tid2013_like(tmp_path, **{**TINY, "psnr_matched": True})
+    for number in (1, 2, 11):
+        for level in TINY["levels"]:
+            name = f"i01_{number:02d}_{level}.bmp"
+            target = DISTORTIONS[number].psnr_at(float(level))
+            matched, plain = (_psnr_of(root, name) for root in (tmp_path, tiny_dataset))
+            assert abs(matched - target) <= PSNR_TOLERANCE, (number, level, matched, target)
+            if number == 11:
+                assert abs(plain - target) > 2 * PSNR_TOLERANCE
+
+
+def _psnr_of(root: Path, name: str) -> float:
+    from PIL import Image
+
+    stem = name.lower()
+    path = next(p for p in (root / "distorted_images").iterdir() if p.name.lower() == stem)
+    with Image.open(path) as image, Image.open(sorted((root / "reference_images").iterdir())[0]) as ref:
+        return peak_signal_noise_ratio(np.asarray(ref.convert("RGB")), np.asarray(image.convert("RGB")),
+                                       data_range=255)

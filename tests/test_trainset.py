@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from nriqa.core.errors import NriqaError
-from nriqa.data.distortions import DISTORTIONS, LEVELS
+from nriqa.data.distortions import DISTORTIONS, LEVELS, PSNR_TOLERANCE, TID2013_PSNR, _psnr
 from nriqa.data.labels import PRISTINE_MOS
 from nriqa.data.synthetic import REFERENCE_SOURCES
 from nriqa.data.trainset import (
@@ -20,7 +20,9 @@ from nriqa.data.trainset import (
     check_photos,
     generate_training_set,
     make_image,
+    reference_crop,
 )
+from tests.helpers import PROJECT
 
 pytestmark = pytest.mark.integration  # the Debian photos of `make system-deps`
 
@@ -119,3 +121,27 @@ def test_every_type_accepts_the_whole_strength_range():
                 out = distortion.apply_strength(image, distortion.strength_at(position, raise_contrast),
                                                 np.random.default_rng(1))
                 assert out.shape == image.shape and out.dtype == np.uint8
+
+
+def test_the_psnr_targets_are_tid2013s():
+    levels = pd.read_csv(PROJECT.parent / "shared" / "reference" / "tid2013_levels.csv")
+    for number, targets in TID2013_PSNR.items():
+        published = levels[levels["type"] == number].sort_values("level")["psnr_median"]
+        np.testing.assert_allclose(targets, published, atol=1e-3)
+    # Block-wise distortions, contrast and saturation change keep their calibrated parameter.
+    assert set(DISTORTIONS) - set(TID2013_PSNR) == {15, 17, 18}
+
+
+@pytest.mark.parametrize("number", [1, 2, 8, 10, 11, 19])
+def test_training_images_have_tid2013s_psnr_on_any_content(number):
+    """A level is a loss of fidelity, as in TID2013, not a parameter: the calibrated JPEG2000
+    ratio of level 1 leaves a smooth crop at 45 dB and a busy one at 30."""
+    distortion = DISTORTIONS[number]
+    crops = [reference_crop(np.random.default_rng([5, k]), (128, 96))[1] for k in range(6)]
+    for position in (1.0, 3.0, 4.5):
+        target = distortion.psnr_at(position)
+        errors = [abs(_psnr(crop, distortion.matched(crop, position, seed=k)) - target)
+                  for k, crop in enumerate(crops)]
+        assert np.median(errors) <= PSNR_TOLERANCE, (position, errors)
+        again = distortion.matched(crops[0], position, seed=0)
+        np.testing.assert_array_equal(again, distortion.matched(crops[0], position, seed=0))

@@ -36,6 +36,7 @@ class DataConfig(Section):
     image_size: tuple[int, int]
     distortion_types: Literal["all"] | list[int]
     levels: list[int]
+    strength: Literal["psnr", "parameter"]
 
 
 class TrainsetConfig(Section):
@@ -44,6 +45,7 @@ class TrainsetConfig(Section):
     seed: int
     distortion_types: Literal["all"] | list[int]
     pristine_fraction: float
+    strength: Literal["psnr", "parameter"]
     mix: Literal["auto"] | bool
 
 

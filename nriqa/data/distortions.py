@@ -77,6 +77,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import denoise_tv_chambolle
 from skimage.util import random_noise
 
@@ -135,6 +136,13 @@ def _event_count(per_reference_image: float, image: np.ndarray, side: int = 1, r
     area = image.shape[0] * image.shape[1]
     count = per_reference_image * area / _REFERENCE_AREA * (reference_side / side) ** 2
     return max(1, int(round(count)))
+
+
+def _psnr(reference: np.ndarray, image: np.ndarray) -> float:
+    """RGB PSNR in dB, capped at 100 (an unchanged image)."""
+    if np.array_equal(reference, image):
+        return 100.0
+    return float(min(peak_signal_noise_ratio(reference, image, data_range=255), 100.0))
 
 
 def _encode_decode(image: np.ndarray, image_format: str, **save_options) -> np.ndarray:
@@ -414,6 +422,42 @@ CALIBRATED_STRENGTHS: dict[int, tuple[float, float, float, float, float]] = {
 }
 
 
+# TID2013's median RGB PSNR (dB) per type at levels 1..5 (``shared/reference/tid2013_levels.csv``).
+# TID2013 set each image's strength to reach its level's PSNR, so a level means the same fidelity
+# on any content; `Distortion.matched` does the same for the training set.
+TID2013_PSNR: dict[int, tuple[float, float, float, float, float]] = {
+    1: (37.858, 34.89, 31.849, 28.857, 25.876),
+    2: (43.62, 40.76, 37.775, 34.811, 31.793),
+    3: (37.843, 34.881, 31.84, 28.862, 25.886),
+    4: (37.447, 34.65, 31.676, 28.671, 25.762),
+    5: (37.783, 34.82, 29.855, 24.896, 20.002),
+    6: (37.446, 33.45, 30.302, 27.351, 24.342),
+    7: (37.943, 34.729, 31.773, 28.646, 25.172),
+    8: (37.669, 32.888, 28.996, 25.905, 23.756),
+    9: (38.04, 35.507, 32.272, 28.222, 23.003),
+    10: (37.512, 34.539, 31.095, 27.873, 25.764),
+    11: (35.157, 31.976, 28.955, 25.828, 22.782),
+    12: (35.851, 32.162, 28.444, 25.706, 22.364),
+    13: (34.677, 31.718, 28.562, 25.551, 22.501),
+    14: (34.236, 31.028, 28.263, 26.976, 24.983),
+    16: (33.879, 29.519, 23.458, 20.019, 17.54),
+    19: (37.439, 34.459, 31.483, 28.465, 25.436),
+    20: (34.981, 31.858, 28.788, 25.772, 22.795),
+    21: (35.645, 32.708, 29.85, 26.961, 23.792),
+    22: (36.583, 33.151, 29.792, 26.616, 23.255),
+    23: (42.435, 37.417, 33.834, 29.547, 25.068),
+    24: (35.253, 32.113, 28.933, 25.856, 22.714),
+}
+# Left out: local block-wise distortions (15), whose PSNR hardly moves with the level; contrast
+# change (17), two directions on one scale; saturation change (18), whose PSNR TID2013 gives for
+# luma only. They keep the calibrated parameter.
+
+# Where a parameter stops meaning anything: JPEG qualities, palette sizes, a kept share.
+_STRENGTH_LIMITS = {10: (1.0, 100.0), 20: (1.0, 100.0), 22: (2.0, 256.0), 24: (1e-3, 1.0)}
+PSNR_TOLERANCE = 0.25  # dB: finer than one JPEG quality step at the levels' qualities
+_MATCH_TRIES = 6
+
+
 @dataclass(frozen=True)
 class Distortion:
     """One TID2013 distortion type: its number, name, implementation and calibrated strengths."""
@@ -450,6 +494,49 @@ class Distortion:
         if self.number == 17:
             return 1.0 + strength if raise_contrast else 1.0 - strength
         return strength
+
+    def psnr_at(self, position: float) -> float | None:
+        """TID2013's PSNR at a continuous level ``position``, interpolated linearly and extended
+        by the end segments' slopes; None for a type whose strength is not matched to PSNR."""
+        if self.number not in TID2013_PSNR:
+            return None
+        index = min(max(int(np.floor(position)), 1), 4)
+        low, high = TID2013_PSNR[self.number][index - 1], TID2013_PSNR[self.number][index]
+        return float(low + (position - index) * (high - low))
+
+    def matched(self, image: np.ndarray, position: float, seed: int,
+                raise_contrast: bool = False) -> np.ndarray:
+        """The image distorted at ``position`` with the strength that gives it TID2013's PSNR
+        for that position (`psnr_at`), as TID2013 made its images: a level then means the same
+        loss of fidelity on smooth and on busy content. The search starts at the calibrated
+        strength and takes secant steps in log-strength; each try draws its randomness from
+        ``seed``, so only the strength changes between tries, and the closest try is kept."""
+        strength = self.strength_at(position, raise_contrast=raise_contrast)
+        target = self.psnr_at(position)
+        if target is None:
+            return self.apply_strength(image, strength, np.random.default_rng(seed))
+        logs = np.log(self.strengths)
+        # PSNR per unit of log-strength across the levels: the first secant step's slope.
+        slope = (TID2013_PSNR[self.number][-1] - TID2013_PSNR[self.number][0]) / (logs[-1] - logs[0])
+        low, high = _STRENGTH_LIMITS.get(self.number, (0.0, np.inf))
+        bounds = (np.log(max(low, min(self.strengths) / 4)), np.log(min(high, max(self.strengths) * 4)))
+        x, previous, best = float(np.log(strength)), None, None
+        for _ in range(_MATCH_TRIES):
+            result = self.apply_strength(image, float(np.exp(x)), np.random.default_rng(seed))
+            error = _psnr(image, result) - target
+            if best is None or abs(error) < abs(best[0]):
+                best = (error, result)
+            if abs(error) <= PSNR_TOLERANCE:
+                break
+            if previous is not None and x != previous[0]:
+                secant = (error - previous[1]) / (x - previous[0])
+                if secant * slope > 0:  # the same direction as the type's: trust it
+                    slope = secant
+            previous = (x, error)
+            x = float(np.clip(x - error / slope, *bounds))
+            if x == previous[0]:  # at a limit: no strength gets closer
+                break
+        return best[1]
 
     def __call__(self, image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
         _check_image(image)

@@ -9,8 +9,10 @@ tid2013_levels.csv``, hard-coded below so the package never needs the file), int
 linearly for the continuous strengths of the training set and extended by the end slopes up
 to half a level beyond levels 1 and 5.
 
-The label follows the distortion's parameter (noise sigma, blur radius, JPEG quality), not what
-it did to this content's pixels. A no-reference model can see the parameter (noise in flat
+The label follows the distortion's level, not what it did to this content's pixels. By default
+(``data.strength``/``trainset.strength``: parameter) a level is the distortion's parameter
+(noise sigma, blur radius, JPEG quality); with ``psnr`` it is TID2013's PSNR for the level, the
+strength searched per image (`nriqa.data.distortions.Distortion.matched`). A no-reference model can see the parameter (noise in flat
 areas, blur at edges) but not the PSNR, which also depends on content it cannot compare with:
 the earlier labels (RGB PSNR through each type's curve) put a heavily compressed smooth photo
 above a lightly compressed textured one, and models trained on them ranked JPEG2000 at

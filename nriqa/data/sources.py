@@ -109,6 +109,7 @@ def _build_synthetic(data: DataConfig, tmp: Path) -> Path:
         image_size=data.image_size,
         levels=data.levels,
         seed=data.seed,
+        psnr_matched=data.strength == "psnr",
         progress=True,
     )
     # "all" is params.yaml's word for the generator's default: every type it knows.

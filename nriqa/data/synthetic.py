@@ -195,6 +195,7 @@ class _Job:
     levels: tuple[int, ...]
     image_size: tuple[int, int]
     seed: int
+    psnr_matched: bool
 
 
 def image_rng(seed: int, reference: int, distortion_type: int, level: int) -> np.random.Generator:
@@ -212,7 +213,12 @@ def _run_job(job: _Job) -> list[tuple[str, float, float]]:
     rows = []
     for level in job.levels:
         rng = image_rng(job.seed, job.reference, job.distortion_type, level)
-        distorted = distort(reference_image, job.distortion_type, level, rng)
+        if job.psnr_matched:
+            distorted = DISTORTIONS[job.distortion_type].matched(
+                reference_image, float(level), int(rng.integers(2**63)),
+                raise_contrast=job.distortion_type == 17 and level % 2 == 0)
+        else:
+            distorted = distort(reference_image, job.distortion_type, level, rng)
         _write_bmp(distorted, job.out_dir / "distorted_images" / disk_name(job.reference, job.distortion_type, level))
         mos = level_mos(job.distortion_type, level)
         rows.append((listed_name(job.reference, job.distortion_type, level), mos, MOS_STD_BY_LEVEL[level - 1]))
@@ -235,9 +241,13 @@ def generate_tid2013_like(
     levels: Sequence[int],
     seed: int,
     distortion_types: Sequence[int] = range(1, 25),
+    psnr_matched: bool = False,
     progress: bool = True,
 ) -> None:
     """Write a TID2013-format dataset of synthetic distortions into the existing, empty ``out_dir``.
+
+    With ``psnr_matched`` each image's strength is the one that gives TID2013's PSNR for its level
+    (`Distortion.matched`), as TID2013 made its images; otherwise the calibrated parameter.
 
     ``image_size`` is (width, height).  See the module docstring for what is written and how.
     Raises :class:`~nriqa.core.errors.NriqaError` for arguments out of range.
@@ -262,7 +272,7 @@ def generate_tid2013_like(
         _write_bmp(load_reference(reference, (width, height)), out_dir / "reference_images" / reference_file_name(reference, num_references))
 
     jobs = [
-        _Job(out_dir, reference, distortion_type, chosen_levels, (width, height), seed)
+        _Job(out_dir, reference, distortion_type, chosen_levels, (width, height), seed, psnr_matched)
         for reference in range(1, num_references + 1)
         for distortion_type in types
     ]

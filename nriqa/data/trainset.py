@@ -112,8 +112,10 @@ def reference_crop(rng: np.random.Generator, image_size: tuple[int, int]) -> tup
 
 
 def make_image(seed: int, number: int, image_size: tuple[int, int], types: Sequence[int],
-               pristine_fraction: float):
-    """Image ``number``: (uint8 RGB image, index row without the path)."""
+               pristine_fraction: float, psnr_matched: bool = False):
+    """Image ``number``: (uint8 RGB image, index row without the path). With ``psnr_matched``,
+    the strength is the one that gives TID2013's PSNR for the drawn level (`Distortion.matched`),
+    otherwise the calibrated parameter at that level."""
     rng = np.random.default_rng([seed, number])
     photo, reference = reference_crop(rng, image_size)
     row = {"image": f"T{number:05d}.png", "reference": f"P{photo:02d}", "mos_std": 0.0}
@@ -123,17 +125,21 @@ def make_image(seed: int, number: int, image_size: tuple[int, int], types: Seque
     distortion = DISTORTIONS[int(types[int(rng.integers(len(types)))])]
     position = float(rng.uniform(MIN_POSITION, MAX_POSITION))
     raise_contrast = bool(rng.random() < 0.5)
-    strength = distortion.strength_at(position, raise_contrast=raise_contrast)
-    distorted = distortion.apply_strength(reference, strength, rng)
+    if psnr_matched:
+        distorted = distortion.matched(reference, position, int(rng.integers(2**63)),
+                                       raise_contrast=raise_contrast)
+    else:
+        strength = distortion.strength_at(position, raise_contrast=raise_contrast)
+        distorted = distortion.apply_strength(reference, strength, rng)
     return distorted, {**row, "distortion": distortion.number, "level": round(position, 3),
                        "mos": round(level_mos(distortion.number, position, raise_contrast), 5)}
 
 
 def _make_chunk(args) -> list[dict]:
-    out_dir, seed, numbers, image_size, types, pristine_fraction = args
+    out_dir, seed, numbers, image_size, types, pristine_fraction, psnr_matched = args
     rows = []
     for number in numbers:
-        image, row = make_image(seed, number, image_size, types, pristine_fraction)
+        image, row = make_image(seed, number, image_size, types, pristine_fraction, psnr_matched)
         # Fastest PNG compression: the file is read once, by preprocess.
         Image.fromarray(image).save(out_dir / "images" / row["image"], compress_level=1)
         rows.append({**row, "path": f"images/{row['image']}"})
@@ -143,7 +149,7 @@ def _make_chunk(args) -> list[dict]:
 def generate_training_set(out_dir: Path, *, num_images: int, image_size: tuple[int, int],
                           seed: int, pristine_fraction: float,
                           distortion_types: Sequence[int] = tuple(DISTORTIONS),
-                          progress: bool = True) -> pd.DataFrame:
+                          psnr_matched: bool = False, progress: bool = True) -> pd.DataFrame:
     """Write ``images/T00000.png``... and ``index.csv`` (`nriqa.data.formats` columns) into the
     existing, empty ``out_dir``; returns the index."""
     if not isinstance(num_images, int) or num_images < 1:
@@ -161,7 +167,7 @@ def generate_training_set(out_dir: Path, *, num_images: int, image_size: tuple[i
     (out_dir / "images").mkdir()
     chunk = 50
     jobs = [(out_dir, seed, range(start, min(start + chunk, num_images)), (width, height), types,
-             float(pristine_fraction))
+             float(pristine_fraction), psnr_matched)
             for start in range(0, num_images, chunk)]
     # Processes ("spawn": fresh interpreters) pay off only for more than one chunk.
     pool = (ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1),
