@@ -424,7 +424,7 @@ CALIBRATED_STRENGTHS: dict[int, tuple[float, float, float, float, float]] = {
 
 # TID2013's median RGB PSNR (dB) per type at levels 1..5 (``shared/reference/tid2013_levels.csv``).
 # TID2013 set each image's strength to reach its level's PSNR, so a level means the same fidelity
-# on any content; `Distortion.matched` does the same for the training set.
+# on any content; with `strength: psnr` the generated sets do the same (`Distortion.matched`).
 TID2013_PSNR: dict[int, tuple[float, float, float, float, float]] = {
     1: (37.858, 34.89, 31.849, 28.857, 25.876),
     2: (43.62, 40.76, 37.775, 34.811, 31.793),
@@ -454,7 +454,7 @@ TID2013_PSNR: dict[int, tuple[float, float, float, float, float]] = {
 
 # Where a parameter stops meaning anything: JPEG qualities, palette sizes, a kept share.
 _STRENGTH_LIMITS = {10: (1.0, 100.0), 20: (1.0, 100.0), 22: (2.0, 256.0), 24: (1e-3, 1.0)}
-PSNR_TOLERANCE = 0.25  # dB: finer than one JPEG quality step at the levels' qualities
+PSNR_TOLERANCE = 0.25  # dB: under a tenth of the ~3 dB between TID2013's levels
 _MATCH_TRIES = 6
 
 
