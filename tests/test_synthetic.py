@@ -146,6 +146,6 @@ def _psnr_of(root: Path, name: str) -> float:
 
     stem = name.lower()
     path = next(p for p in (root / "distorted_images").iterdir() if p.name.lower() == stem)
-    with Image.open(path) as image, Image.open(sorted((root / "reference_images").iterdir())[0]) as ref:
+    with Image.open(path) as image, Image.open(min((root / "reference_images").iterdir())) as ref:
         return peak_signal_noise_ratio(np.asarray(ref.convert("RGB")), np.asarray(image.convert("RGB")),
                                        data_range=255)
