@@ -23,7 +23,7 @@ def main():
         generate_training_set(tmp, num_images=settings.images,
                               image_size=settings.image_size, seed=settings.seed,
                               pristine_fraction=settings.pristine_fraction,
-                              psnr_matched=settings.strength == "psnr",
+                              psnr_matched=settings.strength == "psnr", shrink=settings.shrink,
                               **({} if types == "all" else {"distortion_types": types}))
         os.rename(tmp, args.out_dir)
 

@@ -46,6 +46,7 @@ class TrainsetConfig(Section):
     distortion_types: Literal["all"] | list[int]
     pristine_fraction: float
     strength: Literal["psnr", "parameter"]
+    shrink: tuple[float, float]
     mix: Literal["auto"] | bool
 
 
