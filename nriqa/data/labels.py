@@ -12,11 +12,11 @@ to half a level beyond levels 1 and 5.
 The label follows the distortion's level, not what it did to this content's pixels. By default
 (``data.strength``/``trainset.strength``: parameter) a level is the distortion's parameter
 (noise sigma, blur radius, JPEG quality); with ``psnr`` it is TID2013's PSNR for the level, the
-strength searched per image (`nriqa.data.distortions.Distortion.matched`). A no-reference model can see the parameter (noise in flat
-areas, blur at edges) but not the PSNR, which also depends on content it cannot compare with:
-the earlier labels (RGB PSNR through each type's curve) put a heavily compressed smooth photo
-above a lightly compressed textured one, and models trained on them ranked JPEG2000 at
--0.16..0.8 depending on the seed. Two types need care:
+strength searched per image (`nriqa.data.distortions.Distortion.matched`). A no-reference model
+can see the parameter (noise in flat areas, blur at edges) but not the PSNR, which also depends
+on content it cannot compare with: the earlier labels (RGB PSNR through each type's curve) put a
+heavily compressed smooth photo above a lightly compressed textured one, and models trained on
+them ranked JPEG2000 at -0.16..0.8 depending on the seed. Two types need care:
 
 * 15, local block-wise distortions: our stand-in grows worse with level, while TID2013's MOS
   drifts up (3.2 -> 4.0); it gets the type's median.

@@ -216,7 +216,7 @@ def _run_job(job: _Job) -> list[tuple[str, float, float]]:
         if job.psnr_matched:
             distorted = DISTORTIONS[job.distortion_type].matched(
                 reference_image, float(level), int(rng.integers(2**63)),
-                raise_contrast=job.distortion_type == 17 and level % 2 == 0)
+                raise_contrast=level % 2 == 0)  # as `strength_for`: contrast's even levels raise it
         else:
             distorted = distort(reference_image, job.distortion_type, level, rng)
         _write_bmp(distorted, job.out_dir / "distorted_images" / disk_name(job.reference, job.distortion_type, level))

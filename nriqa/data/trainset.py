@@ -172,7 +172,7 @@ def generate_training_set(out_dir: Path, *, num_images: int, image_size: tuple[i
     (out_dir / "images").mkdir()
     chunk = 50
     jobs = [(out_dir, seed, range(start, min(start + chunk, num_images)), (width, height), types,
-             float(pristine_fraction), psnr_matched, tuple(float(s) for s in shrink))
+             float(pristine_fraction), psnr_matched, tuple(shrink))
             for start in range(0, num_images, chunk)]
     # Processes ("spawn": fresh interpreters) pay off only for more than one chunk.
     pool = (ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1),
