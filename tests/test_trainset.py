@@ -137,7 +137,9 @@ def test_training_images_have_tid2013s_psnr_on_any_content(number):
     ratio of level 1 leaves a smooth crop at 45 dB and a busy one at 30."""
     distortion = DISTORTIONS[number]
     crops = [reference_crop(np.random.default_rng([5, k]), (128, 96))[1] for k in range(6)]
-    for position in (2.0, 3.0, 4.5):  # JPEG level 1 (37.5 dB) is past quality 100 on busy crops
+    # JPEG's levels 1-2 (37.5, 34.5 dB) lie past quality 100 on busy crops: chroma subsampling
+    # alone leaves the busiest default crops at 30-32 dB.
+    for position in (3.0, 4.5) if number == 10 else (2.0, 3.0, 4.5):
         target = distortion.psnr_at(position)
         errors = [abs(_psnr(crop, distortion.matched(crop, position, seed=k)) - target)
                   for k, crop in enumerate(crops)]
