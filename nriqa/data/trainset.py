@@ -74,6 +74,11 @@ TRAINING_PHOTOS: tuple[tuple[str, Path], ...] = (
         "sunset_by_Aitzol_Berasategi")),
 )
 INDEX_NAME = "index.csv"
+# How far each photo is shrunk: its short side becomes low..high times the image's (params.yaml's
+# `trainset.shrink`). Shrunk 2-4 times, the crops had a third of the high-frequency detail of
+# TID2013's Kodak references; people's SRCC over 3 seeds was 0.814 at 2-4 times, 0.826 at 1-2 and
+# 0.833 at 1-1.3 (docs/experiments.md).
+SHRINK = (1.0, 1.3)
 
 
 def check_photos(photos=TRAINING_PHOTOS) -> None:
@@ -92,14 +97,12 @@ def _photo(index: int) -> np.ndarray:
 
 
 def reference_crop(rng: np.random.Generator, image_size: tuple[int, int],
-                   shrink: tuple[float, float] = (1.0, 1.3)) -> tuple[int, np.ndarray]:
+                   shrink: tuple[float, float] = SHRINK) -> tuple[int, np.ndarray]:
     """(photo number, a pristine crop of ``image_size`` = (width, height)) drawn by ``rng``."""
     width, height = image_size
     index = int(rng.integers(len(TRAINING_PHOTOS)))
     photo = _photo(index)
-    # Shrink so that the photo's short side is `shrink` times the crop's. Shrunk 2-4 times, the
-    # crops had a third of the high-frequency detail of TID2013's Kodak references; people's SRCC
-    # over 3 seeds was 0.814 at 2-4 times, 0.826 at 1-2 and 0.833 at 1-1.3 (docs/experiments.md).
+    # Shrink so that the photo's short side is `shrink` times the crop's (see SHRINK).
     scale = rng.uniform(*shrink) * min(width, height) / min(photo.shape[:2])
     size = (max(width, round(photo.shape[1] * scale)), max(height, round(photo.shape[0] * scale)))
     shrunk = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
@@ -113,7 +116,7 @@ def reference_crop(rng: np.random.Generator, image_size: tuple[int, int],
 
 def make_image(seed: int, number: int, image_size: tuple[int, int], types: Sequence[int],
                pristine_fraction: float, psnr_matched: bool = False,
-               shrink: tuple[float, float] = (1.0, 1.3)):
+               shrink: tuple[float, float] = SHRINK):
     """Image ``number``: (uint8 RGB image, index row without the path). With ``psnr_matched``,
     the strength is the one that gives TID2013's PSNR for the drawn level (`Distortion.matched`),
     otherwise the calibrated parameter at that level."""
@@ -151,7 +154,7 @@ def _make_chunk(args) -> list[dict]:
 def generate_training_set(out_dir: Path, *, num_images: int, image_size: tuple[int, int],
                           seed: int, pristine_fraction: float,
                           distortion_types: Sequence[int] = tuple(DISTORTIONS),
-                          psnr_matched: bool = False, shrink: tuple[float, float] = (1.0, 1.3),
+                          psnr_matched: bool = False, shrink: tuple[float, float] = SHRINK,
                           progress: bool = True) -> pd.DataFrame:
     """Write ``images/T00000.png``... and ``index.csv`` (`nriqa.data.formats` columns) into the
     existing, empty ``out_dir``; returns the index."""
