@@ -1,5 +1,6 @@
 """Training's settings beyond the seed: the thread count (`train.threads`), which decides the weights,
-and how much of an epoch a labelled folder gets (`train.dataset_share`)."""
+how much of an epoch a labelled folder gets (`train.dataset_share`), and the weights averaged along
+the end of training (`train.average_from`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 
 from tests.helpers import (
     PROJECT,
+    TINY_NETWORK,
     TINY_PARAMS,
     config,
     merge,
@@ -126,3 +128,56 @@ def test_bad_dataset_share_names_the_field(tmp_path, share):
 
     with pytest.raises(NriqaError, match="train.dataset_share: Input should be"):
         config({"train": {"dataset_share": share}})
+
+
+def test_weight_average_keeps_the_mean_of_its_snapshots():
+    import keras
+
+    from nriqa.model.training import WeightAverage
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    average = WeightAverage(model, start=2, every=2)
+    for step in range(1, 8):  # snapshots at steps 2, 4 and 6
+        model.set_weights([np.full((2, 1), float(step)), np.full((1,), -float(step))])
+        average.on_train_batch_end(step - 1)
+    average.on_train_end()
+    np.testing.assert_array_equal(model.get_weights()[0], np.full((2, 1), 4.0))
+    np.testing.assert_array_equal(model.get_weights()[1], np.full((1,), -4.0))
+
+
+def test_train_returns_the_weights_averaged_from_average_from_on(tmp_path):
+    import keras
+
+    from nriqa.core.imaging import preprocessing_config
+    from nriqa.model.training import train
+
+    class Weights(keras.callbacks.Callback):  # each step's weights, as the average sees them
+        def __init__(self):
+            super().__init__()
+            self.steps = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.append(self.model.crop_model.get_weights())
+
+    shards = write_tiny_shards(tmp_path / "shards", train=24, val=8)
+    settings = config(merge(TINY_PARAMS, {"model": TINY_NETWORK,
+                                          "train": {"epochs": 4, "average_from": 0.5,
+                                                    "threads": None}}))
+    seen = Weights()
+    model, result = train(shards, settings.model, settings.train, preprocessing_config(settings),
+                          extra_callbacks=[seen])
+    # 24 images in batches of 4: 6 steps an epoch, 24 in all; snapshots at steps 12 and 22.
+    assert len(seen.steps) == 24
+    expected = [(a + b) / 2 for a, b in zip(seen.steps[11], seen.steps[21])]
+    for weight, mean in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(weight, mean, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(model.get_weights()[0], seen.steps[-1][0])
+    assert isinstance(result["averaged_val_srcc"], float)  # measured on the averaged weights
+
+
+@pytest.mark.parametrize("start", [-0.1, 1.0, "half"])
+def test_bad_average_from_names_the_field(start):
+    from nriqa.core.errors import NriqaError
+
+    with pytest.raises(NriqaError, match="train.average_from: Input should be"):
+        config({"train": {"average_from": start}})

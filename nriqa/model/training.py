@@ -219,6 +219,36 @@ class ValidationSRCC(keras.callbacks.Callback):
         logs.update(values)
 
 
+class WeightAverage(keras.callbacks.Callback):
+    """Averages the weights densely along the end of training (SWAD: Cha et al., 2021): a
+    snapshot every `every` steps from step `start` on, whose mean replaces the last weights when
+    training ends. The mean of nearby solutions sits in a flatter region of the loss, which
+    carries better to images unlike the training ones (here: real photographs against the
+    generated training images)."""
+
+    def __init__(self, crop_model, start: int, every: int = 10):
+        super().__init__()
+        self.crop_model, self.start, self.every = crop_model, start, every
+        self.step, self.snapshots, self.total = 0, 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step < self.start or (self.step - self.start) % self.every:
+            return
+        weights = self.crop_model.get_weights()
+        if self.total is None:
+            self.total = [w.astype("float64") for w in weights]
+        else:
+            for total, w in zip(self.total, weights):
+                total += w
+        self.snapshots += 1
+
+    def on_train_end(self, logs=None):
+        if self.snapshots:  # none when training stopped before the averaging began
+            self.crop_model.set_weights([(total / self.snapshots).astype(w.dtype) for total, w
+                                         in zip(self.total, self.crop_model.get_weights())])
+
+
 class EpochTimer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
@@ -229,8 +259,9 @@ class EpochTimer(keras.callbacks.Callback):
 
 def train(shard_dir: Path, model_config: ModelConfig, settings: TrainConfig, preprocessing: dict,
           extra_callbacks=(), keep_best_epoch: bool = True):
-    """Train from the shards; returns (model with the best epoch's weights, or the last
-    epoch's with `keep_best_epoch` false, as short screening runs compare them; history dict)."""
+    """Train from the shards; returns (model, history dict). The model's weights are the mean
+    along the end of training with `settings.average_from` (`WeightAverage`), else the best
+    epoch's, or the last epoch's with `keep_best_epoch` false, as short screening runs compare them."""
     set_threads(settings.threads)
     strategy = distribution_strategy(settings.strategy)
     if strategy is not None and settings.batch_size % strategy.num_replicas_in_sync:
@@ -271,17 +302,25 @@ def train(shard_dir: Path, model_config: ModelConfig, settings: TrainConfig, pre
         trainer.batch_spec = (*dataset.element_spec, tf.TensorSpec([None], tf.float32))
         dataset = distributed_dataset(strategy, make_dataset)
     restore_layers = distributed_layers(model, strategy)
+    averaging = settings.average_from is not None
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_srcc", mode="max", patience=settings.patience,
-        restore_best_weights=keep_best_epoch, verbose=1)
+        restore_best_weights=keep_best_epoch and not averaging, verbose=1)
+    validation = ValidationSRCC(model, val_images, val_mos, preprocessing, strategy)
     # Order matters: the validation callback writes val_srcc before early stopping reads it.
-    callbacks = [EpochTimer(), ValidationSRCC(model, val_images, val_mos, preprocessing, strategy),
-                 *extra_callbacks, early_stopping]
+    callbacks = [EpochTimer(), validation, *extra_callbacks, early_stopping]
+    if averaging:
+        callbacks.append(WeightAverage(model, round(settings.average_from * settings.epochs * epoch_steps)))
     # shuffle=False: the stream is shuffled already; Keras cannot shuffle one (and warns).
     history = trainer.fit(dataset, epochs=settings.epochs, callbacks=callbacks,
                           steps_per_epoch=epoch_steps, shuffle=False, verbose=2)
     restore_layers()  # the saved model is the same as a single device's
     best_epoch = int(np.argmax(history.history["val_srcc"]))
-    return model, {"history": history.history, "best_epoch": best_epoch + 1,
-                   "best_val_srcc": float(history.history["val_srcc"][best_epoch]),
-                   "train_images": int(len(train_mos)), "val_images": int(len(val_mos))}
+    result = {"history": history.history, "best_epoch": best_epoch + 1,
+              "best_val_srcc": float(history.history["val_srcc"][best_epoch]),
+              "train_images": int(len(train_mos)), "val_images": int(len(val_mos))}
+    if averaging:  # the averaged weights are not any epoch's: measured as the epochs were
+        logs = {}
+        validation.on_epoch_end(len(history.history["val_srcc"]), logs)
+        result["averaged_val_srcc"] = logs["val_srcc"]
+    return model, result
