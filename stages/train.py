@@ -73,7 +73,7 @@ def save_outputs(model, config, preprocessing, result, model_dir, history_csv):
         "mos_range": list(MOS_SCALES[dataset_format(config.data)]),
         "params": {key: config.as_dict()[key] for key in ("data", "preprocess", "model", "train")},
         "best_epoch": result["best_epoch"], "best_val_srcc": result["best_val_srcc"],
-        **{key: result[key] for key in ("averaged_val_srcc",) if key in result},
+        "averaged_val_srcc": result.get("averaged_val_srcc"),  # null: not averaged
         "split_sizes": {"train": result["train_images"], "val": result["val_images"]},
     })
     history = result["history"]

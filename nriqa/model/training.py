@@ -210,10 +210,14 @@ class ValidationSRCC(keras.callbacks.Callback):
         self.mos = mos
         self.chiefs = chiefs_values(strategy)  # None unless multi-worker
 
-    def on_epoch_end(self, epoch, logs=None):
+    def measure(self) -> dict:
+        """This worker's val_srcc and val_rmse of the crop model's current weights."""
         pred = score_images(self.crop_model, self.crop_sets)[0]
-        values = {"val_srcc": srcc(self.mos, pred),
-                  "val_rmse": float(np.sqrt(np.mean((self.mos - pred) ** 2)))}
+        return {"val_srcc": srcc(self.mos, pred),
+                "val_rmse": float(np.sqrt(np.mean((self.mos - pred) ** 2)))}
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = self.measure()
         if self.chiefs is not None:
             values = self.chiefs(epoch, values)
         logs.update(values)
@@ -310,7 +314,8 @@ def train(shard_dir: Path, model_config: ModelConfig, settings: TrainConfig, pre
     # Order matters: the validation callback writes val_srcc before early stopping reads it.
     callbacks = [EpochTimer(), validation, *extra_callbacks, early_stopping]
     if averaging:
-        callbacks.append(WeightAverage(model, round(settings.average_from * settings.epochs * epoch_steps)))
+        start = round(settings.average_from * settings.epochs * epoch_steps)
+        callbacks.append(WeightAverage(model, start))
     # shuffle=False: the stream is shuffled already; Keras cannot shuffle one (and warns).
     history = trainer.fit(dataset, epochs=settings.epochs, callbacks=callbacks,
                           steps_per_epoch=epoch_steps, shuffle=False, verbose=2)
@@ -320,7 +325,5 @@ def train(shard_dir: Path, model_config: ModelConfig, settings: TrainConfig, pre
               "best_val_srcc": float(history.history["val_srcc"][best_epoch]),
               "train_images": int(len(train_mos)), "val_images": int(len(val_mos))}
     if averaging:  # the averaged weights are not any epoch's: measured as the epochs were
-        logs = {}
-        validation.on_epoch_end(len(history.history["val_srcc"]), logs)
-        result["averaged_val_srcc"] = logs["val_srcc"]
+        result["averaged_val_srcc"] = validation.measure()["val_srcc"]
     return model, result

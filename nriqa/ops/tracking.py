@@ -231,11 +231,10 @@ class TrainingRun:
     def log_summary(self, result: dict) -> None:
         import mlflow
 
-        mlflow.log_metrics({"best_epoch": result["best_epoch"],
-                            "best_val_srcc": result["best_val_srcc"],
-                            "train_images": result["train_images"],
-                            "val_images": result["val_images"],
-                            **{key: result[key] for key in ("averaged_val_srcc",) if key in result}})
+        # averaged_val_srcc only where the weights were averaged (train.average_from)
+        mlflow.log_metrics({key: result[key] for key in ("best_epoch", "best_val_srcc",
+                                                         "averaged_val_srcc", "train_images",
+                                                         "val_images") if key in result})
 
     def write_pointer(self, path: Path, model_uri: str) -> None:
         """The pointer file (models/mlflow_run.json): how evaluate and promote find this run
