@@ -2,14 +2,14 @@
 
     .venv/bin/python -m experiments.human_label_cells --model-dir models [--set DIR]
 
-Scores the dev set once (through `nriqa.evaluation.report.score_index`, as `human_labels` does)
-and prints: the SRCC if each (type, level) cell's mean score stood for every image in it (what
-the cells' order alone allows), the SRCC with each reference's mean offset from the labeller
-removed (what content bias costs), the SRCC of the 55 cell means against people's, the SRCC with one
-type's scores replaced by the labeller's (what fixing that type would gain), with a per-type MOS
-head the SRCC if the type head were always right (each image scored by its own type's MOS), and
-the cell means beside the labeller's and people's. It measures only: nothing here feeds training
-or calibration.
+Scores the dev set (through `nriqa.evaluation.report.score_index`, as `human_labels` does) and
+prints: the SRCC if each (type, level) cell's mean score stood for every image in it (what the
+cells' order alone allows), the SRCC with each reference's mean offset from the labeller removed
+(what content bias costs), the SRCC of the 55 cell means against people's, the SRCC with one type's
+scores replaced by the labeller's (what fixing that type would gain), and the cell means beside the
+labeller's and people's. With a per-type MOS head, a second pass through a model that exposes the
+per-type outputs gives the SRCC if the type head were always right (each image scored by its own
+type's MOS). It measures only: nothing here feeds training or calibration.
 """
 
 from __future__ import annotations
