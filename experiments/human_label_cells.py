@@ -14,36 +14,19 @@ type's MOS). It measures only: nothing here feeds training or calibration.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
 from nriqa.core.runtime import configure
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     from scipy.stats import spearmanr
 
-    from experiments.human_labels import build
-    from nriqa.data.formats import build_index
-    from nriqa.data.labels import level_mos
-    from nriqa.evaluation.report import score_index
-    from nriqa.model.bundle import load_model
+    from experiments.human_labels import scored_dev_set_from_command_line
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", type=Path, default=ROOT / "data" / "external" / "humanlabels")
-    parser.add_argument("--model-dir", type=Path, required=True)
-    args = parser.parse_args()
-    build(args.set)
-    model, info = load_model(args.model_dir)
-    index, _ = build_index(args.set, "tid2013")
-    scored = score_index(model, info["preprocessing"], index, args.set, progress=False)
-    scored["pred"] = scored["pred"].astype(float)
-    scored["labeller"] = [level_mos(int(t), float(level))
-                          for t, level in zip(scored["distortion"], scored["level"])]
+    args, model, info, scored = scored_dev_set_from_command_line(__doc__)
     reference = scored["image"].str[:3].str.lower()
 
     def srcc(pred) -> float:

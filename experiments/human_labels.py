@@ -45,6 +45,34 @@ def labeller_predictions(dev_set: Path) -> pd.DataFrame:
     return index
 
 
+def scored_dev_set_from_command_line(doc: str):
+    """For a script that takes `--model-dir DIR [--set DIR]`: (its arguments, then what
+    `scored_dev_set` gives), with `doc`'s first paragraph as the command's description."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--set", type=Path, default=ROOT / "data" / "external" / "humanlabels")
+    parser.add_argument("--model-dir", type=Path, required=True)
+    args = parser.parse_args()
+    return args, *scored_dev_set(args.set, args.model_dir)
+
+
+def scored_dev_set(dev_set: Path, model_dir: Path):
+    """(model, its bundle info, the dev set scored by it with a `labeller` column), the set built
+    first if missing."""
+    from nriqa.data.formats import build_index
+    from nriqa.data.labels import level_mos
+    from nriqa.evaluation.report import score_index
+    from nriqa.model.bundle import load_model
+
+    build(dev_set)
+    model, info = load_model(model_dir)
+    index, _ = build_index(dev_set, "tid2013")
+    scored = score_index(model, info["preprocessing"], index, dev_set, progress=False)
+    scored["pred"] = scored["pred"].astype(float)
+    scored["labeller"] = [level_mos(int(t), float(level))
+                          for t, level in zip(scored["distortion"], scored["level"])]
+    return model, info, scored
+
+
 def report(title: str, frame: pd.DataFrame) -> None:
     from nriqa.core.metrics import per_group_srcc, quality_metrics
 

@@ -1,7 +1,8 @@
-"""The same weights whatever instruction sets the CPU has: the project caps oneDNN's kernels at
-AVX2 (`nriqa.core.runtime.pin_cpu_kernels`), so a machine with AVX-512 trains what one with AVX2
-only trains. Emulated here with oneDNN's own cap, `ONEDNN_MAX_CPU_ISA`, set in the environment
-as a user or another machine would have it."""
+"""The same weights whatever instruction sets the environment asks for: the project caps oneDNN's
+kernels at AVX2 (`nriqa.core.runtime.pin_cpu_kernels`), so the instruction set is not what
+makes two trainings differ. Emulated here with oneDNN's own cap, `ONEDNN_MAX_CPU_ISA`, set in the
+environment as a user or another machine would have it. (Another CPU model can still train other
+weights: block sizes follow its cache sizes; docs/model.md.)"""
 
 from __future__ import annotations
 
