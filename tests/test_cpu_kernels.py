@@ -2,7 +2,7 @@
 kernels at AVX2 (`nriqa.core.runtime.pin_cpu_kernels`), so the instruction set is not what
 makes two trainings differ. Emulated here with oneDNN's own cap, `ONEDNN_MAX_CPU_ISA`, set in the
 environment as a user or another machine would have it. (Another CPU model can still train other
-weights: block sizes follow its cache sizes; docs/model.md.)"""
+weights, most likely through block sizes that follow its caches: docs/model.md.)"""
 
 from __future__ import annotations
 
