@@ -41,9 +41,11 @@ def main() -> None:
 
     args, model, info, scored = scored_dev_set_from_command_line(__doc__)
     preprocessing = info["preprocessing"]
+    references = {path.stem[1:]: decode_image(path)
+                  for path in (args.set / "reference_images").glob("I*.BMP")}
     generated, matched = [], []
     for row_number, row in enumerate(scored.itertuples()):
-        reference = decode_image(args.set / "reference_images" / f"I{row.image[1:3]}.BMP")
+        reference = references[row.image[1:3]]
         dev_image = decode_image(args.set / row.path)
         distortion = DISTORTIONS[int(row.distortion)]
         rng = np.random.default_rng([2026, row_number])

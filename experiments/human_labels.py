@@ -38,11 +38,17 @@ def build(dev_set: Path) -> None:
 
 def labeller_predictions(dev_set: Path) -> pd.DataFrame:
     from nriqa.data.formats import build_index
-    from nriqa.data.labels import level_mos
 
     index, _ = build_index(dev_set, "tid2013")
-    index["pred"] = [level_mos(int(t), float(level)) for t, level in zip(index["distortion"], index["level"])]
+    index["pred"] = labeller_scores(index)
     return index
+
+
+def labeller_scores(frame: pd.DataFrame) -> list[float]:
+    """`nriqa.data.labels.level_mos` for each row's type and level: what the training labels say."""
+    from nriqa.data.labels import level_mos
+
+    return [level_mos(int(t), float(level)) for t, level in zip(frame["distortion"], frame["level"])]
 
 
 def scored_dev_set_from_command_line(doc: str):
@@ -59,7 +65,6 @@ def scored_dev_set(dev_set: Path, model_dir: Path):
     """(model, its bundle info, the dev set scored by it with a `labeller` column), the set built
     first if missing."""
     from nriqa.data.formats import build_index
-    from nriqa.data.labels import level_mos
     from nriqa.evaluation.report import score_index
     from nriqa.model.bundle import load_model
 
@@ -68,8 +73,7 @@ def scored_dev_set(dev_set: Path, model_dir: Path):
     index, _ = build_index(dev_set, "tid2013")
     scored = score_index(model, info["preprocessing"], index, dev_set, progress=False)
     scored["pred"] = scored["pred"].astype(float)
-    scored["labeller"] = [level_mos(int(t), float(level))
-                          for t, level in zip(scored["distortion"], scored["level"])]
+    scored["labeller"] = labeller_scores(scored)
     return model, info, scored
 
 
