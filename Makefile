@@ -41,7 +41,8 @@ $(NODE_STAMP): package.json package-lock.json
 # set is generated from (nriqa.data.trainset); postgresql and openssh-server are the real back ends
 # that tests/test_team.py runs (a tracking server on PostgreSQL, a DVC remote over SSH);
 # openjdk-17-jre-headless is the Java runtime PySpark drives (`nriqa score --engine spark`,
-# tests/test_spark.py), which the single-process CLI does not need.
+# tests/test_spark.py), which the single-process CLI does not need; gcc builds the CPU emulator
+# of tests/test_cpu_kernels.py.
 system-deps:
 	@missing=""; \
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing="$$missing postgresql"; \
@@ -50,6 +51,7 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	[ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] || missing="$$missing mate-backgrounds"; \
 	[ -f /usr/share/wallpapers/Path/contents/images/2560x1600.jpg ] || missing="$$missing plasma-workspace-wallpapers"; \
 	[ -f /usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg ] || missing="$$missing lomiri-wallpapers-16.04"; \

@@ -1,5 +1,7 @@
-"""What capping oneDNN at AVX2 costs: training and scoring steps of the default model with the cap
-(as every nriqa process runs) and with the CPU's widest kernels, side by side.
+"""What the pinned CPU kernels cost: training and scoring steps of the default model with oneDNN
+on and capped at AVX2 (as every nriqa process runs), with oneDNN's widest kernels for this CPU,
+and with TensorFlow's Eigen kernels instead of oneDNN (what TensorFlow runs by itself on a CPU
+with AVX2 alone), side by side.
 
     .venv/bin/python -m benchmarks.bench_cpu_kernels [--rounds 3] [--steps 20]
 
@@ -26,7 +28,9 @@ STEP_SCRIPT = """
 import json, os, sys, time
 from nriqa.core.runtime import configure
 configure()
-if sys.argv[1] != "pinned":
+if sys.argv[1] == "eigen":
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+elif sys.argv[1] != "pinned":
     os.environ["ONEDNN_MAX_CPU_ISA"] = sys.argv[1]
 import numpy as np, tensorflow as tf
 from nriqa.core.config import load_config
@@ -61,7 +65,7 @@ def main() -> None:
     parser.add_argument("--widest", default="AVX512_CORE_AMX",
                         help="the uncapped setting (oneDNN uses the widest the CPU has up to it)")
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {"pinned": [], args.widest: []}
+    results: dict[str, list[dict]] = {"pinned": [], args.widest: [], "eigen": []}
     for round_ in range(args.rounds):
         for setting in results:
             out = subprocess.run([sys.executable, "-c", STEP_SCRIPT, setting, str(args.steps)],
@@ -73,9 +77,10 @@ def main() -> None:
     for setting, values in medians.items():
         print(f"{setting}: training step {values['train_ms']:.1f} ms, "
               f"scoring 48 crops {values['score_ms']:.1f} ms (medians)")
-    pinned, widest = medians["pinned"], medians[args.widest]
-    print(f"pinned / widest time: training {pinned['train_ms'] / widest['train_ms']:.2f}, "
-          f"scoring {pinned['score_ms'] / widest['score_ms']:.2f}")
+    pinned = medians["pinned"]
+    for other in (args.widest, "eigen"):
+        print(f"pinned / {other} time: training {pinned['train_ms'] / medians[other]['train_ms']:.2f}, "
+              f"scoring {pinned['score_ms'] / medians[other]['score_ms']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
-"""The same weights whatever instruction sets the environment asks for: the project caps oneDNN's
-kernels at AVX2 (`nriqa.core.runtime.pin_cpu_kernels`), so the instruction set is not what
-makes two trainings differ. Emulated here with oneDNN's own cap, `ONEDNN_MAX_CPU_ISA`, set in the
-environment as a user or another machine would have it. (Another CPU model can still train other
-weights, most likely through block sizes that follow its caches: docs/model.md.)"""
+"""The same data and weights whatever CPU makes them. The project pins the CPU kernels
+(`nriqa.core.runtime.pin_cpu_kernels`): TensorFlow's oneDNN on, whatever CPUID says, and capped
+at AVX2, and OpenCV's IPP capped at AVX2. Shown here with a tiny training and a synthetic
+reference: they do not follow oneDNN's own cap set in the environment (`ONEDNN_MAX_CPU_ISA`, as
+a user or another machine would have it), nor the CPU the process sees, emulated by answering
+CPUID as another CPU model would (`cpuid_emulator.c`: a CPU with AVX2 alone, and other cache
+sizes); and without the pins this CPU makes other ones, so these tests could fail
+(docs/model.md)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,15 +23,15 @@ from tests.helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shar
 pytestmark = pytest.mark.integration  # trainings in processes
 
 # A tiny training of the pipeline's own kind (`nriqa.model.training.train`); prints a digest of
-# the weights. With `override`, the variable is set again after nriqa's pin, as if the project
-# did not pin it: that shows the ISA matters on this CPU, so the test above could fail.
+# the weights. `unpinned` names variables set again after nriqa's pins, as if the project did
+# not set them (an empty value: unset, so TensorFlow's own default).
 TRAIN_SCRIPT = """
 import hashlib, json, os, sys
 from pathlib import Path
 from nriqa.core.runtime import configure
 configure()
-if sys.argv[3]:
-    os.environ["ONEDNN_MAX_CPU_ISA"] = sys.argv[3]
+for name, value in json.loads(sys.argv[3]).items():
+    os.environ.pop(name) if value == "" else os.environ.__setitem__(name, value)
 from nriqa.core.config import parse_config
 from nriqa.core.imaging import preprocessing_config
 from nriqa.model.training import train
@@ -37,25 +42,17 @@ print("WEIGHTS", digest)
 """
 
 
-@pytest.fixture(scope="module")
-def trained_under(tmp_path_factory):
-    shards = write_tiny_shards(tmp_path_factory.mktemp("shards"), train=16, val=4)
-    params = merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), TINY_PARAMS)
-    params["train"].update(epochs=1)
-
-    def train(environment_isa: str | None, override: str = "") -> str:
-        env = tool_env()
-        env.pop("ONEDNN_MAX_CPU_ISA", None)
-        if environment_isa:
-            env["ONEDNN_MAX_CPU_ISA"] = environment_isa
-        result = subprocess.run(
-            [sys.executable, "-c", TRAIN_SCRIPT, str(shards), json.dumps(params), override],
-            cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-4000:]
-        return next(line for line in result.stdout.splitlines()
-                    if line.startswith("WEIGHTS ")).split()[1]
-
-    return train
+# The synthetic reference that OpenCV upscales (cubic), as the fetch stage makes it; its digest.
+REFERENCE_SCRIPT = """
+import hashlib, json, os, sys
+from nriqa.core.runtime import configure
+configure()
+for name, value in json.loads(sys.argv[1]).items():
+    os.environ.pop(name) if value == "" else os.environ.__setitem__(name, value)
+from nriqa.data.synthetic import REFERENCE_SOURCES, load_reference
+upscaled = next(i for i, s in enumerate(REFERENCE_SOURCES, 1) if "upscaled" in s.description)
+print("PIXELS", hashlib.sha256(load_reference(upscaled, (512, 384)).tobytes()).hexdigest())
+"""
 
 
 def cpu_flags() -> set[str]:
@@ -66,12 +63,105 @@ def cpu_flags() -> set[str]:
         return set()
 
 
+# CPUs where TensorFlow turns oneDNN on by itself (with AVX2 alone it runs Eigen's kernels).
+ONEDNN_BY_DEFAULT = {"avx512_vnni", "avx512_bf16", "amx_tile", "avx_vnni"}
+needs_cpuid_fault = pytest.mark.skipif("cpuid_fault" not in cpu_flags(),
+                                       reason="this CPU cannot make CPUID fault, so no other "
+                                              "CPU can be emulated")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> Path:
+    if not shutil.which("gcc"):
+        pytest.fail("gcc is missing: `make system-deps` installs it")
+    library = tmp_path_factory.mktemp("cpuid") / "cpuid_emulator.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library),
+                    str(Path(__file__).with_name("cpuid_emulator.c"))], check=True)
+    return library
+
+
+def emulated_env(emulator: Path, cpu: str | None) -> dict:
+    env = tool_env()
+    for name in ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "OPENCV_IPP", "EMULATED_CPU"):
+        env.pop(name, None)
+    if cpu:
+        env.update(EMULATED_CPU=cpu, LD_PRELOAD=str(emulator))
+    return env
+
+
+@pytest.fixture(scope="module")
+def reference_under(emulator):
+    def reference(*, cpu: str | None = None, unpinned: dict | None = None) -> str:
+        result = subprocess.run([sys.executable, "-c", REFERENCE_SCRIPT, json.dumps(unpinned or {})],
+                                cwd=PROJECT, env=emulated_env(emulator, cpu), capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return next(line for line in result.stdout.splitlines()
+                    if line.startswith("PIXELS ")).split()[1]
+
+    return reference
+
+
+@pytest.fixture(scope="module")
+def trained_under(tmp_path_factory, emulator):
+    shards = write_tiny_shards(tmp_path_factory.mktemp("shards"), train=16, val=4)
+    params = merge(yaml.safe_load((PROJECT / "params.yaml").read_text()), TINY_PARAMS)
+    params["train"].update(epochs=1)
+
+    def train(environment_isa: str | None = None, *, cpu: str | None = None,
+              unpinned: dict | None = None) -> str:
+        env = emulated_env(emulator, cpu)
+        if environment_isa:
+            env["ONEDNN_MAX_CPU_ISA"] = environment_isa
+        result = subprocess.run(
+            [sys.executable, "-c", TRAIN_SCRIPT, str(shards), json.dumps(params),
+             json.dumps(unpinned or {})],
+            cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return next(line for line in result.stdout.splitlines()
+                    if line.startswith("WEIGHTS ")).split()[1]
+
+    return train
+
+
 def test_weights_do_not_depend_on_the_cpus_instruction_sets(trained_under):
-    pinned = trained_under(None)
+    pinned = trained_under()
     assert trained_under("AVX512_CORE_AMX") == pinned  # what the widest CPUs would use
     assert trained_under("AVX2") == pinned
 
 
+@needs_cpuid_fault
+def test_weights_do_not_depend_on_the_cpu_model(trained_under):
+    pinned = trained_under()
+    assert trained_under(cpu="haswell") == pinned
+    assert trained_under(cpu="other_caches") == pinned
+
+
 @pytest.mark.skipif("avx512f" not in cpu_flags(), reason="this CPU has no AVX-512 to differ by")
-def test_without_the_pin_avx512_trains_other_weights(trained_under):
-    assert trained_under(None, override="AVX512_CORE") != trained_under(None, override="AVX2")
+def test_without_the_cap_avx512_trains_other_weights(trained_under):
+    assert (trained_under(unpinned={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+            != trained_under(unpinned={"ONEDNN_MAX_CPU_ISA": "AVX2"}))
+
+
+@needs_cpuid_fault
+@pytest.mark.skipif(not ONEDNN_BY_DEFAULT & cpu_flags(),
+                    reason="TensorFlow leaves oneDNN off on this CPU too, so nothing differs")
+def test_without_onednn_on_a_cpu_with_avx2_alone_trains_other_weights(trained_under):
+    tensorflow_default = {"TF_ENABLE_ONEDNN_OPTS": ""}
+    assert (trained_under(cpu="haswell", unpinned=tensorflow_default)
+            != trained_under(unpinned=tensorflow_default))
+
+
+@needs_cpuid_fault
+def test_synthetic_references_do_not_depend_on_the_cpu_model(reference_under):
+    pinned = reference_under()
+    assert reference_under(cpu="haswell") == pinned
+    assert reference_under(cpu="other_caches") == pinned
+
+
+@needs_cpuid_fault
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="this CPU has no AVX-512 to differ by")
+def test_without_the_ipp_cap_a_cpu_with_avx2_alone_makes_other_references(reference_under):
+    ipp_default = {"OPENCV_IPP": ""}
+    assert (reference_under(cpu="haswell", unpinned=ipp_default)
+            != reference_under(unpinned=ipp_default))

@@ -1,13 +1,22 @@
 """What a process of the project settles before it does any work: `configure()`, called first by
 every entry point (the stages, the command line, the service). It pins the CPU kernels
-TensorFlow may use, keeps TensorFlow's start-up banners out of the logs, and makes MLflow's HTTP
+TensorFlow and OpenCV may use, keeps TensorFlow's start-up banners out of the logs, and makes MLflow's HTTP
 client fail in seconds. Importing nriqa sets none of this.
 
-The same weights on any x86-64 machine: oneDNN picks its kernels by the widest instruction set
-the CPU has (AVX2, AVX-512, AMX), and kernels of other widths sum in another order, so the same
-training gave other weights on a machine with AVX-512 than on one without. `pin_cpu_kernels` caps
-oneDNN at AVX2, which every x86-64 server and desktop of the last decade has, for every process
-of the project (stages, CLI, service), whatever the environment says.
+The same data and weights on any x86-64 machine, in three parts, all set by `pin_cpu_kernels`
+for every process of the project (stages, CLI, service), whatever the environment says:
+- oneDNN picks its kernels by the widest instruction set the CPU has (AVX2, AVX-512, AMX), and
+  kernels of other widths sum in another order, so the same training gave other weights on a
+  machine with AVX-512 than on one without: oneDNN is capped at AVX2, which every x86-64 server
+  and desktop of the last decade has;
+- TensorFlow turns oneDNN on by default only where CPUID shows AVX-512 VNNI, BF16 or AMX, and
+  runs its Eigen kernels elsewhere (other sums, and 1.6 to 2 times slower here): on a CPU with
+  AVX2 alone the same training gave other weights again. oneDNN is turned on everywhere
+  (TF_ENABLE_ONEDNN_OPTS=1);
+- OpenCV calls Intel's IPP, which picks its code by the CPU as well: its AVX-512 and AVX2 cubic
+  resizes round differently, so one synthetic reference (the upscaled cat) and its 77 distorted
+  images differed between the two. IPP is capped at AVX2 too (OPENCV_IPP=AVX2, read at OpenCV's
+  first IPP call).
 
 On import and on first looking for devices, TensorFlow's C++ side prints to stderr that oneDNN
 is on, which CPU instructions it could use, that no CUDA driver was found and, on a machine
@@ -104,6 +113,8 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
 
 # oneDNN's name for the widest instruction set it may use; read when its first kernel is made.
 CPU_ISA = "AVX2"
+# What every process sets before TensorFlow starts (see the module's docstring).
+CPU_KERNELS = {"ONEDNN_MAX_CPU_ISA": CPU_ISA, "TF_ENABLE_ONEDNN_OPTS": "1", "OPENCV_IPP": CPU_ISA}
 
 # MLflow retries a failing HTTP request 7 times with exponential backoff (minutes in all) and
 # waits 120 s for each answer. A pipeline stage should fail in seconds instead; a user who wants
@@ -133,7 +144,7 @@ def configure() -> None:
 
 
 def pin_cpu_kernels() -> None:
-    os.environ["ONEDNN_MAX_CPU_ISA"] = CPU_ISA
+    os.environ.update(CPU_KERNELS)
 
 
 def quiet_tensorflow_start() -> None:
