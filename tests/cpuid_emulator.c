@@ -6,10 +6,13 @@
  *   haswell      an AVX2-only CPU: no AVX-512, VNNI, BF16 or AMX; family 6 model 63;
  *                32 KiB L1 data cache, 256 KiB L2, 20 MiB L3
  *   other_caches this CPU's instruction sets, with 32 KiB L1 data, 2 MiB L2 and 105 MiB L3
- * Used by tests/test_cpu_kernels.py; built there with `gcc -shared`. */
+ * A SIGSEGV handler the program installs later (Python's faulthandler) stays behind this one and
+ * still reports real faults. Used by tests/test_cpu_kernels.py, built there with `gcc -shared`;
+ * the whole pipeline runs under it too (docs/model.md). */
 #define _GNU_SOURCE
 #include <asm/prctl.h>
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,6 +22,8 @@
 #include <unistd.h>
 
 static int haswell;
+static struct sigaction chained;  /* the SIGSEGV handler the program asked for */
+static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
 static unsigned l2_kib, l3_kib;
 
 static void hardware_cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
@@ -86,7 +91,32 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
         uc->uc_mcontext.gregs[REG_RIP] += 2;
         return;
     }
-    signal(SIGSEGV, SIG_DFL);  /* a real fault: it happens again, and the process ends */
+    /* A real fault: the program's own handler reports it (Python's faulthandler), then the
+       default handler ends the process when the instruction runs again. */
+    static volatile sig_atomic_t reported;
+    if (!reported) {
+        reported = 1;
+        if ((chained.sa_flags & SA_SIGINFO) && chained.sa_sigaction) {
+            chained.sa_sigaction(sig, info, context);
+        } else if (!(chained.sa_flags & SA_SIGINFO) && chained.sa_handler != SIG_DFL &&
+                   chained.sa_handler != SIG_IGN) {
+            chained.sa_handler(sig);
+        }
+    }
+    struct sigaction fallback;
+    memset(&fallback, 0, sizeof fallback);
+    fallback.sa_handler = SIG_DFL;
+    real_sigaction(SIGSEGV, &fallback, NULL);
+}
+
+/* Handlers the program installs for SIGSEGV (Python's faulthandler, in pytest or a joblib worker)
+   stay behind ours, so CPUID keeps being answered. */
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    if (!real_sigaction) real_sigaction = dlsym(RTLD_NEXT, "sigaction");
+    if (sig != SIGSEGV || !getenv("EMULATED_CPU")) return real_sigaction(sig, act, old);
+    if (old) *old = chained;
+    if (act) chained = *act;
+    return 0;
 }
 
 __attribute__((constructor)) static void emulate(void) {
@@ -95,11 +125,13 @@ __attribute__((constructor)) static void emulate(void) {
     haswell = strcmp(cpu, "haswell") == 0;
     l2_kib = haswell ? 256 : 2048;
     l3_kib = haswell ? 20480 : 107520;
+    real_sigaction = dlsym(RTLD_NEXT, "sigaction");
+    chained.sa_handler = SIG_DFL;
     struct sigaction ours;
     memset(&ours, 0, sizeof ours);
     ours.sa_sigaction = on_segv;
     ours.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigemptyset(&ours.sa_mask);
-    if (sigaction(SIGSEGV, &ours, NULL) != 0 || syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0)
+    if (real_sigaction(SIGSEGV, &ours, NULL) != 0 || syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0)
         abort();  /* no CPUID faulting here: the test that preloads this is skipped first */
 }

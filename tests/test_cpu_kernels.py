@@ -1,7 +1,7 @@
 """The same data and weights whatever CPU makes them. The project pins the CPU kernels
 (`nriqa.core.runtime.pin_cpu_kernels`): TensorFlow's oneDNN on, whatever CPUID says, and capped
-at AVX2, and OpenCV's IPP capped at AVX2. Shown here with a tiny training and a synthetic
-reference: they do not follow oneDNN's own cap set in the environment (`ONEDNN_MAX_CPU_ISA`, as
+at AVX2, OpenCV's IPP capped at AVX2, and OpenBLAS held to its AVX2 kernels. Shown here with a
+tiny training, a synthetic reference and a matrix product: they do not follow oneDNN's own cap set in the environment (`ONEDNN_MAX_CPU_ISA`, as
 a user or another machine would have it), nor the CPU the process sees, emulated by answering
 CPUID as another CPU model would (`cpuid_emulator.c`: a CPU with AVX2 alone, and other cache
 sizes); and without the pins this CPU makes other ones, so these tests could fail
@@ -42,7 +42,8 @@ print("WEIGHTS", digest)
 """
 
 
-# The synthetic reference that OpenCV upscales (cubic), as the fetch stage makes it; its digest.
+# The synthetic reference that OpenCV upscales (cubic), as the fetch stage makes it, and a
+# matrix product of NumPy's OpenBLAS, as the baseline's SVR makes them; their digests.
 REFERENCE_SCRIPT = """
 import hashlib, json, os, sys
 from nriqa.core.runtime import configure
@@ -52,6 +53,10 @@ for name, value in json.loads(sys.argv[1]).items():
 from nriqa.data.synthetic import REFERENCE_SOURCES, load_reference
 upscaled = next(i for i, s in enumerate(REFERENCE_SOURCES, 1) if "upscaled" in s.description)
 print("PIXELS", hashlib.sha256(load_reference(upscaled, (512, 384)).tobytes()).hexdigest())
+import numpy as np
+rng = np.random.default_rng(0)
+product = rng.standard_normal((300, 517)) @ rng.standard_normal((517, 301))
+print("PRODUCT", hashlib.sha256(product.tobytes()).hexdigest())
 """
 
 
@@ -82,7 +87,8 @@ def emulator(tmp_path_factory) -> Path:
 
 def emulated_env(emulator: Path, cpu: str | None) -> dict:
     env = tool_env()
-    for name in ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "OPENCV_IPP", "EMULATED_CPU"):
+    for name in ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "OPENCV_IPP", "OPENBLAS_CORETYPE",
+                 "EMULATED_CPU"):
         env.pop(name, None)
     if cpu:
         env.update(EMULATED_CPU=cpu, LD_PRELOAD=str(emulator))
@@ -91,13 +97,13 @@ def emulated_env(emulator: Path, cpu: str | None) -> dict:
 
 @pytest.fixture(scope="module")
 def reference_under(emulator):
-    def reference(*, cpu: str | None = None, unpinned: dict | None = None) -> str:
+    def reference(*, cpu: str | None = None, unpinned: dict | None = None) -> dict:
         result = subprocess.run([sys.executable, "-c", REFERENCE_SCRIPT, json.dumps(unpinned or {})],
                                 cwd=PROJECT, env=emulated_env(emulator, cpu), capture_output=True,
                                 text=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr[-4000:]
-        return next(line for line in result.stdout.splitlines()
-                    if line.startswith("PIXELS ")).split()[1]
+        return dict(line.split() for line in result.stdout.splitlines()
+                    if line.startswith(("PIXELS ", "PRODUCT ")))
 
     return reference
 
@@ -153,7 +159,7 @@ def test_without_onednn_on_a_cpu_with_avx2_alone_trains_other_weights(trained_un
 
 
 @needs_cpuid_fault
-def test_synthetic_references_do_not_depend_on_the_cpu_model(reference_under):
+def test_synthetic_references_and_products_do_not_depend_on_the_cpu_model(reference_under):
     pinned = reference_under()
     assert reference_under(cpu="haswell") == pinned
     assert reference_under(cpu="other_caches") == pinned
@@ -161,7 +167,9 @@ def test_synthetic_references_do_not_depend_on_the_cpu_model(reference_under):
 
 @needs_cpuid_fault
 @pytest.mark.skipif("avx512f" not in cpu_flags(), reason="this CPU has no AVX-512 to differ by")
-def test_without_the_ipp_cap_a_cpu_with_avx2_alone_makes_other_references(reference_under):
-    ipp_default = {"OPENCV_IPP": ""}
-    assert (reference_under(cpu="haswell", unpinned=ipp_default)
-            != reference_under(unpinned=ipp_default))
+def test_without_the_caps_a_cpu_with_avx2_alone_makes_other_pixels_and_products(reference_under):
+    libraries_default = {"OPENCV_IPP": "", "OPENBLAS_CORETYPE": ""}
+    haswell = reference_under(cpu="haswell", unpinned=libraries_default)
+    this_cpu = reference_under(unpinned=libraries_default)
+    assert haswell["PIXELS"] != this_cpu["PIXELS"]
+    assert haswell["PRODUCT"] != this_cpu["PRODUCT"]

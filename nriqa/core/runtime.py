@@ -3,8 +3,9 @@ every entry point (the stages, the command line, the service). It pins the CPU k
 TensorFlow and OpenCV may use, keeps TensorFlow's start-up banners out of the logs, and makes MLflow's HTTP
 client fail in seconds. Importing nriqa sets none of this.
 
-The same data and weights on any x86-64 machine, in three parts, all set by `pin_cpu_kernels`
-for every process of the project (stages, CLI, service), whatever the environment says:
+The same data, weights and metrics on any x86-64 machine, in four parts, all set by
+`pin_cpu_kernels` for every process of the project (stages, CLI, service), whatever the
+environment says:
 - oneDNN picks its kernels by the widest instruction set the CPU has (AVX2, AVX-512, AMX), and
   kernels of other widths sum in another order, so the same training gave other weights on a
   machine with AVX-512 than on one without: oneDNN is capped at AVX2, which every x86-64 server
@@ -16,7 +17,11 @@ for every process of the project (stages, CLI, service), whatever the environmen
 - OpenCV calls Intel's IPP, which picks its code by the CPU as well: its AVX-512 and AVX2 cubic
   resizes round differently, so one synthetic reference (the upscaled cat) and its 77 distorted
   images differed between the two. IPP is capped at AVX2 too (OPENCV_IPP=AVX2, read at OpenCV's
-  first IPP call).
+  first IPP call);
+- OpenBLAS (NumPy's and SciPy's) picks its matrix kernels by the CPU too, and its AVX-512 and
+  AVX2 products differ in the last bits: the BRISQUE baseline's predictions did. It is held to
+  its Haswell (AVX2) kernels (OPENBLAS_CORETYPE=Haswell, read when NumPy loads it: the stages
+  call `configure()` before importing it).
 
 On import and on first looking for devices, TensorFlow's C++ side prints to stderr that oneDNN
 is on, which CPU instructions it could use, that no CUDA driver was found and, on a machine
@@ -114,7 +119,8 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
 # oneDNN's name for the widest instruction set it may use; read when its first kernel is made.
 CPU_ISA = "AVX2"
 # What every process sets before TensorFlow starts (see the module's docstring).
-CPU_KERNELS = {"ONEDNN_MAX_CPU_ISA": CPU_ISA, "TF_ENABLE_ONEDNN_OPTS": "1", "OPENCV_IPP": CPU_ISA}
+CPU_KERNELS = {"ONEDNN_MAX_CPU_ISA": CPU_ISA, "TF_ENABLE_ONEDNN_OPTS": "1", "OPENCV_IPP": CPU_ISA,
+               "OPENBLAS_CORETYPE": "Haswell"}
 
 # MLflow retries a failing HTTP request 7 times with exponential backoff (minutes in all) and
 # waits 120 s for each answer. A pipeline stage should fail in seconds instead; a user who wants
