@@ -10,6 +10,7 @@ sizes); and without the pins this CPU makes other ones, so these tests could fai
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nriqa.core.runtime import cpu_flags
 from tests.helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
 
 pytestmark = pytest.mark.integration  # trainings in processes
@@ -58,14 +60,6 @@ rng = np.random.default_rng(0)
 product = rng.standard_normal((300, 517)) @ rng.standard_normal((517, 301))
 print("PRODUCT", hashlib.sha256(product.tobytes()).hexdigest())
 """
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return set(next(line for line in cpuinfo if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        return set()
 
 
 # CPUs where TensorFlow turns oneDNN on by itself (with AVX2 alone it runs Eigen's kernels).
@@ -173,3 +167,17 @@ def test_without_the_caps_a_cpu_with_avx2_alone_makes_other_pixels_and_products(
     this_cpu = reference_under(unpinned=libraries_default)
     assert haswell["PIXELS"] != this_cpu["PIXELS"]
     assert haswell["PRODUCT"] != this_cpu["PRODUCT"]
+
+
+def test_avx2_kernels_are_asked_for_only_where_the_cpu_has_them(monkeypatch):
+    from nriqa.core import runtime
+
+    for name in (*runtime.CPU_KERNELS, *runtime.AVX2_KERNELS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"sse4_2", "avx"})
+    runtime.pin_cpu_kernels()
+    assert all(name not in os.environ for name in runtime.AVX2_KERNELS)
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"sse4_2", "avx", "avx2", "fma"})
+    runtime.pin_cpu_kernels()
+    assert os.environ["OPENBLAS_CORETYPE"] == "Haswell" and os.environ["OPENCV_IPP"] == "AVX2"

@@ -22,6 +22,8 @@ environment says:
   AVX2 products differ in the last bits: the BRISQUE baseline's predictions did. It is held to
   its Haswell (AVX2) kernels (OPENBLAS_CORETYPE=Haswell, read when NumPy loads it: the stages
   call `configure()` before importing it).
+IPP and OpenBLAS are held to AVX2 only where the CPU has it: unlike oneDNN's cap, they would
+run AVX2 kernels on a CPU without it.
 
 On import and on first looking for devices, TensorFlow's C++ side prints to stderr that oneDNN
 is on, which CPU instructions it could use, that no CUDA driver was found and, on a machine
@@ -119,8 +121,10 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
 # oneDNN's name for the widest instruction set it may use; read when its first kernel is made.
 CPU_ISA = "AVX2"
 # What every process sets before TensorFlow starts (see the module's docstring).
-CPU_KERNELS = {"ONEDNN_MAX_CPU_ISA": CPU_ISA, "TF_ENABLE_ONEDNN_OPTS": "1", "OPENCV_IPP": CPU_ISA,
-               "OPENBLAS_CORETYPE": "Haswell"}
+CPU_KERNELS = {"ONEDNN_MAX_CPU_ISA": CPU_ISA, "TF_ENABLE_ONEDNN_OPTS": "1"}
+# IPP and OpenBLAS run the kernels they are told to even where the CPU lacks them (oneDNN's cap
+# is only an upper bound), so these are set where the CPU has AVX2 and FMA.
+AVX2_KERNELS = {"OPENCV_IPP": CPU_ISA, "OPENBLAS_CORETYPE": "Haswell"}
 
 # MLflow retries a failing HTTP request 7 times with exponential backoff (minutes in all) and
 # waits 120 s for each answer. A pipeline stage should fail in seconds instead; a user who wants
@@ -151,6 +155,15 @@ def configure() -> None:
 
 def pin_cpu_kernels() -> None:
     os.environ.update(CPU_KERNELS)
+    if {"avx2", "fma"} <= cpu_flags():
+        os.environ.update(AVX2_KERNELS)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty where it does not)."""
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as cpuinfo:
+        return set(next(line for line in cpuinfo if line.startswith("flags")).split(":")[1].split())
+    return set()
 
 
 def quiet_tensorflow_start() -> None:
