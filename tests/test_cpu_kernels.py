@@ -1,9 +1,9 @@
 """The same data and weights whatever CPU makes them. The project pins the CPU kernels
 (`nriqa.core.runtime.pin_cpu_kernels`): TensorFlow's oneDNN on, whatever CPUID says, and capped
 at AVX2, OpenCV's IPP capped at AVX2, and OpenBLAS held to its AVX2 kernels. Shown here with a
-tiny training, a synthetic reference and a matrix product: they do not follow oneDNN's own cap set in the environment (`ONEDNN_MAX_CPU_ISA`, as
-a user or another machine would have it), nor the CPU the process sees, emulated by answering
-CPUID as another CPU model would (`cpuid_emulator.c`: a CPU with AVX2 alone, and other cache
+tiny training, a synthetic reference and a matrix product: they do not follow oneDNN's own cap
+set in the environment (`ONEDNN_MAX_CPU_ISA`, as a user or another machine would have it), nor
+the CPU the process sees, emulated by answering CPUID as another CPU model would (`cpuid_emulator.c`: a CPU with AVX2 alone, and other cache
 sizes); and without the pins this CPU makes other ones, so these tests could fail
 (docs/model.md)."""
 
@@ -19,39 +19,37 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nriqa.core import runtime
 from nriqa.core.runtime import cpu_flags
 from tests.helpers import PROJECT, TINY_PARAMS, merge, tool_env, write_tiny_shards
 
 pytestmark = pytest.mark.integration  # trainings in processes
 
-# A tiny training of the pipeline's own kind (`nriqa.model.training.train`); prints a digest of
-# the weights. `unpinned` names variables set again after nriqa's pins, as if the project did
-# not set them (an empty value: unset, so TensorFlow's own default).
-TRAIN_SCRIPT = """
-import hashlib, json, os, sys
-from pathlib import Path
-from nriqa.core.runtime import configure
-configure()
-for name, value in json.loads(sys.argv[3]).items():
-    os.environ.pop(name) if value == "" else os.environ.__setitem__(name, value)
-from nriqa.core.config import parse_config
-from nriqa.core.imaging import preprocessing_config
-from nriqa.model.training import train
-config = parse_config(json.loads(sys.argv[2]))
-model, _ = train(Path(sys.argv[1]), config.model, config.train, preprocessing_config(config))
-digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
-print("WEIGHTS", digest)
-"""
-
-
-# The synthetic reference that OpenCV upscales (cubic), as the fetch stage makes it, and a
-# matrix product of NumPy's OpenBLAS, as the baseline's SVR makes them; their digests.
-REFERENCE_SCRIPT = """
+# Each script settles the process as nriqa does, then sets again the variables its first
+# argument names, as if the project had not set them (an empty value: unset, so the library's
+# own default), and prints digests as "NAME digest" lines.
+AS_UNPINNED = """
 import hashlib, json, os, sys
 from nriqa.core.runtime import configure
 configure()
 for name, value in json.loads(sys.argv[1]).items():
     os.environ.pop(name) if value == "" else os.environ.__setitem__(name, value)
+"""
+
+# A tiny training of the pipeline's own kind (`nriqa.model.training.train`): its weights.
+TRAIN_SCRIPT = AS_UNPINNED + """
+from pathlib import Path
+from nriqa.core.config import parse_config
+from nriqa.core.imaging import preprocessing_config
+from nriqa.model.training import train
+config = parse_config(json.loads(sys.argv[3]))
+model, _ = train(Path(sys.argv[2]), config.model, config.train, preprocessing_config(config))
+print("WEIGHTS", hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest())
+"""
+
+# The synthetic reference that OpenCV upscales (cubic), as the fetch stage makes it, and a
+# matrix product of NumPy's OpenBLAS, as the baseline's SVR makes them.
+REFERENCE_SCRIPT = AS_UNPINNED + """
 from nriqa.data.synthetic import REFERENCE_SOURCES, load_reference
 upscaled = next(i for i, s in enumerate(REFERENCE_SOURCES, 1) if "upscaled" in s.description)
 print("PIXELS", hashlib.sha256(load_reference(upscaled, (512, 384)).tobytes()).hexdigest())
@@ -79,25 +77,28 @@ def emulator(tmp_path_factory) -> Path:
     return library
 
 
-def emulated_env(emulator: Path, cpu: str | None) -> dict:
+def digests(emulator: Path, script: str, *args: str, cpu: str | None = None,
+            unpinned: dict | None = None, environment: dict | None = None) -> dict[str, str]:
+    """Run `script` in a fresh process, as `cpu` (emulated) or this CPU, with none of the pinned
+    variables in its environment but `environment`; its "NAME digest" lines."""
     env = tool_env()
-    for name in ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "OPENCV_IPP", "OPENBLAS_CORETYPE",
-                 "EMULATED_CPU"):
+    for name in (*runtime.CPU_KERNELS, *runtime.AVX2_KERNELS, "EMULATED_CPU"):
         env.pop(name, None)
+    env.update(environment or {})
     if cpu:
         env.update(EMULATED_CPU=cpu, LD_PRELOAD=str(emulator))
-    return env
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(unpinned or {}), *args],
+                            cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return dict(line.split() for line in result.stdout.splitlines()
+                if line.startswith(("WEIGHTS ", "PIXELS ", "PRODUCT ")))
 
 
 @pytest.fixture(scope="module")
 def reference_under(emulator):
     def reference(*, cpu: str | None = None, unpinned: dict | None = None) -> dict:
-        result = subprocess.run([sys.executable, "-c", REFERENCE_SCRIPT, json.dumps(unpinned or {})],
-                                cwd=PROJECT, env=emulated_env(emulator, cpu), capture_output=True,
-                                text=True, timeout=120, check=False)
-        assert result.returncode == 0, result.stderr[-4000:]
-        return dict(line.split() for line in result.stdout.splitlines()
-                    if line.startswith(("PIXELS ", "PRODUCT ")))
+        return digests(emulator, REFERENCE_SCRIPT, cpu=cpu, unpinned=unpinned)
 
     return reference
 
@@ -110,16 +111,9 @@ def trained_under(tmp_path_factory, emulator):
 
     def train(environment_isa: str | None = None, *, cpu: str | None = None,
               unpinned: dict | None = None) -> str:
-        env = emulated_env(emulator, cpu)
-        if environment_isa:
-            env["ONEDNN_MAX_CPU_ISA"] = environment_isa
-        result = subprocess.run(
-            [sys.executable, "-c", TRAIN_SCRIPT, str(shards), json.dumps(params),
-             json.dumps(unpinned or {})],
-            cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300, check=False)
-        assert result.returncode == 0, result.stderr[-4000:]
-        return next(line for line in result.stdout.splitlines()
-                    if line.startswith("WEIGHTS ")).split()[1]
+        environment = {"ONEDNN_MAX_CPU_ISA": environment_isa} if environment_isa else None
+        return digests(emulator, TRAIN_SCRIPT, str(shards), json.dumps(params), cpu=cpu,
+                       unpinned=unpinned, environment=environment)["WEIGHTS"]
 
     return train
 
@@ -170,8 +164,6 @@ def test_without_the_caps_a_cpu_with_avx2_alone_makes_other_pixels_and_products(
 
 
 def test_avx2_kernels_are_asked_for_only_where_the_cpu_has_them(monkeypatch):
-    from nriqa.core import runtime
-
     for name in (*runtime.CPU_KERNELS, *runtime.AVX2_KERNELS):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"sse4_2", "avx"})

@@ -1,7 +1,7 @@
 """What a process of the project settles before it does any work: `configure()`, called first by
-every entry point (the stages, the command line, the service). It pins the CPU kernels
-TensorFlow and OpenCV may use, keeps TensorFlow's start-up banners out of the logs, and makes MLflow's HTTP
-client fail in seconds. Importing nriqa sets none of this.
+every entry point (the stages, the command line, the service). It pins the CPU kernels that
+TensorFlow, OpenCV and OpenBLAS may use, keeps TensorFlow's start-up banners out of the logs,
+and makes MLflow's HTTP client fail in seconds. Importing nriqa sets none of this.
 
 The same data, weights and metrics on any x86-64 machine, in four parts, all set by
 `pin_cpu_kernels` for every process of the project (stages, CLI, service), whatever the
