@@ -3,9 +3,9 @@
 at AVX2, OpenCV's IPP capped at AVX2, and OpenBLAS held to its AVX2 kernels. Shown here with a
 tiny training, a synthetic reference and a matrix product: they do not follow oneDNN's own cap
 set in the environment (`ONEDNN_MAX_CPU_ISA`, as a user or another machine would have it), nor
-the CPU the process sees, emulated by answering CPUID as another CPU model would (`cpuid_emulator.c`: a CPU with AVX2 alone, and other cache
-sizes); and without the pins this CPU makes other ones, so these tests could fail
-(docs/model.md)."""
+the CPU the process sees, emulated by answering CPUID as another CPU model would
+(`cpuid_emulator.c`: a CPU with AVX2 alone, and other cache sizes); and without the pins this
+CPU makes other ones, so these tests could fail (docs/model.md)."""
 
 from __future__ import annotations
 
