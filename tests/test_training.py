@@ -95,6 +95,49 @@ def test_type_loss_counts_an_undistorted_image_only_with_its_class(undistorted_c
     assert keras.ops.convert_to_numpy(loss).shape == (3,)
 
 
+def test_own_type_loss_holds_each_image_to_its_own_types_scale():
+    """With `own_type_loss_weight` the per-type MOS outputs follow the logits, and the MOS loss of
+    the image's own type's output is added; the other types' outputs add nothing."""
+    from nriqa.model.training import joint_loss
+
+    classes = 25  # 24 types and the undistorted class
+    logits = np.zeros((3, classes), np.float32)
+    per_type = np.full((3, classes), 9.0, np.float32)  # 5 off everywhere but...
+    per_type[0, 4] = 3.0                                # type 5's output for the first image: 1 off
+    per_type[1, classes - 1] = 4.0                      # the undistorted class's, exact
+    output = np.concatenate([np.full((3, 1), 4.0, np.float32), logits, per_type], axis=1)
+    target = np.array([[4.0, 5], [4.0, 0], [4.0, 7]], np.float32)
+    own_only = np.asarray(joint_loss("mse", 0.0, True, own_type_weight=0.5)(target, output))
+    np.testing.assert_allclose(own_only, [0.5, 0.0, 12.5], rtol=1e-6)
+    cross_entropy_only = np.asarray(joint_loss("mse", 1.0, True)(target, output[:, :1 + classes]))
+    both = np.asarray(joint_loss("mse", 1.0, True, own_type_weight=0.5)(target, output))
+    np.testing.assert_allclose(both - cross_entropy_only, own_only, rtol=1e-5)
+    # Without the undistorted class, type 0 has no class and so no scale of its own.
+    no_class = joint_loss("mse", 0.0, False, own_type_weight=0.5)(
+        target[1:2], np.concatenate([output[1:2, :classes], per_type[1:2, :-1]], axis=1))
+    assert float(np.asarray(no_class)[0]) == 0.0
+
+
+def test_crop_set_model_puts_the_per_type_outputs_after_the_logits():
+    from nriqa.core.config import parse_config
+    from nriqa.model.network import make_model
+    from nriqa.model.training import CropSetModel
+
+    settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    settings["model"].update(backbone="mobilenet_style", weights=None, depth=1, width=0.25,
+                             input_size=32, head_units=[8])
+    crop_model = make_model(parse_config(settings).model)
+    # One crop per image: the image's columns are its crop's.
+    crop_sets = np.random.default_rng(0).uniform(0, 255, (2, 1, 32, 32, 3)).astype(np.float32)
+    plain = np.asarray(CropSetModel(crop_model)(crop_sets))
+    scored = np.asarray(CropSetModel(crop_model, own_type_scales=True)(crop_sets))
+    assert plain.shape == (2, 26) and scored.shape == (2, 51)
+    np.testing.assert_allclose(scored[:, :26], plain, rtol=1e-5, atol=1e-5)
+    # Column 0 is the mixture of the per-type outputs by the type probabilities.
+    assert np.all(scored[:, 26:].min(axis=1) <= scored[:, 0] + 1e-4)
+    assert np.all(scored[:, 0] <= scored[:, 26:].max(axis=1) + 1e-4)
+
+
 
 def test_dataset_share_sets_how_much_of_an_epoch_the_labelled_folder_gets(tmp_path):
     import pandas as pd

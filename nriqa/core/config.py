@@ -96,6 +96,7 @@ class TrainConfig(Section):
     backbone_lr_scale: float
     loss: Literal["mse", "mae", "huber"]
     type_loss_weight: float
+    own_type_loss_weight: Annotated[float, Field(ge=0)]
     average_from: Annotated[float, Field(ge=0, lt=1)] | None  # null: the best epoch's weights
     dataset_share: Annotated[float, Field(gt=0, lt=1)] | None  # null: in proportion to the numbers
     val_images: PositiveInt

@@ -132,26 +132,35 @@ class CropSetModel(DistributableModel):
 
     The loss compares that mean with the image's MOS, so crops that show no distortion
     (flat sky in a noisy image) are not forced to predict the image's label on their own.
+    With `own_type_scales` (and a per-type MOS head) the per-type MOS outputs follow the
+    crop model's columns, so the loss can hold each image's own type to its label.
     Only the wrapped crop model is saved.
     """
 
-    def __init__(self, crop_model: keras.Model, **kwargs):
+    def __init__(self, crop_model: keras.Model, own_type_scales: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.crop_model = crop_model
+        self.scored = crop_model
+        if own_type_scales:  # the same layers, with the per-type MOS outputs beside
+            self.scored = keras.Model(crop_model.input, keras.ops.concatenate(
+                [crop_model.output, crop_model.get_layer("mos_per_type").output], axis=-1))
 
     def call(self, crop_sets, training=False):
         images, crops = keras.ops.shape(crop_sets)[0], keras.ops.shape(crop_sets)[1]
         flat = keras.ops.reshape(crop_sets, (-1, *self.crop_model.input_shape[1:]))
-        outputs = self.crop_model(flat, training=training)
+        outputs = self.scored(flat, training=training)
         # Per image: the mean MOS and the mean type logits over its crops, as prediction does.
-        columns = self.crop_model.output_shape[-1]
+        columns = self.scored.output_shape[-1]
         return keras.ops.mean(keras.ops.reshape(outputs, (images, crops, columns)), axis=1)
 
 
-def joint_loss(mos_loss: str, type_weight: float, undistorted_class: bool = False):
+def joint_loss(mos_loss: str, type_weight: float, undistorted_class: bool = False,
+               own_type_weight: float = 0.0):
     """MOS loss on column 0 plus `type_weight` x cross-entropy of the type logits, counted only
     for images whose type the head has: TID2013 types 1..N, and with `undistorted_class` also 0,
-    an undistorted image (the last class)."""
+    an undistorted image (the last class). With `own_type_weight` the output carries the per-type
+    MOS outputs after the logits (`CropSetModel`'s `own_type_scales`), and the MOS loss of the
+    image's own type's output is added with that weight."""
     mos_fn = keras.losses.get(LOSSES[mos_loss])
 
     def loss(target, output):
@@ -159,7 +168,7 @@ def joint_loss(mos_loss: str, type_weight: float, undistorted_class: bool = Fals
         if output.shape[-1] == 1:
             return value
         types = keras.ops.cast(target[:, 1], "int32")
-        classes = output.shape[-1] - 1
+        classes = (output.shape[-1] - 1) // (2 if own_type_weight else 1)
         if undistorted_class:
             # Type 0 (an undistorted image) is the last class.
             known = keras.ops.cast((types >= 0) & (types < classes), output.dtype)
@@ -168,8 +177,12 @@ def joint_loss(mos_loss: str, type_weight: float, undistorted_class: bool = Fals
             known = keras.ops.cast((types > 0) & (types <= classes), output.dtype)
             index = keras.ops.maximum(types - 1, 0)
         cross_entropy = keras.losses.sparse_categorical_crossentropy(
-            index, output[:, 1:], from_logits=True)
-        return value + type_weight * known * cross_entropy
+            index, output[:, 1:1 + classes], from_logits=True)
+        value = value + type_weight * known * cross_entropy
+        if own_type_weight:
+            own = keras.ops.take_along_axis(output[:, 1 + classes:], index[:, None], axis=1)
+            value = value + own_type_weight * known * mos_fn(target[:, :1], own)
+        return value
 
     return loss
 
@@ -284,14 +297,17 @@ def train(shard_dir: Path, model_config: ModelConfig, settings: TrainConfig, pre
     # Variables (model, optimizer) made in the strategy's scope are mirrored on every replica.
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = make_model(model_config, initial_mos=float(train_mos.mean()))
-        trainer = CropSetModel(model)
+        # Only a per-type MOS head has an output per type to hold to its own images' labels.
+        per_type_head = model_config.mos_head == "per_type" and model_config.distortion_types
+        own_type_weight = settings.own_type_loss_weight if per_type_head else 0.0
+        trainer = CropSetModel(model, own_type_scales=bool(own_type_weight))
         # Cosine decay to zero over the planned epochs: late epochs refine instead of jumping around.
         epoch_steps = epoch_batches(len(train_mos), settings.batch_size, strategy)
         learning_rate = keras.optimizers.schedules.CosineDecay(settings.lr, settings.epochs * epoch_steps)
         optimizer = BackboneScaledAdam(learning_rate, backbone_scale=settings.backbone_lr_scale)
         trainer.compile(optimizer=optimizer,
                         loss=joint_loss(settings.loss, settings.type_loss_weight,
-                                        model_config.undistorted_class))
+                                        model_config.undistorted_class, own_type_weight))
     def make_dataset():
         # One stream through all epochs, `epoch_steps` batches each (fit's steps_per_epoch):
         # epoch k is the stream's k-th pass, as a new iterator per epoch would give it, and
