@@ -119,14 +119,11 @@ def test_own_type_loss_holds_each_image_to_its_own_types_scale():
 
 
 def test_crop_set_model_puts_the_per_type_outputs_after_the_logits():
-    from nriqa.core.config import parse_config
     from nriqa.model.network import make_model
     from nriqa.model.training import CropSetModel
 
-    settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    settings["model"].update(backbone="mobilenet_style", weights=None, depth=1, width=0.25,
-                             input_size=32, head_units=[8])
-    crop_model = make_model(parse_config(settings).model)
+    per_type_head = {"distortion_types": 24, "undistorted_class": True, "mos_head": "per_type"}
+    crop_model = make_model(config({"model": {**TINY_NETWORK, **per_type_head}}).model)
     # One crop per image: the image's columns are its crop's.
     crop_sets = np.random.default_rng(0).uniform(0, 255, (2, 1, 32, 32, 3)).astype(np.float32)
     plain = np.asarray(CropSetModel(crop_model)(crop_sets))
