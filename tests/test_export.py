@@ -77,6 +77,21 @@ def test_onnx_and_tflite_score_as_keras_does(tiny, images):
         assert figures[runtime]["type_mismatches"] == 0
 
 
+def test_the_check_spreads_its_images_over_the_sorted_split():
+    from nriqa.model.export import parity_sample
+
+    # TID2013's names: "i" or "I", as the synthetic set keeps them
+    paths = [Path(f"{'Ii'[kind % 2]}{ref:02d}_{kind:02d}_{level}.bmp")
+             for ref in (3, 1, 2) for kind in range(1, 25) for level in range(1, 6)]
+    sample = parity_sample(paths, 12)
+    assert len(sample) == len(set(sample)) == 12
+    assert sample[0].name == "i01_01_1.bmp" and sample[-1].name == "I03_24_5.bmp"
+    assert [path.name[1:3] for path in sample] == ["01"] * 4 + ["02"] * 4 + ["03"] * 4
+    assert sample == parity_sample(list(reversed(paths)), 12)  # the split's order does not matter
+    assert parity_sample(paths, None) == parity_sample(paths, 1000)
+    assert len(parity_sample(paths, None)) == len(paths)
+
+
 def test_parity_fails_for_another_models_export(tiny, images, tmp_path):
     """The check can fail: the export of one model measured against another."""
     from nriqa.model.bundle import load_model

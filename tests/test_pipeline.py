@@ -9,6 +9,7 @@ import pytest
 import yaml
 from scipy import stats
 
+from nriqa.core.config import load_config
 from tests.helpers import VENV_BIN, project_env, run
 
 pytestmark = pytest.mark.integration  # `dvc repro` in clones
@@ -28,14 +29,16 @@ def test_every_stage_output_exists(tiny_project):
 
 def test_export_checks_the_champions_portable_forms_and_ships_them(tiny_project):
     """export runs after promote and before package: the champion as ONNX and TFLite, scored
-    against Keras on the whole test split, logged to the champion's run and shipped in the
-    Bento's model."""
+    against Keras on the test split (`export.check_images` of it), logged to the champion's run
+    and shipped in the Bento's model."""
     import mlflow
 
     report = json.loads((tiny_project / "reports/export.json").read_text())
     promotion = json.loads((tiny_project / "reports/promotion.json").read_text())
     splits = pd.read_csv(tiny_project / "data/processed/splits.csv")
-    assert report["images"] == int((splits["split"] == "test").sum()) > 0
+    test_images = int((splits["split"] == "test").sum())
+    assert report["images"] == min(test_images, load_config(tiny_project / "params.yaml")
+                                   .export.check_images) > 0
     assert report["source"]["mlflow_run_id"] == promotion["champion_run_id"]
     for runtime in ("onnx", "tflite"):
         assert report[runtime]["passed"] and report[runtime]["max_abs_mos"] <= 1e-3, report

@@ -133,6 +133,10 @@ class EvaluateConfig(Section):
         return self
 
 
+class ExportConfig(Section):
+    check_images: PositiveInt | None  # null: every test-split image
+
+
 class MlflowConfig(Section):
     tracking_uri: str
     experiment: str
@@ -157,6 +161,7 @@ class Config(Section):
     train: TrainConfig
     predict: PredictConfig
     evaluate: EvaluateConfig
+    export: ExportConfig
     mlflow: MlflowConfig
     serve: ServeConfig
 
