@@ -194,7 +194,7 @@ def grid_corners(height: int, width: int, *, crop_size: int, stride: int,
     lefts = _positions(width, crop_size, stride)
     if len(tops) * len(lefts) > max_crops:
         rows, columns = _thinned_shape(len(tops), len(lefts), max_crops)
-        tops, lefts = _evenly(tops, rows), _evenly(lefts, columns)
+        tops, lefts = evenly_spaced(tops, rows), evenly_spaced(lefts, columns)
     return [(top, left) for top in tops for left in lefts]
 
 
@@ -232,10 +232,10 @@ def _positions(length: int, crop: int, stride: int) -> list[int]:
     return positions
 
 
-def _evenly(positions: list[int], count: int) -> list[int]:
-    """`count` of `positions`, evenly spaced, the first and the last included."""
-    keep = np.linspace(0, len(positions) - 1, count).round().astype(int)
-    return [positions[i] for i in keep]
+def evenly_spaced(items: list, count: int) -> list:
+    """`count` of `items`, evenly spaced, the first and the last included."""
+    keep = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in keep]
 
 
 def crops_for_prediction(image: np.ndarray, preprocessing: dict) -> np.ndarray:

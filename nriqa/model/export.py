@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nriqa.core.errors import NriqaError
-from nriqa.core.imaging import crops_for_prediction, decode_image
+from nriqa.core.imaging import crops_for_prediction, decode_image, evenly_spaced
 from nriqa.core.runtime import usable_cpus
 from nriqa.core.stage import write_json, written_aside
 from nriqa.model.bundle import file_sha256
@@ -135,7 +135,7 @@ def parity_sample(paths: list[Path], count: int | None) -> list[Path]:
     paths = sorted(paths, key=lambda path: (str(path).lower(), str(path)))
     if count is None or count >= len(paths):
         return paths
-    return [paths[int(k)] for k in np.linspace(0, len(paths) - 1, count).round()]
+    return evenly_spaced(paths, count)
 
 
 def parity(model, preprocessing: dict, paths: list[Path], folder: str | Path) -> dict:

@@ -89,7 +89,7 @@ function positions(length, crop, stride) {
   return found;
 }
 
-// nriqa.core.imaging._evenly: `count` of `items`, evenly spaced, as np.linspace(0, n - 1,
+// nriqa.core.imaging.evenly_spaced: `count` of `items`, evenly spaced, as np.linspace(0, n - 1,
 // count).round() picks them: i * step, the last one exactly n - 1 (one alone: the first).
 function evenly(items, count) {
   const step = count > 1 ? (items.length - 1) / (count - 1) : 0;
