@@ -98,11 +98,13 @@ def add_score(commands) -> None:
                               "spark also globs, URIs, and Parquet or CSV tables of paths or URIs "
                               "(their `path` column, else the first)")
     add_model_source(command)
-    command.add_argument("--runtime", choices=("keras", "onnx"), default="keras",
-                         help="keras (default): the model through TensorFlow; onnx: its export "
-                              "(model.onnx and model.json; --model-dir default models/portable, "
-                              "or --model-uri's run's portable/) through onnxruntime, without "
-                              "loading TensorFlow")
+    command.add_argument("--runtime", choices=("auto", "keras", "onnx"), default="auto",
+                         help="auto (default): onnx when the model's checked export is at hand "
+                              "(models/portable/ exported from models/model.keras, or "
+                              "--model-uri's run's portable/), else keras; keras: the model "
+                              "through TensorFlow; onnx: its export (model.onnx and model.json; "
+                              "--model-dir default models/portable, or --model-uri's run's "
+                              "portable/) through onnxruntime, without loading TensorFlow")
     command.add_argument("--format", choices=("csv", "jsonl"), default="csv",
                          help="csv (default) or jsonl, one JSON object per line; each row is "
                               "written as soon as it is scored")

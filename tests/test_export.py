@@ -158,16 +158,10 @@ def test_package_refuses_the_export_of_another_model(tiny, tmp_path):
 def test_score_with_onnx_gives_the_keras_csv_without_tensorflow(tiny, images, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(images[0].read_bytes()[:100])
-    keras_rows = _rows(score_cli([*map(str, images), str(broken), "--model-dir", str(tiny)],
-                                 check=False))
-    # One process that scores with ONNX and then reports whether TensorFlow or Keras loaded.
-    script = ("import sys; from nriqa.cli import main; code = main(sys.argv[1:]); "
-              "sys.stderr.write('loaded: %s\\n' % sorted(m for m in ('tensorflow', 'keras') "
-              "if m in sys.modules)); sys.exit(code)")
-    result = subprocess.run(
-        [sys.executable, "-c", script, "score", *map(str, images), str(broken),
-         "--runtime", "onnx", "--model-dir", str(tiny / "portable")],
-        cwd=PROJECT, env=tool_env(), capture_output=True, text=True, timeout=300)
+    keras_rows = _rows(score_cli([*map(str, images), str(broken), "--model-dir", str(tiny),
+                                  "--runtime", "keras"], check=False))
+    result = score_reporting_imports(*map(str, images), str(broken), "--runtime", "onnx",
+                                     "--model-dir", str(tiny / "portable"))
     assert result.returncode == 1, result.stderr  # the broken file is skipped, the rest scored
     assert "loaded: []" in result.stderr
     assert "broken.png" in result.stderr
@@ -178,6 +172,34 @@ def test_score_with_onnx_gives_the_keras_csv_without_tensorflow(tiny, images, tm
         assert abs(float(ours["mos"]) - float(theirs["mos"])) <= 1e-3
         assert ours["category"] == theirs["category"]
         assert ours["distortion_1"] == theirs["distortion_1"]
+
+
+def score_reporting_imports(*args: str):
+    """`nriqa score ARGS` in one process that then reports whether TensorFlow or Keras loaded."""
+    script = ("import sys; from nriqa.cli import main; code = main(sys.argv[1:]); "
+              "sys.stderr.write('loaded: %s\\n' % sorted(m for m in ('tensorflow', 'keras') "
+              "if m in sys.modules)); sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", script, "score", *args], cwd=PROJECT,
+                          env=tool_env(), capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_score_runs_the_models_own_export_by_default_and_keras_otherwise(tiny, images, tmp_path):
+    """`--runtime auto`: onnxruntime where the folder's portable/ was exported from its very
+    model.keras, Keras where it was not (a retrained model beside an old export)."""
+    onnx = score_reporting_imports(str(images[1]), "--model-dir", str(tiny))
+    assert onnx.returncode == 0, onnx.stderr
+    assert f"scoring with onnxruntime ({tiny / 'portable'})" in onnx.stderr
+    assert "loaded: []" in onnx.stderr
+    keras = score_cli([str(images[1]), "--model-dir", str(tiny), "--runtime", "keras"])
+    assert abs(float(_rows(onnx)[0]["mos"]) - float(_rows(keras)[0]["mos"])) <= 1e-3
+
+    retrained = make_tiny_model(tmp_path / "retrained", max_crops=48, distortion_types=0)
+    shutil.copytree(tiny / "portable", retrained / "portable")
+    stale = score_reporting_imports(str(images[1]), "--model-dir", str(retrained))
+    assert stale.returncode == 0, stale.stderr
+    assert "scoring with Keras (TensorFlow)" in stale.stderr
+    assert "'keras'" in stale.stderr.splitlines()[-1]
+    assert _rows(stale)[0]["distortion_1"] == ""  # the retrained model's: no type head
 
 
 def _rows(result) -> list[dict]:

@@ -39,7 +39,7 @@ from nriqa.core.runtime import configure
 from nriqa.model.bundle import check_bundle, fetch_bundle
 from nriqa.model.prediction import CHUNK
 from nriqa.model.pyfunc import OUTPUT_COLUMNS, ImageScorer
-from nriqa.ops.tracking import command_tracking_uri, named_export, registry_version
+from nriqa.ops.tracking import command_tracking_uri, registry_version, scoring_export
 from nriqa.serving.scoring import _thresholds, find_images
 
 # Rows per Arrow batch handed to a worker: a few of the model's chunks, so a batch fills the
@@ -92,10 +92,11 @@ def _table_paths(path: Path) -> list[str]:
 # --- The model ----------------------------------------------------------------------------------
 
 def model_folder(args, workdir: str) -> Path:
-    """The folder the executors load: the bundle (or, with --runtime onnx, the export) that
-    --model-dir or --model-uri names, as the single-process CLI would load it."""
-    if args.runtime == "onnx":
-        return named_export(args.model_uri, args.model_dir, args.params, workdir)
+    """The folder the executors load: the export or the bundle that --runtime, --model-dir and
+    --model-uri name, as the single-process CLI would load it (`scoring_export`)."""
+    export = scoring_export(args.runtime, args.model_uri, args.model_dir, args.params, workdir)
+    if export is not None:
+        return export
     if args.model_uri:
         return fetch_bundle(args.model_uri, Path(workdir) / "bundle",
                             tracking_uri=command_tracking_uri(args.params))

@@ -32,7 +32,7 @@ from nriqa.core.imaging import prediction_layout
 from nriqa.data.formats import IMAGE_SUFFIXES
 from nriqa.model.portable import OnnxModel
 from nriqa.model.prediction import likely_distortions, score_paths
-from nriqa.ops.tracking import named_export, open_named_model
+from nriqa.ops.tracking import open_named_model, scoring_export
 from nriqa.serving.quality_map import MAX_MAP_SIDE, map_overlay, quality_map
 
 # How many of the likeliest distortion types each row names.
@@ -203,12 +203,15 @@ def run_score(args) -> ExitCode:
         raise NriqaError("no image files found in " + ", ".join(map(str, args.paths)))
     check_output(args.output, files)
     with tempfile.TemporaryDirectory(prefix="nriqa-model-") as workdir:
-        if args.runtime == "onnx":
-            model = OnnxModel.load(named_export(args.model_uri, args.model_dir, args.params,
-                                                workdir))
+        export = scoring_export(args.runtime, args.model_uri, args.model_dir, args.params,
+                                workdir)
+        if export is not None:
+            model = OnnxModel.load(export)
             info = model.info
         else:
             model, info = open_named_model(args.model_uri, args.model_dir, args.params, workdir)
+        print(f"scoring with onnxruntime ({export})" if export is not None else
+              "scoring with Keras (TensorFlow)", file=sys.stderr)
         with _open_output(args.output) as stream:
             writer = RowWriter(args.format, stream)
             for row in score_files(model, info["preprocessing"], files, thresholds, skip,
