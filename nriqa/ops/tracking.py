@@ -16,7 +16,6 @@ Where runs go: `mlflow.tracking_uri` in params.yaml, unless the usual `MLFLOW_TR
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import signal
@@ -345,37 +344,6 @@ def named_export(model_uri: str | None, model_dir: Path | None, params_path: Pat
     if not model_uri:
         return model_dir or Path("models/portable")
     return fetch_portable(model_uri, Path(workdir), tracking_uri=command_tracking_uri(params_path))
-
-
-def scoring_export(runtime: str, model_uri: str | None, model_dir: Path | None, params_path: Path,
-                   workdir: str) -> Path | None:
-    """The exported model `score` runs with `--runtime`, or None for the Keras model.
-
-    onnx: the export the command names (`named_export`; missing is an error). auto: the same,
-    when it is at hand and is of the model that Keras would load (`--model-dir`'s `portable/`,
-    the export stage's, exported from that folder's model.keras; a folder that is an export
-    itself; the `portable/` artifacts of `--model-uri`'s run), and onnxruntime is installed;
-    else the Keras model. Both score alike (the export stage checks it), onnxruntime about 2.7
-    times as fast on a CPU (BENCHMARKS.md).
-    """
-    if runtime == "onnx":
-        return named_export(model_uri, model_dir, params_path, workdir)
-    if runtime != "auto" or importlib.util.find_spec("onnxruntime") is None:
-        return None
-    # lazy: nriqa.ops.packaging imports this module
-    from nriqa.model.portable import ONNX_FILE
-    from nriqa.ops.packaging import check_portable
-
-    try:
-        if model_uri:
-            return named_export(model_uri, None, params_path, workdir)
-        folder = model_dir or Path("models")
-        if (folder / ONNX_FILE).is_file():
-            return folder
-        check_portable(folder / "portable", folder)
-        return folder / "portable"
-    except NriqaError:
-        return None
 
 
 def command_tracking_uri(params_path: Path) -> str | None:

@@ -39,8 +39,8 @@ from nriqa.core.runtime import configure
 from nriqa.model.bundle import check_bundle, fetch_bundle
 from nriqa.model.prediction import CHUNK
 from nriqa.model.pyfunc import OUTPUT_COLUMNS, ImageScorer
-from nriqa.ops.tracking import command_tracking_uri, registry_version, scoring_export
-from nriqa.serving.scoring import _thresholds, find_images
+from nriqa.ops.tracking import command_tracking_uri, registry_version
+from nriqa.serving.scoring import _thresholds, find_images, scoring_export
 
 # Rows per Arrow batch handed to a worker: a few of the model's chunks, so a batch fills the
 # model's calls and a worker's memory holds one batch's crops.
