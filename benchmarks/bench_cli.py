@@ -1,6 +1,7 @@
 """CLI scoring throughput on 512x384 images, model beside model and beside BRISQUE, in one run.
 
     .venv/bin/python -m benchmarks.bench_cli MODEL_DIR [MODEL_DIR ...] [--images 96] [--repeats 3]
+        [--pretrained-brisque PYTHON]
 
 A MODEL_DIR holding model.onnx (the export stage's models/portable) is scored with
 `--runtime onnx`, so `models models/portable` sets the two runtimes side by side.
@@ -8,8 +9,12 @@ A MODEL_DIR holding model.onnx (the export stage's models/portable) is scored wi
 Writes `--images` 512x384 JPEGs (TID2013's size; photos that ship in scikit-image, cropped and
 distorted), then for each round times `python -m nriqa score DIR --model-dir MODEL_DIR` whole,
 process start and model load included, and the BRISQUE features that the baseline's SVR needs
-(`nriqa.evaluation.baseline.features_for_paths`, both cores). Prints images/s per round and the
-medians; the rounds interleave, so a busy machine slows every contender alike.
+(`nriqa.evaluation.baseline.features_for_paths`, both cores). With `--pretrained-brisque PYTHON`,
+also PyPI's `brisque` package (its SVR pretrained on LIVE), as a user would score a folder with it:
+a process of that interpreter, which has the package, timed whole like the CLI. It lives in an
+environment of its own because it does not run on this project's NumPy (BENCHMARKS.md says how to
+make one). Prints images/s per round and the medians; the rounds interleave, so a busy machine
+slows every contender alike.
 """
 
 from __future__ import annotations
@@ -61,11 +66,36 @@ def time_brisque(paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+PRETRAINED_BRISQUE = """
+import sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from brisque import BRISQUE
+model = BRISQUE(url=False)
+for path in sorted(Path(sys.argv[1]).glob("*.jpg")):
+    print(path.name, model.score(np.asarray(Image.open(path).convert("RGB"))))
+"""
+
+
+def time_pretrained_brisque(python: Path, folder: Path, count: int) -> float:
+    start = time.perf_counter()
+    scored = subprocess.run([str(python), "-c", PRETRAINED_BRISQUE, str(folder)], check=True,
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if len(scored.stdout.splitlines()) != count:
+        raise SystemExit(f"error: the pretrained BRISQUE scored {len(scored.stdout.splitlines())} "
+                         f"of {count} images")
+    return count / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dirs", type=Path, nargs="+")
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pretrained-brisque", type=Path, metavar="PYTHON",
+                        help="a Python interpreter that has PyPI's brisque package")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "images"
@@ -73,10 +103,15 @@ def main() -> None:
         paths = write_images(folder, args.images)
         rates: dict[str, list[float]] = {str(d): [] for d in args.model_dirs}
         rates["BRISQUE features"] = []
+        if args.pretrained_brisque:
+            rates["pretrained BRISQUE"] = []
         for round_ in range(args.repeats):
             for model_dir in args.model_dirs:
                 rates[str(model_dir)].append(time_cli(model_dir, folder, args.images))
             rates["BRISQUE features"].append(time_brisque(paths))
+            if args.pretrained_brisque:
+                rates["pretrained BRISQUE"].append(
+                    time_pretrained_brisque(args.pretrained_brisque, folder, args.images))
             print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()),
                   flush=True)
     for name, values in rates.items():
