@@ -83,9 +83,8 @@ def time_pretrained_brisque(python: Path, folder: Path, count: int) -> float:
     scored = subprocess.run([str(python), "-c", PRETRAINED_BRISQUE, str(folder)], check=True,
                             capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    if len(scored.stdout.splitlines()) != count:
-        raise SystemExit(f"error: the pretrained BRISQUE scored {len(scored.stdout.splitlines())} "
-                         f"of {count} images")
+    if (scored_count := len(scored.stdout.splitlines())) != count:
+        raise SystemExit(f"error: the pretrained BRISQUE scored {scored_count} of {count} images")
     return count / seconds
 
 
