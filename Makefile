@@ -37,9 +37,10 @@ $(NODE_STAMP): package.json package-lock.json
 
 # Debian packages: bsdtar extracts TID2013's RAR archive (source: tid2013); chromium drives the
 # web-page test; npm installs the page's JavaScript runtime (`make node`); mate-backgrounds,
-# plasma-workspace-wallpapers and lomiri-wallpapers-16.04 hold the photos the training
-# set is generated from (nriqa.data.trainset); postgresql and openssh-server are the real back ends
-# that tests/test_team.py runs (a tracking server on PostgreSQL, a DVC remote over SSH);
+# plasma-workspace-wallpapers, lomiri-wallpapers-16.04, lxqt-themes, sddm-theme-maldives and
+# palapeli-data hold the photos the training set is generated from (nriqa.data.trainset);
+# postgresql and openssh-server are the real back ends that tests/test_team.py runs (a tracking
+# server on PostgreSQL, a DVC remote over SSH);
 # openjdk-17-jre-headless is the Java runtime PySpark drives (`nriqa score --engine spark`,
 # tests/test_spark.py), which the single-process CLI does not need; gcc builds the CPU emulator
 # of tests/test_cpu_kernels.py.
@@ -55,6 +56,9 @@ system-deps:
 	[ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] || missing="$$missing mate-backgrounds"; \
 	[ -f /usr/share/wallpapers/Path/contents/images/2560x1600.jpg ] || missing="$$missing plasma-workspace-wallpapers"; \
 	[ -f /usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg ] || missing="$$missing lomiri-wallpapers-16.04"; \
+	[ -f /usr/share/lxqt/wallpapers/flowers.png ] || missing="$$missing lxqt-themes"; \
+	[ -f /usr/share/sddm/themes/maldives/background.jpg ] || missing="$$missing sddm-theme-maldives"; \
+	[ -f /usr/share/palapeli/collection/european-honey-bee.jpg ] || missing="$$missing palapeli-data"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

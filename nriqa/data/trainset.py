@@ -3,7 +3,7 @@ rules (`nriqa.data.labels`).
 
 Fifteen training contents made the network learn its references rather than quality, so the
 training images come from photographs that none of the validation or test references are cut
-from: the 38 photos that ship in three Debian packages (`make system-deps` installs them).
+from: the 54 photos that ship in six Debian packages (`make system-deps` installs them).
 
 * ``mate-backgrounds`` (``/usr/share/backgrounds/mate/nature``), GPL-2+ (Debian's copyright
   file names each photographer): Aqua, LadyBird, YellowFlower, Garden and TwoWings (Charles
@@ -23,6 +23,17 @@ from: the 38 photos that ship in three Debian packages (`make system-deps` insta
   CC-BY-4.0; seeding (Clemens Engelhardt), CC0-1.0. Ordinary camera photographs (rooms, a
   dog, a fig, brushes, a clock, mountains, a stream), less stylized than the wallpapers above;
   umang, a render, is left out.
+* ``lxqt-themes`` (``/usr/share/lxqt/wallpapers``), CC-BY-SA-3.0 in the folder's License file
+  (LGPL-2.1+ in Debian's copyright): after-the-rain, appleflower, butterfly, drop, flowers, fog
+  and this-is-not-windows ("stefonarch"), Butterfly (Kenneth Wimer), cloud and Valendas (the
+  LXQt team). The wallpapers' renders and logos are left out.
+* ``sddm-theme-maldives`` (``/usr/share/sddm/themes/maldives/background.jpg``), CC-BY-3.0,
+  Nevit Dilmen: a jetty on a beach (maldives.jpg beside it is a screenshot, left out).
+* ``palapeli-data`` (``/usr/share/palapeli/collection``), each photo's author and licence in its
+  .desktop file: castle-maintenon (Eric Pouhier, GFDL), panther-chameleon-female (B. Navez,
+  GFDL), cincinnati-bridge (Derek Jensen), citrus-fruits (USDA) and european-honey-bee (John
+  Severns), public domain. JPEGs of quality 80, shrunk at least 3.5 times here, where the
+  compression's blocks vanish.
 
 Every image draws from its own generator seeded with (seed, image number): a photo, a scale
 (the photo is shrunk so that its short side is 1-1.3 times the image's, ``trainset.shrink``),
@@ -54,6 +65,8 @@ from nriqa.data.labels import PRISTINE_MOS, level_mos
 _MATE = Path("/usr/share/backgrounds/mate/nature")
 _PLASMA = Path("/usr/share/wallpapers")
 _LOMIRI = Path("/usr/share/backgrounds")
+_LXQT = Path("/usr/share/lxqt/wallpapers")
+_PALAPELI = Path("/usr/share/palapeli/collection")
 TRAINING_PHOTOS: tuple[tuple[str, Path], ...] = (
     *(("mate-backgrounds", _MATE / f"{name}.jpg") for name in (
         "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
@@ -72,6 +85,14 @@ TRAINING_PHOTOS: tuple[tuple[str, Path], ...] = (
         "greentock_by_Peter_Nerlich", "life_by_Aitzol_Berasategi",
         "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt",
         "sunset_by_Aitzol_Berasategi")),
+    *(("lxqt-themes", _LXQT / name) for name in (
+        "Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "appleflower.png",
+        "butterfly.png", "cloud.png", "drop.png", "flowers.png", "fog.jpg",
+        "this-is-not-windows.jpg")),
+    ("sddm-theme-maldives", Path("/usr/share/sddm/themes/maldives/background.jpg")),
+    *(("palapeli-data", _PALAPELI / f"{name}.jpg") for name in (
+        "castle-maintenon", "cincinnati-bridge", "citrus-fruits", "european-honey-bee",
+        "panther-chameleon-female")),
 )
 INDEX_NAME = "index.csv"
 # How far each photo is shrunk: its short side becomes low..high times the image's (params.yaml's
@@ -91,8 +112,8 @@ def check_photos(photos=TRAINING_PHOTOS) -> None:
 
 @lru_cache(maxsize=None)  # a few hundred MB: every image picks a photo at random
 def _photo(index: int) -> np.ndarray:
-    # The training photos are the JPEG files named above; nothing else is opened.
-    with Image.open(TRAINING_PHOTOS[index][1], formats=("JPEG",)) as photo:
+    # The training photos are the JPEG and PNG files named above; nothing else is opened.
+    with Image.open(TRAINING_PHOTOS[index][1], formats=("JPEG", "PNG")) as photo:
         return np.asarray(photo.convert("RGB"))
 
 
