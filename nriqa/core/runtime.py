@@ -23,7 +23,9 @@ environment says:
   its Haswell (AVX2) kernels (OPENBLAS_CORETYPE=Haswell, read when NumPy loads it: the stages
   call `configure()` before importing it).
 IPP and OpenBLAS are held to AVX2 only where the CPU has it: unlike oneDNN's cap, they would
-run AVX2 kernels on a CPU without it.
+run AVX2 kernels on a CPU without it. A fifth part no setting reaches: TensorFlow's Rsqrt starts
+from the CPU's approximate RSQRTPS, which AMD and Intel build differently, so the network's
+normalization layers divide by a square root instead (nriqa.model.normalization).
 
 On import and on first looking for devices, TensorFlow's C++ side prints to stderr that oneDNN
 is on, which CPU instructions it could use, that no CUDA driver was found and, on a machine

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from nriqa.model.normalization import BatchNormalization
 from nriqa.model.pretrained import efficientnet_lite0_weights
 
 # (repeats, kernel, first stride, expansion, output channels) per stage, as in EfficientNet-B0.
@@ -30,7 +31,7 @@ _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
 def _bn(name):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
+    return BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
 
 
 def block_plan() -> list[tuple[int, int, int, int, int, bool]]:

@@ -18,6 +18,7 @@ from keras import layers, ops
 from nriqa.core.config import ModelConfig
 from nriqa.core.errors import NriqaError
 from nriqa.model import efficientnet_lite
+from nriqa.model.normalization import BatchNormalization, LayerNormalization
 from nriqa.model.pretrained import efficientnet_lite0_weights
 
 # Blocks of the from-scratch LCN stream beside a pretrained backbone (`fusion`), whose `depth`
@@ -66,14 +67,14 @@ class LocalContrastNormalization(layers.Layer):
 def _conv_bn(x, filters, kernel, stride, name):
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_relu")(x)
 
 
 def _depthwise_separable(x, filters, stride, name):
     x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
                                name=f"{name}_dw")(x)
-    x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = BatchNormalization(name=f"{name}_dw_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
     return _conv_bn(x, filters, 1, 1, f"{name}_pw")
 
@@ -161,7 +162,7 @@ def make_model(config: ModelConfig, *, initial_mos: float = 4.5) -> keras.Model:
     x = layers.Concatenate(name="pool")(features)
     if backbone != "mobilenet_style":
         # Pretrained activations reach tens; on that scale the head's first steps blow up.
-        x = layers.LayerNormalization(name="pool_norm")(x)
+        x = LayerNormalization(name="pool_norm")(x)
     for i, units in enumerate(config.head_units):
         x = layers.Dense(units, activation="relu", name=f"head{i + 1}")(x)
         x = layers.Dropout(config.dropout, name=f"head{i + 1}_dropout")(x)
