@@ -28,7 +28,7 @@ def optimized_op_types(function) -> set[str]:
     meta.collection_def["train_op"].CopyFrom(fetches)
     optimized = tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta)
     return {node.op for node in optimized.node} | {
-        node.op for function in optimized.library.function for node in function.node_def}
+        node.op for called in optimized.library.function for node in called.node_def}
 
 
 def test_grappler_brings_rsqrt_into_a_plain_division_by_a_square_root():
